@@ -1,0 +1,61 @@
+# The two commands of the README: `make run` and `make test`. Everything else serves them.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# PostgreSQL for the second test run (trust auth on this machine; a fresh database is made per run).
+TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
+
+.PHONY: run test setup lint typecheck test-sqlite test-postgres migrate seed clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+migrate: setup
+	$(BIN)/stepdown db upgrade
+
+seed: migrate
+	$(BIN)/stepdown seed-demo --if-empty
+
+## make run: set up, migrate the SQLite database, seed the demo once, serve on http://127.0.0.1:8000
+run: seed
+	@echo "Stepdown on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/api/docs)"
+	$(BIN)/stepdown run --host $(HOST) --port $(PORT)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy server api notifications config bench
+
+test-sqlite: setup
+	$(BIN)/pytest
+
+# In CI (CI=true) PostgreSQL is required; on a laptop without it the run says so and skips it.
+test-postgres: setup
+	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect('$(TEST_PG_URL)', connect_timeout=3).close()" 2>/dev/null; then \
+		echo "== tests on PostgreSQL =="; \
+		STEPDOWN_TEST_DATABASE_URL=$(TEST_PG_URL) $(BIN)/pytest; \
+	elif [ "$${CI:-}" = "true" ]; then \
+		echo "PostgreSQL at $(TEST_PG_URL) is unreachable; CI needs it" >&2; exit 1; \
+	else \
+		echo "!! PostgreSQL at $(TEST_PG_URL) unreachable: skipped the PostgreSQL run (CI runs it)"; \
+	fi
+
+## make test: install what tests need, lint, type-check, run the suite on SQLite then PostgreSQL
+test: lint typecheck
+	@echo "== tests on SQLite =="
+	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory test-postgres
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache

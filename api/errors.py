@@ -1,0 +1,169 @@
+"""One JSON error envelope for every API failure: {"error": {"code", "message", "fields"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import marshmallow as ma
+from flask import Flask, Response, jsonify, request
+from flask_smorest import Api
+from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from server.db import get_session
+from server.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ErrorBodySchema(ma.Schema):
+    code = ma.fields.String(
+        metadata={"description": "machine-readable code, e.g. validation_error"}
+    )
+    message = ma.fields.String(metadata={"description": "what went wrong, in plain words"})
+    fields_ = ma.fields.Dict(
+        data_key="fields",
+        keys=ma.fields.String(),
+        values=ma.fields.List(ma.fields.String()),
+        metadata={"description": "per-field messages"},
+    )
+
+
+class ErrorEnvelopeSchema(ma.Schema):
+    error = ma.fields.Nested(ErrorBodySchema)
+
+
+def envelope(
+    status: int, message: str, fields: dict[str, Any] | None = None, code: str | None = None
+) -> Response:
+    """A JSON error response."""
+    body = {
+        "error": {
+            "code": code or CODES.get(status, "error"),
+            "message": message,
+            "fields": fields or {},
+        }
+    }
+    resp = jsonify(body)
+    resp.status_code = status
+    return resp
+
+
+def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """webargs/marshmallow nested messages → {"field.sub": ["msg", ...]}."""
+    out: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                out[name] = list(value)
+            else:
+                out.update(_flatten(value, name))
+    elif isinstance(messages, list):
+        out[prefix or "_schema"] = [str(m) for m in messages]
+    else:
+        out[prefix or "_schema"] = [str(messages)]
+    return out
+
+
+def _webargs_fields(data: dict[str, Any]) -> dict[str, list[str]]:
+    messages = data.get("messages") or data.get("errors") or {}
+    fields: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        # Drop the location level (json/query/path): the client needs the field name.
+        for location_messages in messages.values():
+            fields.update(_flatten(location_messages))
+    return fields
+
+
+def _summary(fields: dict[str, list[str]]) -> str:
+    parts = [f"{name}: {'; '.join(msgs)}" for name, msgs in sorted(fields.items())]
+    return "invalid input: " + " | ".join(parts) if parts else "invalid input"
+
+
+def _rollback() -> None:
+    try:
+        get_session().rollback()
+    except Exception:  # pragma: no cover - best effort on a broken connection
+        log.exception("rollback failed")
+
+
+def wants_json() -> bool:
+    """API and machine endpoints answer errors in JSON; pages answer in HTML."""
+    path = request.path
+    return (
+        path.startswith("/api/")
+        or path.startswith("/twilio/")
+        or path == "/healthz"
+        or (request.accept_mimetypes.best == "application/json")
+    )
+
+
+class StepdownApi(Api):
+    """flask-smorest Api answering errors in Stepdown's envelope."""
+
+    ERROR_SCHEMA = ErrorEnvelopeSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Any:
+        """Render any HTTP error as the envelope (HTML pages keep Flask's default)."""
+        if not wants_json():
+            return error
+        status = error.code or 500
+        data = getattr(error, "data", None) or {}
+        headers = data.get("headers") or {}
+        if status == 500:
+            _rollback()
+            resp = envelope(500, "internal error; it has been logged")
+        elif status in (400, 422) and ("messages" in data or "errors" in data):
+            fields = _webargs_fields(data)
+            if status == 400 and any("Invalid JSON" in " ".join(v) for v in fields.values()):
+                resp = envelope(400, "the request body is not valid JSON", fields)
+            else:
+                resp = envelope(422, _summary(fields), fields)
+        else:
+            message = data.get("message") or error.description or error.name
+            resp = envelope(status, str(message))
+        for k, v in headers.items():
+            resp.headers[k] = v
+        return resp
+
+
+def register(app: Flask) -> None:
+    """Map domain errors, integrity errors and crashes to the envelope."""
+
+    @app.errorhandler(DomainError)
+    def _domain(error: DomainError) -> Response:
+        _rollback()
+        return envelope(error.status, error.message, error.fields, error.code)
+
+    @app.errorhandler(IntegrityError)
+    def _integrity(error: IntegrityError) -> Response:
+        _rollback()
+        log.info("integrity error: %s", error.orig)
+        return envelope(409, "the change conflicts with existing data")
+
+    @app.errorhandler(Exception)
+    def _crash(error: Exception) -> Any:
+        if isinstance(error, HTTPException):
+            return error
+        log.exception("unhandled error")
+        _rollback()
+        if wants_json():
+            return envelope(500, "internal error; it has been logged")
+        return InternalServerError()

@@ -1,0 +1,92 @@
+"""Server-rendered staff pages: log in, log out, home, change password."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+from werkzeug.wrappers import Response
+
+from server.auth import service
+from server.auth.scoping import sites_query
+from server.auth.web import StaffPrincipal
+from server.clock import utcnow
+from server.db import get_session
+
+bp = Blueprint("pages", __name__)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site relative paths: an open redirect would help phishing.
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and not urlsplit(target).netloc
+    ):
+        return target
+    return url_for("pages.home")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> str | Response | tuple[str, int]:
+    """The staff login form."""
+    if request.method == "GET":
+        return render_template("login.html", email="", error=None)
+    email = request.form.get("email", "")
+    password = request.form.get("password", "")
+    db = get_session()
+    try:
+        user = service.authenticate(session=db, email=email, password=password, now=utcnow())
+    except service.AuthError as exc:
+        db.commit()
+        return render_template("login.html", email=email, error=str(exc)), 401
+    db.commit()
+    session.clear()  # a new session on login (no fixation)
+    session.permanent = True
+    login_user(StaffPrincipal(user))
+    return redirect(_safe_next(request.args.get("next")))
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    """End the staff session."""
+    logout_user()
+    session.clear()
+    flash("You are logged out.", "info")
+    return redirect(url_for("pages.login"))
+
+
+@bp.get("/")
+@login_required
+def home() -> str:
+    """The signed-in landing page."""
+    user = current_user.user
+    sites = get_session().exec(sites_query(user)).all()
+    return render_template("home.html", user=user, sites=sites)
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def change_password() -> str | Response | tuple[str, int]:
+    """Change one's own password."""
+    if request.method == "GET":
+        return render_template("change_password.html", error=None)
+    user = current_user.user
+    new = request.form.get("new", "")
+    problem = service.password_problem(new)
+    if problem:
+        return render_template("change_password.html", error=f"New password {problem}."), 422
+    db = get_session()
+    try:
+        service.change_password(
+            session=db, user=user, current=request.form.get("current", ""), new=new, now=utcnow()
+        )
+    except service.AuthError as exc:
+        return render_template("change_password.html", error=str(exc)), 422
+    db.commit()
+    # The session id embeds the password timestamp: log in again with the new one.
+    login_user(StaffPrincipal(user))
+    flash("Password changed.", "info")
+    return redirect(url_for("pages.home"))

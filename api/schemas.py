@@ -1,0 +1,200 @@
+"""Marshmallow schemas of the JSON API (request and response)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import validate
+
+from server.auth.models import Role
+from server.participants.models import Locale, ParticipantStatus
+
+STATUS_VALUES = [s.value for s in ParticipantStatus]
+LOCALE_VALUES = [loc.value for loc in Locale]
+ROLE_VALUES = [r.value for r in Role]
+
+StudyCode = ma.fields.String(
+    validate=[
+        validate.Length(min=1, max=32),
+        validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", error="letters, digits, . _ - only"),
+    ]
+)
+
+
+class TokenRequestSchema(ma.Schema):
+    email = ma.fields.Email(required=True)
+    password = ma.fields.String(required=True, validate=validate.Length(min=1, max=500))
+    label = ma.fields.String(validate=validate.Length(max=100), load_default=None)
+
+
+class TokenSchema(ma.Schema):
+    token = ma.fields.String(metadata={"description": "shown once; send as Authorization: Bearer"})
+    token_type = ma.fields.String()
+    expires_at = ma.fields.AwareDateTime()
+    user = ma.fields.Dict()
+
+
+class ParticipantCreateSchema(ma.Schema):
+    study = ma.fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=32),
+        metadata={"description": "study key, e.g. HEROES"},
+    )
+    site_id = ma.fields.Integer(required=True, strict=True)
+    study_code = ma.fields.String(
+        required=True,
+        validate=StudyCode.validate,  # type: ignore[arg-type]
+        metadata={"description": "pseudonymous code; never a name"},
+    )
+    cohort = ma.fields.String(validate=validate.Length(min=1, max=32), load_default=None)
+    anchor_date = ma.fields.Date(load_default=None)
+    status = ma.fields.String(validate=validate.OneOf(STATUS_VALUES), load_default="screening")
+    timezone = ma.fields.String(
+        validate=validate.Length(min=1, max=64),
+        load_default=None,
+        metadata={"description": "IANA time zone; default: the site's"},
+    )
+    locale = ma.fields.String(validate=validate.OneOf(LOCALE_VALUES), load_default="en")
+    phone = ma.fields.String(
+        validate=validate.Length(min=3, max=32),
+        load_default=None,
+        metadata={"description": "E.164, or national format of the site"},
+    )
+    has_sms_consent = ma.fields.Boolean(load_default=False)
+
+
+class ParticipantUpdateSchema(ma.Schema):
+    study_code = ma.fields.String(validate=StudyCode.validate)  # type: ignore[arg-type]
+    site_id = ma.fields.Integer(strict=True)
+    cohort = ma.fields.String(validate=validate.Length(min=1, max=32), allow_none=True)
+    anchor_date = ma.fields.Date(allow_none=True)
+    status = ma.fields.String(validate=validate.OneOf(STATUS_VALUES))
+    timezone = ma.fields.String(validate=validate.Length(min=1, max=64))
+    locale = ma.fields.String(validate=validate.OneOf(LOCALE_VALUES))
+    phone = ma.fields.String(validate=validate.Length(min=3, max=32), allow_none=True)
+    has_sms_consent = ma.fields.Boolean()
+    reason = ma.fields.String(
+        validate=validate.Length(max=1000),
+        load_default=None,
+        metadata={"description": "required when trial data changes"},
+    )
+
+    @ma.validates_schema
+    def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
+        if not (data.keys() - {"reason"}):
+            raise ma.ValidationError("nothing to change", field_name="_schema")
+
+
+class WithdrawSchema(ma.Schema):
+    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+class ParticipantSchema(ma.Schema):
+    id = ma.fields.Integer()
+    study = ma.fields.String()
+    site_id = ma.fields.Integer()
+    site_code = ma.fields.String()
+    study_code = ma.fields.String()
+    cohort = ma.fields.String(allow_none=True)
+    anchor_date = ma.fields.Date(allow_none=True)
+    status = ma.fields.String()
+    timezone = ma.fields.String()
+    locale = ma.fields.String()
+    phone = ma.fields.String(allow_none=True, metadata={"description": "masked for monitors"})
+    has_sms_consent = ma.fields.Boolean()
+    withdrawn_at = ma.fields.AwareDateTime(allow_none=True)
+    created_at = ma.fields.AwareDateTime()
+    updated_at = ma.fields.AwareDateTime()
+
+
+class ParticipantListArgs(ma.Schema):
+    study = ma.fields.String(validate=validate.Length(min=1, max=32))
+    site_id = ma.fields.Integer()
+    status = ma.fields.String(validate=validate.OneOf(STATUS_VALUES))
+    cohort = ma.fields.String(validate=validate.Length(min=1, max=32))
+    search = ma.fields.String(
+        validate=validate.Length(min=1, max=32), metadata={"description": "part of a study code"}
+    )
+    page = ma.fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page_size = ma.fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class ParticipantPageSchema(ma.Schema):
+    items = ma.fields.List(ma.fields.Nested(ParticipantSchema))
+    page = ma.fields.Integer()
+    page_size = ma.fields.Integer()
+    total = ma.fields.Integer()
+    pages = ma.fields.Integer()
+
+
+class AuditEventSchema(ma.Schema):
+    id = ma.fields.Integer()
+    at = ma.fields.AwareDateTime()
+    actor = ma.fields.String()
+    action = ma.fields.String()
+    entity = ma.fields.String()
+    entity_id = ma.fields.String()
+    before = ma.fields.Dict(allow_none=True)
+    after = ma.fields.Dict(allow_none=True)
+    reason = ma.fields.String(allow_none=True)
+    request_id = ma.fields.String(allow_none=True)
+
+
+class SiteSchema(ma.Schema):
+    id = ma.fields.Integer(dump_only=True)
+    code = ma.fields.String(
+        required=True,
+        validate=[validate.Length(min=1, max=32), validate.Regexp(r"^[A-Za-z0-9_-]+$")],
+    )
+    name = ma.fields.String(required=True, validate=validate.Length(min=1, max=200))
+    country = ma.fields.String(
+        required=True, validate=validate.Regexp(r"^[A-Za-z]{2}$", error="ISO 3166 two-letter code")
+    )
+    timezone = ma.fields.String(required=True, validate=validate.Length(min=1, max=64))
+    is_active = ma.fields.Boolean(dump_only=True)
+
+
+class SiteUpdateSchema(ma.Schema):
+    name = ma.fields.String(validate=validate.Length(min=1, max=200))
+    country = ma.fields.String(validate=validate.Regexp(r"^[A-Za-z]{2}$"))
+    timezone = ma.fields.String(validate=validate.Length(min=1, max=64))
+    is_active = ma.fields.Boolean()
+
+
+class UserCreateSchema(ma.Schema):
+    email = ma.fields.Email(required=True)
+    full_name = ma.fields.String(required=True, validate=validate.Length(min=1, max=200))
+    password = ma.fields.String(
+        required=True, load_only=True, validate=validate.Length(min=12, max=500)
+    )
+    role = ma.fields.String(required=True, validate=validate.OneOf(ROLE_VALUES))
+    phone = ma.fields.String(validate=validate.Length(min=3, max=32), load_default=None)
+    site_ids = ma.fields.List(ma.fields.Integer(strict=True), required=True)
+
+
+class UserUpdateSchema(ma.Schema):
+    full_name = ma.fields.String(validate=validate.Length(min=1, max=200))
+    role = ma.fields.String(validate=validate.OneOf(ROLE_VALUES))
+    phone = ma.fields.String(validate=validate.Length(min=3, max=32), allow_none=True)
+    is_phone_verified = ma.fields.Boolean()
+    is_active = ma.fields.Boolean()
+    site_ids = ma.fields.List(ma.fields.Integer(strict=True))
+
+
+class UserSchema(ma.Schema):
+    id = ma.fields.Integer()
+    email = ma.fields.String()
+    full_name = ma.fields.String()
+    role = ma.fields.String()
+    phone = ma.fields.String(allow_none=True)
+    is_phone_verified = ma.fields.Boolean()
+    is_active = ma.fields.Boolean()
+    site_ids = ma.fields.List(ma.fields.Integer())
+
+
+class StudySchema(ma.Schema):
+    id = ma.fields.Integer(dump_only=True)
+    key = ma.fields.String(required=True, validate=validate.Length(min=1, max=32))
+    title = ma.fields.String(required=True, validate=validate.Length(min=1, max=300))
+    protocol_key = ma.fields.String(required=True, validate=validate.Length(min=1, max=64))

@@ -1,0 +1,176 @@
+"""Settings, one class per environment, read from environment variables.
+
+`load_config()` picks the class from STEPDOWN_ENV (development, testing, production). Production
+fails fast: a missing secret or database URL stops the app before it serves a single request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOLS_DIR = ROOT / "config" / "protocols"
+INSTRUMENTS_DIR = ROOT / "config" / "instruments"
+
+
+class ConfigError(RuntimeError):
+    """Raised when the configuration cannot run safely."""
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+class BaseConfig:
+    """Values shared by every environment."""
+
+    ENV_NAME = "base"
+    DEBUG = False
+    TESTING = False
+    SECRET_KEY: str | None = None
+    DATABASE_URL: str | None = None
+    # Public URL the outside world (Twilio, SMS links) uses to reach us; webhook signatures are
+    # checked against it because request.url is wrong behind a TLS-terminating proxy.
+    PUBLIC_BASE_URL = "http://127.0.0.1:8000"
+    PROTOCOLS_DIR = str(PROTOCOLS_DIR)
+    INSTRUMENTS_DIR = str(INSTRUMENTS_DIR)
+
+    # API tokens for staff clients: opaque, stored hashed, expiring.
+    API_TOKEN_TTL_HOURS = 12
+    # Staff web session: idle timeout (ASVS L2: 30 min idle).
+    PERMANENT_SESSION_LIFETIME = 30 * 60
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = False
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    WTF_CSRF_TIME_LIMIT = None
+
+    API_TITLE = "Stepdown API"
+    API_VERSION = "v1"
+    OPENAPI_VERSION = "3.1.0"
+    OPENAPI_URL_PREFIX = "/api"
+    OPENAPI_JSON_PATH = "openapi.json"
+    API_SPEC_OPTIONS: dict[str, Any] = {
+        "info": {
+            "description": "Schedules, reminders, results and alerts for step-down trials.",
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+            }
+        },
+        "security": [{"bearerAuth": []}],
+    }
+    PAGE_SIZE_DEFAULT = 50
+    PAGE_SIZE_MAX = 500
+
+    # Twilio; the fake provider (on 127.0.0.1) is the default outside production.
+    SMS_PROVIDER = "fake"
+    TWILIO_ACCOUNT_SID: str | None = None
+    TWILIO_AUTH_TOKEN: str | None = None
+    TWILIO_MESSAGING_SERVICE_SID: str | None = None
+    TWILIO_FROM_NUMBER: str | None = None
+    TWILIO_BASE_URL: str | None = None
+
+    def __init__(self) -> None:
+        self.SECRET_KEY = _env("SECRET_KEY", self.SECRET_KEY)
+        self.DATABASE_URL = _env("DATABASE_URL", self.DATABASE_URL)
+        self.PUBLIC_BASE_URL = (_env("PUBLIC_BASE_URL", self.PUBLIC_BASE_URL) or "").rstrip("/")
+        self.API_TOKEN_TTL_HOURS = _env_int("API_TOKEN_TTL_HOURS", self.API_TOKEN_TTL_HOURS)
+        self.SMS_PROVIDER = _env("SMS_PROVIDER", self.SMS_PROVIDER) or "fake"
+        for name in (
+            "TWILIO_ACCOUNT_SID",
+            "TWILIO_AUTH_TOKEN",
+            "TWILIO_MESSAGING_SERVICE_SID",
+            "TWILIO_FROM_NUMBER",
+            "TWILIO_BASE_URL",
+        ):
+            setattr(self, name, _env(name, getattr(self, name)))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every upper-case setting, for app.config.from_mapping."""
+        return {k: getattr(self, k) for k in dir(self) if k.isupper()}
+
+
+class DevelopmentConfig(BaseConfig):
+    """Local development: SQLite under instance/, fake SMS provider."""
+
+    ENV_NAME = "development"
+    DEBUG = True
+    SECRET_KEY = "dev-only-not-secret"
+    DATABASE_URL = f"sqlite:///{ROOT / 'instance' / 'stepdown.db'}"
+    TWILIO_ACCOUNT_SID = "AC" + "0" * 32
+    TWILIO_AUTH_TOKEN = "dev-fake-auth-token"
+    TWILIO_FROM_NUMBER = "+15005550006"
+
+
+class TestingConfig(BaseConfig):
+    """The test suite: the database comes from the test fixtures."""
+
+    ENV_NAME = "testing"
+    TESTING = True
+    SECRET_KEY = "test-secret"
+    DATABASE_URL = "sqlite://"
+    WTF_CSRF_ENABLED = True
+    TWILIO_ACCOUNT_SID = "AC" + "1" * 32
+    TWILIO_AUTH_TOKEN = "test-auth-token"
+    TWILIO_FROM_NUMBER = "+15005550006"
+
+
+class ProductionConfig(BaseConfig):
+    """Production: every secret must come from the environment."""
+
+    ENV_NAME = "production"
+    SESSION_COOKIE_SECURE = True
+    REMEMBER_COOKIE_SECURE = True
+    SESSION_COOKIE_NAME = "__Host-session"
+    SMS_PROVIDER = "twilio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        missing = [n for n in ("SECRET_KEY", "DATABASE_URL") if not getattr(self, n)]
+        if missing:
+            raise ConfigError(f"production needs these environment variables: {', '.join(missing)}")
+        if self.SMS_PROVIDER == "twilio":
+            needed = ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
+            absent = [n for n in needed if not getattr(self, n)]
+            if not (self.TWILIO_MESSAGING_SERVICE_SID or self.TWILIO_FROM_NUMBER):
+                absent.append("TWILIO_MESSAGING_SERVICE_SID or TWILIO_FROM_NUMBER")
+            if absent:
+                # Webhooks fail closed: without the auth token no signature can be checked.
+                raise ConfigError(f"production needs Twilio settings: {', '.join(absent)}")
+        if not self.PUBLIC_BASE_URL.startswith("https://"):
+            raise ConfigError("production needs PUBLIC_BASE_URL starting with https://")
+
+
+CONFIGS: dict[str, type[BaseConfig]] = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}
+
+
+def load_config(name: str | None = None) -> BaseConfig:
+    """Build the settings object for an environment (default: STEPDOWN_ENV or development)."""
+    env_name = name or _env("STEPDOWN_ENV", "development") or "development"
+    try:
+        cls = CONFIGS[env_name]
+    except KeyError as exc:
+        raise ConfigError(
+            f"STEPDOWN_ENV={env_name!r} is not one of {', '.join(sorted(CONFIGS))}"
+        ) from exc
+    return cls()

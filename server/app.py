@@ -1,0 +1,77 @@
+"""The application factory: the only place that wires everything together."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, g, request
+from flask_wtf.csrf import CSRFProtect
+
+from config.settings import BaseConfig, load_config
+from server import db
+from server.auth import web as auth_web
+from server.auth.web import authenticate_api_request
+
+ROOT = Path(__file__).resolve().parent.parent
+csrf = CSRFProtect()
+
+# API calls that need no token: (endpoint, method).
+PUBLIC_API_CALLS = {("auth.TokenView", "POST")}
+
+
+def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
+    """Build the Flask app; nothing runs at import time."""
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "api" / "templates"),
+        static_folder=str(ROOT / "api" / "static"),
+        instance_path=str(ROOT / "instance"),
+    )
+    settings = config if isinstance(config, dict) else (config or load_config()).as_dict()
+    app.config.from_mapping(settings)
+    app.permanent_session_lifetime = timedelta(seconds=app.config["PERMANENT_SESSION_LIFETIME"])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    db.init_app(app)
+    auth_web.init_app(app)
+    csrf.init_app(app)
+
+    from api import admin, auth, docs, errors, health, pages, participants
+
+    api = errors.StepdownApi(app)
+    app.extensions["stepdown_api"] = api
+    for blueprint in (auth.blp, participants.blp, admin.blp):
+        api.register_blueprint(blueprint)
+        csrf.exempt(blueprint)  # bearer tokens: not exposed to CSRF
+    app.register_blueprint(health.bp)
+    app.register_blueprint(docs.bp)
+    app.register_blueprint(pages.bp)
+    errors.register(app)
+
+    @app.before_request
+    def _api_auth() -> None:
+        if not request.path.startswith("/api/v1/") or request.endpoint is None:
+            return  # not the API, or an unknown route the 404 handler answers
+        if (request.endpoint, request.method) in PUBLIC_API_CALLS:
+            return
+        authenticate_api_request()
+
+    @app.after_request
+    def _security_headers(response: Any) -> Any:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault(
+            "Content-Security-Policy", "default-src 'self'; img-src 'self' data:"
+        )
+        if "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
+        return response
+
+    from server import cli
+
+    cli.register(app)
+    return app

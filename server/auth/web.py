@@ -1,0 +1,115 @@
+"""Wiring staff authentication into Flask: cookie sessions for pages, bearer tokens for the API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, g, request
+from flask.sessions import SecureCookieSessionInterface
+from flask_login import LoginManager, UserMixin
+
+from server.auth.models import ApiToken, StaffUser
+from server.auth.rules import Permission, has_permission
+from server.auth.service import user_for_token
+from server.clock import utcnow
+from server.db import get_session
+from server.errors import DomainError, Forbidden
+
+login_manager = LoginManager()
+login_manager.login_view = "pages.login"
+login_manager.session_protection = "strong"
+
+
+class Unauthorized(DomainError):
+    """No valid credentials."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class StaffPrincipal(UserMixin):
+    """A logged-in staff user, as flask-login sees them."""
+
+    def __init__(self, user: StaffUser) -> None:
+        self.user = user
+
+    def get_id(self) -> str:
+        # The prefix keeps staff ids apart from any other principal type (participants later).
+        # The password timestamp makes a password change end every other session.
+        return f"staff:{self.user.id}:{int(self.user.password_changed_at.timestamp())}"
+
+
+@login_manager.user_loader
+def _load_user(user_id: str) -> StaffPrincipal | None:
+    parts = user_id.split(":")
+    if len(parts) != 3 or parts[0] != "staff" or not parts[1].isdigit():
+        return None
+    user = get_session().get(StaffUser, int(parts[1]))
+    if user is None or not user.is_active:
+        return None
+    if str(int(user.password_changed_at.timestamp())) != parts[2]:
+        return None
+    return StaffPrincipal(user)
+
+
+class ApiAwareSessionInterface(SecureCookieSessionInterface):
+    """Never set a session cookie on a token-authenticated call."""
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        if g.get("login_via_request"):
+            return None
+        return super().save_session(app, session, response)
+
+
+def bearer_token() -> str | None:
+    """The bearer token from the Authorization header, if any."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def authenticate_api_request() -> tuple[StaffUser, ApiToken]:
+    """Authenticate an API call by its bearer token, or raise Unauthorized."""
+    token = bearer_token()
+    if token is None:
+        raise Unauthorized("send 'Authorization: Bearer <token>' (POST /api/v1/auth/token)")
+    g.login_via_request = True
+    session = get_session()
+    now = utcnow()
+    found = user_for_token(session=session, token=token, now=now)
+    if found is None:
+        raise Unauthorized("the token is invalid, expired or revoked")
+    user, row = found
+    # Touch last_used_at at most once a minute to keep reads cheap.
+    if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+        row.last_used_at = now
+        session.add(row)
+        session.commit()
+    g.staff_user = user
+    g.api_token = row
+    return user, row
+
+
+def current_staff() -> StaffUser:
+    """The staff user of this API request."""
+    user = g.get("staff_user")
+    if user is None:
+        raise Unauthorized("authentication required")
+    return user  # type: ignore[no-any-return]
+
+
+def require(permission: Permission) -> StaffUser:
+    """The current staff user, if their role grants the permission; else 403."""
+    user = current_staff()
+    if not has_permission(user.role, permission):
+        raise Forbidden(f"your role ({user.role.value}) may not do this")
+    return user
+
+
+def init_app(app: Flask) -> None:
+    """Install flask-login and the cookie-less API session interface."""
+    login_manager.init_app(app)
+    app.session_interface = ApiAwareSessionInterface()

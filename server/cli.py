@@ -1,0 +1,270 @@
+"""The `stepdown` command line: database, accounts, demo data (more commands join later)."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from datetime import date, timedelta
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
+from sqlmodel import col, select
+
+from server import migrate
+from server.auth import service as auth_service
+from server.auth.models import Role, StaffUser
+from server.clock import utcnow
+from server.db import get_db
+from server.participants import service as participant_service
+from server.participants.models import Locale, ParticipantStatus, Site
+from server.protocols.models import Study
+
+DEMO_PASSWORD = "stepdown-demo-2026"
+
+DEMO_SITES = [
+    ("PARIS-01", "Institut d'oncologie (démo) Paris", "FR", "Europe/Paris"),
+    ("BOSTON-01", "Demo Cancer Center Boston", "US", "America/New_York"),
+]
+DEMO_STUDIES = [
+    ("HEROES", "HEROES — stopping anti-HER2 maintenance guided by ctDNA", "heroes"),
+    ("FREE-HER", "Free-HER — anti-HER2 therapy de-escalation with ctDNA monitoring", "free-her"),
+    ("STOP-HER2", "STOP-HER2 — stopping first-line anti-HER2 therapy", "stop-her2"),
+    ("NCT07239271", "ctDNA-adaptive neoadjuvant therapy for HER2+ breast cancer", "nct07239271"),
+]
+# Demo phone numbers: valid formats, in ranges no real subscriber should hold.
+DEMO_STAFF_PHONES = {"PARIS-01": "+3361000{:04d}", "BOSTON-01": "+1617555{:04d}"}
+
+
+def register(app: Flask) -> None:
+    """Attach the commands to the app's CLI."""
+    app.cli.add_command(create_admin)
+    app.cli.add_command(seed_demo)
+    app.cli.add_command(db_group)
+
+
+@click.group("db", cls=AppGroup, help="Database schema (migrations).")
+def db_group() -> None:
+    pass
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to a revision (creates the SQLite file if needed)."""
+    url = current_app.config["DATABASE_URL"]
+    _ensure_sqlite_dir(url)
+    migrate.upgrade(url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db_group.command("check")
+def db_check() -> None:
+    """Fail if the models and the migrations disagree."""
+    migrate.check(current_app.config["DATABASE_URL"])
+    click.echo("models and migrations agree")
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        from pathlib import Path
+
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+
+
+@click.command("create-admin")
+@with_appcontext
+@click.option("--email", required=True)
+@click.option("--name", "full_name", default="Administrator", show_default=True)
+@click.option("--password", default=None, help="prompted for when omitted")
+@click.option("--site", "site_codes", multiple=True, help="site code(s) to belong to")
+def create_admin(
+    email: str, full_name: str, password: str | None, site_codes: tuple[str, ...]
+) -> None:
+    """Create an administrator account."""
+    if password is None:
+        password = getpass.getpass("Password: ")
+    problem = auth_service.password_problem(password)
+    if problem:
+        raise click.UsageError(f"password {problem}")
+    with get_db().job_session() as session:
+        if session.exec(select(StaffUser).where(StaffUser.email == email.lower())).first():
+            raise click.UsageError(f"{email} already exists")
+        site_ids: list[int] = []
+        for code in site_codes:
+            site = session.exec(select(Site).where(Site.code == code)).first()
+            if site is None:
+                raise click.UsageError(f"no site {code}")
+            site_ids.append(site.id)  # type: ignore[arg-type]
+        auth_service.create_user(
+            session=session,
+            actor=None,
+            email=email,
+            full_name=full_name,
+            password=password,
+            role=Role.ADMIN,
+            site_ids=site_ids,
+            now=utcnow(),
+        )
+    click.echo(f"admin {email} created")
+
+
+@click.command("seed-demo")
+@with_appcontext
+@click.option("--if-empty", is_flag=True, help="do nothing when any staff user exists")
+def seed_demo(if_empty: bool) -> None:
+    """Create demo sites, studies, one staff user per role per site and a few participants."""
+    with get_db().job_session() as session:
+        if session.exec(select(StaffUser)).first() is not None:
+            if if_empty:
+                click.echo("demo data already present; logins:")
+                _print_logins(
+                    [u.email for u in session.exec(select(StaffUser).order_by(col(StaffUser.id)))]
+                )  # type: ignore[arg-type]
+                return
+            raise click.UsageError("the database already has users; seed-demo wants an empty one")
+        now = utcnow()
+        sites = {
+            code: auth_service.create_site(
+                session=session,
+                actor=None,
+                code=code,
+                name=name,
+                country=country,
+                timezone=tz,
+                now=now,
+            )
+            for code, name, country, tz in DEMO_SITES
+        }
+        for key, title, protocol_key in DEMO_STUDIES:
+            session.add(Study(key=key, title=title, protocol_key=protocol_key, created_at=now))
+        session.flush()
+        emails = []
+        admin = auth_service.create_user(
+            session=session,
+            actor=None,
+            email="admin@demo.stepdown.test",
+            full_name="Demo Admin",
+            password=DEMO_PASSWORD,
+            role=Role.ADMIN,
+            site_ids=[s.id for s in sites.values() if s.id is not None],
+            now=now,
+        )
+        emails.append(admin.email)
+        n = 0
+        for code, site in sites.items():
+            slug = code.split("-")[0].lower()
+            for role in (Role.INVESTIGATOR, Role.COORDINATOR, Role.NURSE, Role.MONITOR):
+                n += 1
+                user = auth_service.create_user(
+                    session=session,
+                    actor=None,
+                    email=f"{role.value}.{slug}@demo.stepdown.test",
+                    full_name=f"Demo {role.value.title()} {slug.title()}",
+                    password=DEMO_PASSWORD,
+                    role=role,
+                    site_ids=[site.id],  # type: ignore[list-item]
+                    phone_e164=DEMO_STAFF_PHONES[code].format(n) if role != Role.MONITOR else None,
+                    is_phone_verified=role != Role.MONITOR,
+                    now=now,
+                )
+                emails.append(user.email)
+        today = now.date()
+        demo_participants = [
+            (
+                "HEROES",
+                "PARIS-01",
+                "HER-001",
+                None,
+                today - timedelta(days=30),
+                Locale.FR,
+                "+33612340001",
+            ),
+            (
+                "HEROES",
+                "PARIS-01",
+                "HER-002",
+                None,
+                today - timedelta(days=120),
+                Locale.FR,
+                "+33612340002",
+            ),
+            (
+                "STOP-HER2",
+                "BOSTON-01",
+                "SH2-001",
+                "stop",
+                today - timedelta(days=60),
+                Locale.EN,
+                "+16175550101",
+            ),
+            (
+                "STOP-HER2",
+                "BOSTON-01",
+                "SH2-002",
+                "continue",
+                today - timedelta(days=10),
+                Locale.EN,
+                "+16175550102",
+            ),
+            (
+                "FREE-HER",
+                "BOSTON-01",
+                "FH-001",
+                None,
+                today - timedelta(days=200),
+                Locale.EN,
+                "+16175550103",
+            ),
+            (
+                "NCT07239271",
+                "PARIS-01",
+                "NEO-001",
+                "adaptive",
+                today - timedelta(days=5),
+                Locale.ZH,
+                "+33612340003",
+            ),
+        ]
+        coordinators = {
+            code: session.exec(
+                select(StaffUser).where(
+                    StaffUser.email
+                    == f"coordinator.{code.split('-')[0].lower()}@demo.stepdown.test"
+                )
+            ).one()
+            for code in sites
+        }
+        for study, site_code, code, cohort, anchor, locale, phone in demo_participants:
+            participant_service.enroll(
+                session=session,
+                user=coordinators[site_code],
+                study=study,
+                site_id=sites[site_code].id,  # type: ignore[arg-type]
+                study_code=code,
+                timezone=None,  # type: ignore[arg-type]
+                cohort=cohort,
+                anchor_date=date.fromordinal(anchor.toordinal()),
+                status=ParticipantStatus.OFF_TREATMENT_MONITORING
+                if study != "NCT07239271"
+                else ParticipantStatus.ACTIVE,
+                locale=locale,
+                phone=phone,
+                has_sms_consent=True,
+                now=now,
+            )
+    _print_logins(emails)
+
+
+def _print_logins(emails: list[str]) -> None:
+    click.echo(f"Demo logins (password for all: {DEMO_PASSWORD}):")
+    for email in emails:
+        click.echo(f"  {email}")
+
+
+def main() -> None:
+    """Entry point of the `stepdown` console script."""
+    from server.app import create_app
+
+    cli = FlaskGroup(create_app=lambda: create_app(), help="Stepdown command line.")
+    sys.exit(cli.main())

@@ -1,0 +1,70 @@
+"""Sites and participants."""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from server.clock import utcnow
+from server.db import str_enum
+
+
+class ParticipantStatus(enum.StrEnum):
+    SCREENING = "screening"
+    ACTIVE = "active"
+    OFF_TREATMENT_MONITORING = "off_treatment_monitoring"
+    RESUMED_TREATMENT = "resumed_treatment"
+    COMPLETED = "completed"
+    WITHDRAWN = "withdrawn"
+
+
+class Locale(enum.StrEnum):
+    EN = "en"
+    FR = "fr"
+    ZH = "zh"
+
+
+class Site(SQLModel, table=True):
+    """A hospital or clinic taking part in one or more studies."""
+
+    __tablename__ = "site"
+
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(max_length=32, unique=True)
+    name: str = Field(max_length=200)
+    # ISO 3166 region used to read national-format phone numbers entered at this site.
+    country: str = Field(max_length=2)
+    timezone: str = Field(max_length=64)
+    is_active: bool = Field(default=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Participant(SQLModel, table=True):
+    """A pseudonymous trial participant: a study code, never a name."""
+
+    __tablename__ = "participant"
+    __table_args__ = (
+        sa.UniqueConstraint("study_id", "study_code", name="uq_participant_study_code"),
+        sa.Index("ix_participant_site_status", "site_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_id: int = Field(foreign_key="study.id", index=True)
+    site_id: int = Field(foreign_key="site.id")
+    study_code: str = Field(max_length=32)
+    cohort: str | None = Field(default=None, max_length=32)
+    anchor_date: date | None = Field(default=None)
+    status: ParticipantStatus = Field(
+        default=ParticipantStatus.SCREENING, sa_type=str_enum(ParticipantStatus)
+    )
+    timezone: str = Field(max_length=64)
+    locale: Locale = Field(default=Locale.EN, sa_type=str_enum(Locale))
+    phone_e164: str | None = Field(default=None, max_length=20, index=True)
+    has_sms_consent: bool = Field(default=False)
+    sms_consent_changed_at: datetime | None = Field(default=None)
+    withdrawn_at: datetime | None = Field(default=None)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,58 @@
+"""Pure decisions about participants: phone numbers, time zones, status transitions."""
+
+from __future__ import annotations
+
+import functools
+import zoneinfo
+
+import phonenumbers
+
+from server.participants.models import ParticipantStatus as S
+
+# Fields whose change alters trial data and therefore needs a reason in the audit trail.
+TRIAL_DATA_FIELDS = frozenset({"study_code", "site_id", "cohort", "anchor_date", "status"})
+
+ALLOWED_TRANSITIONS: dict[S, frozenset[S]] = {
+    S.SCREENING: frozenset({S.ACTIVE, S.OFF_TREATMENT_MONITORING, S.WITHDRAWN}),
+    S.ACTIVE: frozenset(
+        {S.OFF_TREATMENT_MONITORING, S.RESUMED_TREATMENT, S.COMPLETED, S.WITHDRAWN}
+    ),
+    S.OFF_TREATMENT_MONITORING: frozenset({S.RESUMED_TREATMENT, S.COMPLETED, S.WITHDRAWN}),
+    S.RESUMED_TREATMENT: frozenset({S.OFF_TREATMENT_MONITORING, S.COMPLETED, S.WITHDRAWN}),
+    # Completed and withdrawn are final: a correction is a new, audited decision, not an edit.
+    S.COMPLETED: frozenset(),
+    S.WITHDRAWN: frozenset(),
+}
+
+
+def can_transition(current: S, new: S) -> bool:
+    """Whether a participant may move from one status to another."""
+    return current == new or new in ALLOWED_TRANSITIONS[current]
+
+
+def normalise_phone(raw: str, region: str | None) -> str:
+    """Parse a phone number (international, or national for the site's region) to E.164."""
+    try:
+        number = phonenumbers.parse(raw, None if raw.strip().startswith("+") else region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError("not a phone number") from exc
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError("not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def is_valid_timezone(name: str) -> bool:
+    """Whether a name is an IANA time zone known to tzdata."""
+    return name in _zones()
+
+
+def mask_phone(e164: str | None) -> str | None:
+    """Hide all but the last two digits (for roles that must not see phone numbers)."""
+    if not e164:
+        return e164
+    return e164[:3] + "•" * max(0, len(e164) - 5) + e164[-2:]

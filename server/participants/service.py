@@ -1,0 +1,289 @@
+"""Participant operations: enrol, update, withdraw, list. Every change is audited."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlmodel import Session, col, func, select
+
+from server import audit
+from server.auth.models import StaffUser
+from server.auth.scoping import can_see_site, participants_query
+from server.auth.service import actor_of
+from server.errors import Conflict, ValidationFailed, field_error
+from server.participants import rules
+from server.participants.models import Locale, Participant, ParticipantStatus, Site
+from server.protocols.models import Study
+
+AUDIT_FIELDS = (
+    "study_id",
+    "site_id",
+    "study_code",
+    "cohort",
+    "anchor_date",
+    "status",
+    "timezone",
+    "locale",
+    "phone_e164",
+    "has_sms_consent",
+)
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Participant]
+    total: int
+    page: int
+    page_size: int
+
+
+def _site_for(*, session: Session, user: StaffUser, site_id: int) -> Site:
+    site = session.get(Site, site_id)
+    # Same message whether the site exists or not: another site's existence does not leak.
+    if site is None or not can_see_site(session=session, user=user, site_id=site_id):
+        raise field_error("site_id", "no such site among your sites")
+    return site
+
+
+def _study_by_key(session: Session, key: str) -> Study:
+    study = session.exec(select(Study).where(Study.key == key)).first()
+    if study is None:
+        raise field_error("study", "no such study")
+    return study
+
+
+def _check_timezone(tz: str) -> None:
+    if not rules.is_valid_timezone(tz):
+        raise field_error("timezone", "not a known IANA time zone (e.g. Europe/Paris)")
+
+
+def _phone(raw: str | None, site: Site) -> str | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return rules.normalise_phone(raw, site.country)
+    except ValueError as exc:
+        raise field_error("phone", str(exc)) from None
+
+
+def _ensure_code_free(session: Session, study_id: int, code: str, exclude_id: int | None) -> None:
+    q = select(Participant.id).where(
+        Participant.study_id == study_id, Participant.study_code == code
+    )
+    if exclude_id is not None:
+        q = q.where(Participant.id != exclude_id)
+    if session.exec(q).first() is not None:
+        raise Conflict(
+            "study_code: already used in this study",
+            {"study_code": ["already used in this study"]},
+        )
+
+
+def enroll(
+    *,
+    session: Session,
+    user: StaffUser,
+    study: str,
+    site_id: int,
+    study_code: str,
+    timezone: str | None,
+    now: datetime,
+    cohort: str | None = None,
+    anchor_date: date | None = None,
+    status: ParticipantStatus = ParticipantStatus.SCREENING,
+    locale: Locale = Locale.EN,
+    phone: str | None = None,
+    has_sms_consent: bool = False,
+) -> Participant:
+    """Enrol a participant at one of the user's sites."""
+    site = _site_for(session=session, user=user, site_id=site_id)
+    study_row = _study_by_key(session, study)
+    tz = timezone or site.timezone
+    _check_timezone(tz)
+    phone_e164 = _phone(phone, site)
+    if has_sms_consent and phone_e164 is None:
+        raise field_error("phone", "SMS consent needs a phone number")
+    _ensure_code_free(session, study_row.id, study_code, None)  # type: ignore[arg-type]
+    participant = Participant(
+        study_id=study_row.id,  # type: ignore[arg-type]
+        site_id=site.id,  # type: ignore[arg-type]
+        study_code=study_code,
+        cohort=cohort,
+        anchor_date=anchor_date,
+        status=status,
+        timezone=tz,
+        locale=locale,
+        phone_e164=phone_e164,
+        has_sms_consent=has_sms_consent,
+        sms_consent_changed_at=now if has_sms_consent else None,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(participant)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor_of(user),
+        actor_user_id=user.id,
+        action="participant.create",
+        entity="participant",
+        entity_id=participant.id,
+        site_id=participant.site_id,
+        now=now,
+        after=audit.snapshot(participant, AUDIT_FIELDS),
+    )
+    return participant
+
+
+def update(
+    *,
+    session: Session,
+    user: StaffUser,
+    participant: Participant,
+    changes: dict[str, Any],
+    reason: str | None,
+    now: datetime,
+) -> Participant:
+    """Apply changes; trial-data changes need a reason. Nothing changed → nothing audited."""
+    before = audit.snapshot(participant, AUDIT_FIELDS)
+    new_values: dict[str, Any] = {}
+    site = session.get(Site, participant.site_id)
+    assert site is not None
+    if "site_id" in changes and changes["site_id"] != participant.site_id:
+        site = _site_for(session=session, user=user, site_id=changes["site_id"])
+        new_values["site_id"] = site.id
+    for key in ("study_code", "cohort", "anchor_date", "has_sms_consent"):
+        if key in changes:
+            new_values[key] = changes[key]
+    if "locale" in changes:
+        new_values["locale"] = Locale(changes["locale"])
+    if "timezone" in changes:
+        _check_timezone(changes["timezone"])
+        new_values["timezone"] = changes["timezone"]
+    if "phone" in changes:
+        new_values["phone_e164"] = _phone(changes["phone"], site)
+    if "status" in changes:
+        new_status = ParticipantStatus(changes["status"])
+        if new_status == ParticipantStatus.WITHDRAWN:
+            raise field_error("status", "use the withdraw action to withdraw a participant")
+        if not rules.can_transition(participant.status, new_status):
+            raise field_error(
+                "status", f"cannot change from {participant.status.value} to {new_status.value}"
+            )
+        new_values["status"] = new_status
+    changed = {k: v for k, v in new_values.items() if getattr(participant, k) != v}
+    if not changed:
+        return participant
+    if participant.status in (ParticipantStatus.WITHDRAWN, ParticipantStatus.COMPLETED):
+        raise Conflict(f"participant is {participant.status.value}; the record is closed")
+    if rules.TRIAL_DATA_FIELDS & changed.keys() and not (reason and reason.strip()):
+        fields = sorted(rules.TRIAL_DATA_FIELDS & changed.keys())
+        raise ValidationFailed(
+            f"reason: required when changing trial data ({', '.join(fields)})",
+            {"reason": [f"required when changing {', '.join(fields)}"]},
+        )
+    if "study_code" in changed:
+        _ensure_code_free(session, participant.study_id, changed["study_code"], participant.id)
+    has_consent = changed.get("has_sms_consent", participant.has_sms_consent)
+    phone_after = changed.get("phone_e164", participant.phone_e164)
+    if has_consent and not phone_after:
+        raise field_error("phone", "SMS consent needs a phone number")
+    for key, value in changed.items():
+        setattr(participant, key, value)
+    if "has_sms_consent" in changed:
+        participant.sms_consent_changed_at = now
+    participant.updated_at = now
+    session.add(participant)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor_of(user),
+        actor_user_id=user.id,
+        action="participant.update",
+        entity="participant",
+        entity_id=participant.id,
+        site_id=participant.site_id,
+        now=now,
+        before={k: before[k] for k in changed},
+        after={k: audit.jsonable(v) for k, v in changed.items()},
+        reason=reason,
+    )
+    return participant
+
+
+def withdraw(
+    *, session: Session, user: StaffUser, participant: Participant, reason: str, now: datetime
+) -> Participant:
+    """Withdraw a participant (final); the reason is kept in the audit trail."""
+    if not reason.strip():
+        raise field_error("reason", "required")
+    if participant.status == ParticipantStatus.WITHDRAWN:
+        raise Conflict("participant is already withdrawn")
+    if not rules.can_transition(participant.status, ParticipantStatus.WITHDRAWN):
+        raise Conflict(f"participant is {participant.status.value}; cannot withdraw")
+    before = {"status": participant.status.value, "withdrawn_at": None}
+    participant.status = ParticipantStatus.WITHDRAWN
+    participant.withdrawn_at = now
+    participant.updated_at = now
+    session.add(participant)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor_of(user),
+        actor_user_id=user.id,
+        action="participant.withdraw",
+        entity="participant",
+        entity_id=participant.id,
+        site_id=participant.site_id,
+        now=now,
+        before=before,
+        after={"status": participant.status.value, "withdrawn_at": now},
+        reason=reason,
+    )
+    return participant
+
+
+def list_participants(
+    *,
+    session: Session,
+    user: StaffUser,
+    page: int,
+    page_size: int,
+    study: str | None = None,
+    site_id: int | None = None,
+    status: ParticipantStatus | None = None,
+    cohort: str | None = None,
+    search: str | None = None,
+) -> Page:
+    """A page of the user's participants, filtered."""
+    q = participants_query(user)
+    if study is not None:
+        q = q.join(Study, Study.id == Participant.study_id).where(Study.key == study)  # type: ignore[arg-type]
+    if site_id is not None:
+        q = q.where(Participant.site_id == site_id)
+    if status is not None:
+        q = q.where(Participant.status == status)
+    if cohort is not None:
+        q = q.where(Participant.cohort == cohort)
+    if search:
+        q = q.where(Participant.study_code.contains(search, autoescape=True))  # type: ignore[attr-defined]
+    total = session.exec(select(func.count()).select_from(q.subquery())).one()
+    items = session.exec(
+        q.order_by(col(Participant.id)).offset((page - 1) * page_size).limit(page_size)
+    ).all()
+    return Page(items=list(items), total=int(total), page=page, page_size=page_size)
+
+
+def audit_history(*, session: Session, participant: Participant) -> list[audit.AuditEvent]:
+    """The audit events about one participant, oldest first."""
+    q = (
+        select(audit.AuditEvent)
+        .where(
+            audit.AuditEvent.entity == "participant",
+            audit.AuditEvent.entity_id == str(participant.id),
+        )
+        .order_by(audit.AuditEvent.id)  # type: ignore[arg-type]
+    )
+    return list(session.exec(q).all())

@@ -1,0 +1,143 @@
+"""Test harness: a fresh database per run (SQLite, or PostgreSQL when STEPDOWN_TEST_DATABASE_URL
+names a server), built by the real migrations, and one rolled-back transaction per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlmodel import Session
+
+from config.settings import TestingConfig
+from server import migrate
+from server.app import create_app
+from server.auth import service as auth_service
+from server.db import Database, get_db, make_engine, normalise_url
+from tests import factories
+
+
+def _fresh_postgres(server_url: str) -> tuple[str, str]:
+    """Create a new empty database on the server; return (its URL, its name)."""
+    name = f"stepdown_test_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    url = sa.engine.make_url(normalise_url(server_url)).set(database=name)
+    return url.render_as_string(hide_password=False), name
+
+
+def _drop_postgres(server_url: str, name: str) -> None:
+    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A freshly migrated database for this test run."""
+    server = os.environ.get("STEPDOWN_TEST_DATABASE_URL")
+    if server:
+        url, name = _fresh_postgres(server)
+        migrate.upgrade(url)
+        yield url
+        _drop_postgres(server, name)
+    else:
+        path = tmp_path_factory.mktemp("db") / "stepdown-test.db"
+        url = f"sqlite:///{path}"
+        migrate.upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_password_hashing() -> Iterator[None]:
+    # argon2's production cost makes each hash take tens of milliseconds; tests hash hundreds.
+    original = auth_service._hasher
+    auth_service._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    yield
+    auth_service._hasher = original
+
+
+@pytest.fixture(scope="session")
+def app(database_url: str) -> Flask:
+    """One app for the run, bound to the test database."""
+    config = TestingConfig()
+    config.DATABASE_URL = database_url
+    return create_app(config)
+
+
+@pytest.fixture
+def db(app: Flask) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back after the test.
+
+    The app's request sessions join the same connection through SAVEPOINTs, so a request's
+    commit is visible to the test and everything vanishes afterwards.
+    """
+    database: Database = get_db(app)
+    connection = database.engine.connect()
+    transaction = connection.begin()
+    database.bind = connection
+    database.join_savepoint = True
+    session = database.session()
+    try:
+        yield session
+    finally:
+        session.close()
+        database.bind = database.engine
+        database.join_savepoint = False
+        transaction.rollback()
+        connection.close()
+
+
+@pytest.fixture
+def client(app: Flask, db: Session) -> FlaskClient:
+    """A test client whose requests share the test's transaction."""
+    return app.test_client()
+
+
+@pytest.fixture
+def world(db: Session) -> factories.World:
+    """Two sites (A in Paris, B in Boston), a study, staff of every role at each, participants."""
+    return factories.build_world(db)
+
+
+class Api:
+    """A tiny JSON client that sends a bearer token."""
+
+    def __init__(self, client: FlaskClient, token: str) -> None:
+        self.client = client
+        self.token = token
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.client.get(path, headers=self._headers(), **kw)
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.client.post(path, json=json, headers=self._headers(), **kw)
+
+    def patch(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.client.patch(path, json=json, headers=self._headers(), **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.client.delete(path, headers=self._headers(), **kw)
+
+
+@pytest.fixture
+def api_as(client: FlaskClient, db: Session, world: factories.World) -> Any:
+    """api_as("nurse", "A") → an Api client authenticated as that staff user."""
+
+    def make(role: str, site: str = "A") -> Api:
+        user = world.staff[(role, site)]
+        return Api(client, factories.token_for(db, user))
+
+    return make
