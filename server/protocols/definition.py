@@ -1,0 +1,1083 @@
+"""The protocol definition format (config/protocols/*.yaml): pydantic models and the loader.
+
+One file per trial; a new `version` is an amendment. The shape, top to bottom:
+
+    study: STOP-HER2                 # study key (upper case, digits, dashes)
+    title: ...
+    version: 1                       # integer or string
+    identifiers: [NCT05721248]
+    locale: en                       # en | fr | zh
+    time_zone: America/New_York      # optional IANA zone, used when a participant has none
+    time_of_day: "09:00"             # local time of every event unless an item says otherwise
+    anchor: Day anti-HER2 therapy stops (week 1 day 1)
+    cohorts:
+      - {key: stop, label: "Cohort 2: stop anti-HER2 therapy"}
+    rules: [imaging_progression, result_overdue]     # study rules, from STUDY_RULES
+    schedule:
+      - id: restaging_scan           # unique in the file; event keys are "<id>:<sequence>"
+        type: imaging                # EventType
+        modality: ct_or_mri          # imaging only
+        label: Restaging scans
+        cohorts: [stop]              # omitted = every cohort
+        reanchor: true               # later occurrences count from the actual completion date
+        expects: {result: imaging, turnaround_days: 7}
+        phases:                      # or the one-phase shorthand: first/every/until|count/window
+          - name: year_1
+            first: 12 weeks          # offset from the anchor: "<n> days|weeks|months|years"
+            every: 12 weeks
+            until: 1 year            # inclusive offset from the anchor (or `count: n`)
+            window: {early_days: 14, late_days: 14}
+          - name: after_year_1       # no `first`: starts one interval after the last occurrence
+            every: 3 months
+            until: 10 years
+            window: {early_days: 14, late_days: 14}
+            site_defaults: [every, window]
+
+Timing of an item is exactly one of: `phases`, the shorthand (`first` [+ `every` + `until`|`count`],
+or `at: [offsets]` for explicit time points), or `after_cycle: n | [n, ...]` (the day cycle n
+ends, in protocols with a `treatment:` block). A `window` on the item is the default for its phases.
+
+`site_defaults` (allowed on the protocol and on every item, phase, cohort, treatment block,
+regimen, arm segment, decision table and decision rule) lists the values of that node which the
+seed documents do not state: documented defaults a site may change. Each entry is a path to a
+value set on that node (`every`, `window`, `expects.turnaround_days`, `rules.result_overdue`,
+`arms.control`); the loader rejects paths that name nothing. Seed-stated values carry a YAML
+comment quoting their source instead.
+
+The neoadjuvant trial adds `treatment:` (cycle length, regimens, and per cohort a plan of segments:
+a fixed `{regimen, cycles}` or a `{decision, planned_cycles}` whose regimen a decision table picks)
+and `decisions:` (tables whose rules have `when:` conditions on declared facts; first match wins;
+no match means the care team decides). See the nct07239271.yaml file for a worked example.
+
+Validation errors raise ProtocolError naming the file, the field path and the problem.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import zoneinfo
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from dateutil.relativedelta import relativedelta
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class EventType(enum.StrEnum):
+    """Kinds of planned events; the values match server.schedules.models.EventType."""
+
+    CTDNA_DRAW = "ctdna_draw"
+    BLOOD_WORK = "blood_work"
+    TUMOR_MARKERS = "tumor_markers"
+    IMAGING = "imaging"
+    CLINIC_VISIT = "clinic_visit"
+    QUESTIONNAIRE = "questionnaire"
+    DECISION_POINT = "decision_point"
+    TREATMENT_CYCLE = "treatment_cycle"
+
+
+class Modality(enum.StrEnum):
+    """Imaging modalities; `ct_or_mri` leaves the choice to the site's radiology."""
+
+    CT = "ct"
+    PET_CT = "pet_ct"
+    MRI = "mri"
+    BONE_SCAN = "bone_scan"
+    CT_OR_MRI = "ct_or_mri"
+    ULTRASOUND = "ultrasound"
+    MAMMOGRAPHY = "mammography"
+
+
+class ResultKind(enum.StrEnum):
+    """Results the system takes in for an event (the results watchdog waits for these)."""
+
+    CTDNA = "ctdna"
+    IMAGING = "imaging"
+    TUMOR_MARKERS = "tumor_markers"
+
+
+class Locale(enum.StrEnum):
+    """Languages participant messages exist in."""
+
+    EN = "en"
+    FR = "fr"
+    ZH = "zh"
+
+
+class StudyRule(enum.StrEnum):
+    """Result and adherence rules a study can switch on (implemented by the results work)."""
+
+    CTDNA_TURNS_POSITIVE = "ctdna_turns_positive"
+    CTDNA_POSITIVE_AT_BASELINE = "ctdna_positive_at_baseline"
+    CTDNA_REDRAW_ON_FAILURE = "ctdna_redraw_on_failure"
+    IMAGING_PROGRESSION = "imaging_progression"
+    RESULT_OVERDUE = "result_overdue"
+    MISSED_CTDNA_WINDOW = "missed_ctdna_window"
+
+
+class FactKind(enum.StrEnum):
+    """What a decision-table fact is; the kind fixes the values it may take."""
+
+    CTDNA_STATUS = "ctdna_status"
+    RECIST_RESPONSE = "recist_response"
+    PAM_MUTATION = "pam_mutation"
+    REGIMEN = "regimen"
+
+
+# Values each fact kind may take; a regimen fact takes the protocol's regimen keys instead.
+FACT_VALUES: dict[FactKind, tuple[str, ...]] = {
+    FactKind.CTDNA_STATUS: ("positive", "negative"),
+    FactKind.RECIST_RESPONSE: ("CR", "PR", "SD", "PD", "NE"),
+    FactKind.PAM_MUTATION: ("true", "false", "unknown"),
+}
+
+# Which event type may supply a fact of each kind (a fact's `item:` must be of that type).
+FACT_SOURCES: dict[FactKind, frozenset[EventType]] = {
+    FactKind.CTDNA_STATUS: frozenset({EventType.CTDNA_DRAW}),
+    FactKind.RECIST_RESPONSE: frozenset({EventType.IMAGING}),
+    FactKind.PAM_MUTATION: frozenset({EventType.CTDNA_DRAW}),
+    FactKind.REGIMEN: frozenset(),
+}
+
+# The one result each event type can expect; the loader fills `expects` from this when absent.
+RESULT_FOR_TYPE: dict[EventType, ResultKind] = {
+    EventType.CTDNA_DRAW: ResultKind.CTDNA,
+    EventType.IMAGING: ResultKind.IMAGING,
+    EventType.TUMOR_MARKERS: ResultKind.TUMOR_MARKERS,
+}
+DEFAULT_TURNAROUND_DAYS = 14
+
+# A decision rule's `regimen: same` keeps the regimen given so far (a `regimen` fact says which).
+SAME_REGIMEN = "same"
+
+_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+_STUDY_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,31}$")
+_DURATION_RE = re.compile(r"^\s*([+-]?\d+)\s*(day|week|month|year)s?\s*$", re.IGNORECASE)
+_TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+# Fields the loader sets from the file itself; a file may not state them.
+_LOADER_FIELDS = ("key", "source_file", "sha256")
+
+
+class FieldError(ValueError):
+    """A validation problem at a path below the model that raised it."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+class ProtocolError(ValueError):
+    """A protocol file that cannot be used; the message names the file, field paths and problems."""
+
+    def __init__(self, file: str, problems: list[tuple[str, str]]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(f"{file}: {path}: {msg}" for path, msg in problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Value types
+
+
+@dataclass(frozen=True, slots=True)
+class Duration:
+    """An offset or interval written "<n> days|weeks|months|years" (months clamp to month end)."""
+
+    amount: int
+    unit: Literal["days", "weeks", "months", "years"]
+
+    @property
+    def is_calendar(self) -> bool:
+        """Whether the unit is months or years (day-of-month semantics) rather than days."""
+        return self.unit in ("months", "years")
+
+    @property
+    def months(self) -> int:
+        """The length in months (only for calendar units)."""
+        return self.amount * (12 if self.unit == "years" else 1)
+
+    def delta(self) -> relativedelta:
+        """The relativedelta this duration adds to a date."""
+        if self.is_calendar:
+            return relativedelta(months=self.months)
+        return relativedelta(days=self.amount * (7 if self.unit == "weeks" else 1))
+
+    def approx_days(self) -> float:
+        """A rough length in days, only for comparing durations of different units."""
+        per = {"days": 1.0, "weeks": 7.0, "months": 30.4375, "years": 365.25}[self.unit]
+        return self.amount * per
+
+    def __str__(self) -> str:
+        unit = self.unit if abs(self.amount) != 1 else self.unit[:-1]
+        return f"{self.amount} {unit}"
+
+
+def _parse_duration(value: Any) -> Duration:
+    if isinstance(value, Duration):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"write a duration like '12 weeks' or '3 months', not {value!r}")
+    match = _DURATION_RE.match(value)
+    if not match:
+        raise ValueError(f"write a duration like '12 weeks' or '3 months', not {value!r}")
+    unit = match.group(2).lower() + "s"
+    return Duration(int(match.group(1)), unit)  # type: ignore[arg-type]
+
+
+def _parse_time(value: Any) -> time:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 9:30 as the base-60 number 570.
+        raise ValueError("write the time in quotes, e.g. '09:30'")
+    if not isinstance(value, str) or not _TIME_RE.match(value.strip()):
+        raise ValueError(f"write a 24-hour local time like '09:00', not {value!r}")
+    hours, minutes = value.strip().split(":")
+    return time(int(hours), int(minutes))
+
+
+def _check_id(value: Any) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not an id: use lower-case letters, digits and _, starting with a "
+            "letter, at most 48 characters (e.g. restaging_scan)"
+        )
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    # `after_cycle: 2` and `cohorts: stop` read naturally; store both as lists.
+    return [value] if isinstance(value, (int, str)) and not isinstance(value, bool) else value
+
+
+DurationField = Annotated[
+    Duration, BeforeValidator(_parse_duration), PlainSerializer(str, return_type=str)
+]
+TimeField = Annotated[
+    time,
+    BeforeValidator(_parse_time),
+    PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str),
+]
+Id = Annotated[str, BeforeValidator(_check_id)]
+CycleNumber = Annotated[int, Field(ge=1, le=100)]
+_SHORTHAND = ("first", "every", "until", "count", "at")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def _resolve_default_path(node: BaseModel, path: str) -> str | None:
+    """Why `path` names no value set on `node`, or None when it does."""
+    head, _, rest = path.partition(".")
+    if head == "site_defaults" or head not in type(node).model_fields:
+        return f"{head!r} is not a field here"
+    if head not in node.model_fields_set:
+        return f"{head!r} is not set here, so there is no value to mark as a default"
+    value: Any = getattr(node, head)
+    while rest:
+        step, _, rest = rest.partition(".")
+        if isinstance(value, BaseModel):
+            if step not in type(value).model_fields or step not in value.model_fields_set:
+                return f"{path!r}: {step!r} is not set here"
+            value = getattr(value, step)
+        elif isinstance(value, dict):
+            if step not in value:
+                return f"{path!r}: no entry {step!r}"
+            value = value[step]
+        elif isinstance(value, list):
+            found = [v for v in value if _entry_name(v) == step]
+            if not found:
+                return f"{path!r}: no entry {step!r}"
+            value = found[0]
+        else:
+            return f"{path!r}: {step!r} is below a plain value"
+    return None
+
+
+def _entry_name(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    for attr in ("id", "key", "name"):
+        name = getattr(value, attr, None)
+        if isinstance(name, str):
+            return name
+    return None
+
+
+class _Model(BaseModel):
+    """Strict, immutable: unknown keys are errors so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class _Node(_Model):
+    """A node that may mark some of its values as site-changeable defaults."""
+
+    # Checked once the whole protocol is valid (Protocol._check_site_defaults), so a structural
+    # error is reported as itself rather than as a default naming a missing value.
+    site_defaults: list[str] = Field(default_factory=list)
+
+
+class Window(_Model):
+    """Days before and after the target date in which an event counts as on time."""
+
+    early_days: int = Field(ge=0, le=366)
+    late_days: int = Field(ge=0, le=366)
+
+
+class Expects(_Node):
+    """The result an event should produce, and how many days the lab or reader may take."""
+
+    result: ResultKind
+    turnaround_days: int = Field(default=DEFAULT_TURNAROUND_DAYS, ge=1, le=365)
+
+
+class Reminder(_Model):
+    """A reminder relative to the target date (the reminders issue will give kinds meaning)."""
+
+    kind: Id
+    offset: DurationField
+
+
+class Phase(_Node):
+    """A segment of an item's schedule with its own cadence, window and end."""
+
+    name: Id | None = None
+    first: DurationField | None = None
+    every: DurationField | None = None
+    until: DurationField | None = None
+    count: int | None = Field(default=None, ge=1, le=1000)
+    at: list[DurationField] | None = None
+    window: Window | None = None
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Phase:
+        if self.at is not None:
+            for name in ("first", "every", "until", "count"):
+                if getattr(self, name) is not None:
+                    raise FieldError(name, "not allowed with `at` (explicit time points)")
+            if not self.at:
+                raise FieldError("at", "must list at least one offset")
+            return self
+        if self.every is None:
+            if self.until is not None or self.count is not None:
+                raise FieldError("every", "required when `until` or `count` is given")
+            if self.first is None:
+                raise FieldError("first", "required (or give `at` or `every`)")
+            return self
+        if self.every.amount <= 0:
+            raise FieldError("every", "must be a positive interval")
+        if (self.until is None) == (self.count is None):
+            raise FieldError("until", "give exactly one of `until` (an offset) or `count`")
+        first, until = self.first, self.until
+        if first is not None and until is not None and until.approx_days() < first.approx_days():
+            raise FieldError("until", f"comes before `first` ({first})")
+        return self
+
+
+class Item(_Node):
+    """One kind of planned event (a draw, scan, visit, questionnaire, decision) and its timing."""
+
+    id: Id
+    type: EventType
+    label: str = Field(min_length=1, max_length=200)
+    modality: Modality | None = None
+    instrument: Id | None = None
+    decision: Id | None = None
+    cohorts: Annotated[list[Id] | None, BeforeValidator(_as_list)] = None
+    time_of_day: TimeField | None = None
+    expects: Expects | None = None
+    reanchor: bool = False
+    window: Window | None = None
+    # One-phase shorthand.
+    phase: Id | None = None
+    first: DurationField | None = None
+    every: DurationField | None = None
+    until: DurationField | None = None
+    count: int | None = Field(default=None, ge=1, le=1000)
+    at: list[DurationField] | None = None
+    # Several phases.
+    phases: list[Phase] | None = None
+    # Cycle-driven timing: the day treatment cycle n ends (cycle n+1 day 1).
+    after_cycle: Annotated[list[CycleNumber] | None, BeforeValidator(_as_list)] = None
+    reminders: list[Reminder] | None = None
+    note: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_expects(cls, data: Any) -> Any:
+        # A ctDNA draw, scan or tumor-marker draw always expects its result: say so once, here.
+        if isinstance(data, dict) and "expects" not in data:
+            try:
+                kind = RESULT_FOR_TYPE.get(EventType(str(data.get("type"))))
+            except ValueError:
+                kind = None
+            if kind is not None:
+                data = {**data, "expects": {"result": kind.value}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_item(self) -> Item:
+        if self.type == EventType.TREATMENT_CYCLE:
+            raise FieldError("type", "treatment cycles come from the `treatment:` block")
+        for name, needed_for in (
+            ("modality", EventType.IMAGING),
+            ("instrument", EventType.QUESTIONNAIRE),
+            ("decision", EventType.DECISION_POINT),
+        ):
+            if (getattr(self, name) is not None) != (self.type == needed_for):
+                if getattr(self, name) is None:
+                    raise FieldError(name, f"required for {needed_for.value} items")
+                raise FieldError(name, f"only allowed on {needed_for.value} items")
+        if self.expects is not None and RESULT_FOR_TYPE.get(self.type) != self.expects.result:
+            raise FieldError(
+                "expects.result", f"a {self.type.value} item cannot expect {self.expects.result}"
+            )
+        if self.cohorts is not None and not self.cohorts:
+            raise FieldError("cohorts", "name at least one cohort, or omit it for all")
+        shorthand = [n for n in _SHORTHAND if getattr(self, n) is not None]
+        ways = sum((bool(shorthand), self.phases is not None, self.after_cycle is not None))
+        if ways != 1:
+            raise FieldError(
+                "phases",
+                "give exactly one timing: `phases`, the shorthand (`first`/`every`/"
+                "`until`/`count` or `at`), or `after_cycle`",
+            )
+        if self.phases is not None:
+            if not self.phases:
+                raise FieldError("phases", "must list at least one phase")
+            if self.phase is not None:
+                raise FieldError("phase", "name each entry of `phases` instead")
+            seen: set[str] = set()
+            for i, phase in enumerate(self.phases):
+                if phase.name is None:
+                    raise FieldError(f"phases[{i}].name", "required when there are several phases")
+                if phase.name in seen:
+                    raise FieldError(f"phases[{i}].name", f"{phase.name!r} is used twice")
+                seen.add(phase.name)
+                if phase.window is None and self.window is None:
+                    raise FieldError(f"phases[{i}].window", "required (here or on the item)")
+            first = self.phases[0]
+            if first.at is None and first.first is None:
+                raise FieldError("phases[0].first", "the first phase needs `first` or `at`")
+        elif self.after_cycle is not None:
+            if self.window is None:
+                raise FieldError("window", "required")
+            if self.reanchor:
+                raise FieldError("reanchor", "cycle-driven items move with the cycles instead")
+            if self.after_cycle != sorted(set(self.after_cycle)):
+                raise FieldError("after_cycle", "list cycles once each, in increasing order")
+        else:
+            if self.window is None:
+                raise FieldError("window", "required")
+            try:
+                Phase(**{n: getattr(self, n) for n in shorthand})
+            except ValidationError as exc:
+                path, message = _problems(exc)[0]
+                raise FieldError(path, message) from None
+        if self.reanchor and self.after_cycle is None:
+            for i, phase in enumerate(self.timing_phases()):
+                where = f"phases[{i}]." if self.phases is not None else ""
+                if phase.count is not None:
+                    raise FieldError(
+                        f"{where}count", "a re-anchoring item must end phases with `until`"
+                    )
+        return self
+
+    def timing_phases(self) -> list[Phase]:
+        """The item's phases, turning the one-phase shorthand into a single phase."""
+        if self.phases is not None:
+            return self.phases
+        if self.after_cycle is not None:
+            return []
+        fields = {n: getattr(self, n) for n in _SHORTHAND}
+        return [Phase.model_construct(name=self.phase, window=self.window, **fields)]
+
+    def window_for(self, phase: Phase) -> Window:
+        """The window that applies in a phase (the phase's own, else the item's)."""
+        window = phase.window or self.window
+        assert window is not None  # guaranteed by validation
+        return window
+
+    def applies_to(self, cohort: str) -> bool:
+        """Whether the item is planned for participants of this cohort."""
+        return self.cohorts is None or cohort in self.cohorts
+
+
+class Cohort(_Node):
+    """A cohort or arm participants are enrolled or randomised into."""
+
+    key: Id
+    label: str = Field(min_length=1, max_length=200)
+
+
+class Regimen(_Node):
+    """A treatment regimen the cycles can follow."""
+
+    key: Id
+    label: str = Field(min_length=1, max_length=200)
+    cycle_days: int | None = Field(default=None, ge=1, le=366)
+
+
+class ArmSegment(_Node):
+    """A run of cycles: a fixed regimen, or a regimen a decision table will choose."""
+
+    name: Id | None = None
+    regimen: Id | None = None
+    cycles: int | None = Field(default=None, ge=1, le=100)
+    decision: Id | None = None
+    planned_cycles: int | None = Field(default=None, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _check_segment(self) -> ArmSegment:
+        if self.decision is None:
+            if self.regimen is None or self.cycles is None:
+                raise FieldError("regimen", "give `regimen` and `cycles`, or `decision`")
+            if self.planned_cycles is not None:
+                raise FieldError("planned_cycles", "only for a `decision` segment")
+        else:
+            if self.regimen is not None or self.cycles is not None:
+                raise FieldError("decision", "a decision segment gets its regimen from the table")
+            if self.planned_cycles is None:
+                raise FieldError("planned_cycles", "required: cycles to plan until decided")
+        return self
+
+    @property
+    def nominal_cycles(self) -> int:
+        """Cycles this segment spans before any decision is recorded."""
+        return self.cycles if self.decision is None else self.planned_cycles  # type: ignore[return-value]
+
+
+class Treatment(_Node):
+    """Treatment cycles (neoadjuvant trial): cycle length, regimens and each cohort's plan."""
+
+    id: Id = "cycle"
+    label: str = "Treatment cycle"
+    cycle_days: int = Field(ge=1, le=366)
+    window: Window
+    time_of_day: TimeField | None = None
+    # Whether a cycle given late moves the later cycles (and the checkpoints after them).
+    reanchor: bool = False
+    regimens: list[Regimen] = Field(min_length=1)
+    arms: dict[str, list[ArmSegment]] = Field(min_length=1)
+
+    @field_validator("arms")
+    @classmethod
+    def _non_empty_arms(cls, arms: dict[str, list[ArmSegment]]) -> dict[str, list[ArmSegment]]:
+        for cohort, segments in arms.items():
+            if not segments:
+                raise FieldError(cohort, "must list at least one segment")
+        return arms
+
+    def regimen(self, key: str) -> Regimen:
+        """The regimen with this key (KeyError when unknown)."""
+        for regimen in self.regimens:
+            if regimen.key == key:
+                return regimen
+        raise KeyError(key)
+
+    def cycle_days_for(self, regimen: str | None) -> int:
+        """Cycle length of a regimen (its own, else the block's)."""
+        if regimen is None:
+            return self.cycle_days
+        return self.regimen(regimen).cycle_days or self.cycle_days
+
+
+class FactSpec(_Model):
+    """A fact a decision table reads: its kind and, optionally, the item whose result gives it."""
+
+    kind: FactKind
+    item: Id | None = None
+    note: str | None = None
+
+
+def _normalise_values(value: Any) -> Any:
+    # YAML reads `pam_mutation: true` as a boolean; facts are compared as text.
+    values = value if isinstance(value, list) else [value]
+    out = []
+    for v in values:
+        if isinstance(v, bool):
+            out.append("true" if v else "false")
+        elif isinstance(v, (str, int)):
+            out.append(str(v).strip())
+        else:
+            raise ValueError(f"conditions take a value or a list of values, not {v!r}")
+    return out
+
+
+class DecisionRule(_Node):
+    """One row of a decision table: conditions on facts and the regimen they lead to."""
+
+    id: Id
+    when: dict[str, Annotated[list[str], BeforeValidator(_normalise_values)]] = Field(
+        default_factory=dict
+    )
+    regimen: Id | None = None
+    choose_from: list[Id] | None = None
+    cycles: int = Field(ge=1, le=100)
+    because: str | None = None
+
+    @model_validator(mode="after")
+    def _check_outcome(self) -> DecisionRule:
+        if (self.regimen is None) == (self.choose_from is None):
+            raise FieldError("regimen", "give exactly one of `regimen` or `choose_from`")
+        if self.choose_from is not None and len(set(self.choose_from)) < 2:
+            raise FieldError("choose_from", "list at least two different regimens")
+        for fact, values in self.when.items():
+            if not values:
+                raise FieldError(f"when.{fact}", "give at least one value")
+        return self
+
+
+class DecisionTable(_Node):
+    """A decision table: facts it reads and rules; the first matching rule wins."""
+
+    id: Id
+    label: str = Field(min_length=1, max_length=200)
+    facts: dict[str, FactSpec] = Field(min_length=1)
+    rules: list[DecisionRule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_table(self) -> DecisionTable:
+        for name in self.facts:
+            if not _ID_RE.match(name):
+                raise FieldError(f"facts.{name}", "fact names use lower-case letters, digits, _")
+        regimen_facts = [n for n, f in self.facts.items() if f.kind == FactKind.REGIMEN]
+        if len(regimen_facts) > 1:
+            raise FieldError("facts", "declare at most one fact of kind regimen")
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            if rule.id in seen:
+                raise FieldError(f"rules[{i}].id", f"{rule.id!r} is used twice")
+            seen.add(rule.id)
+            for fact, values in rule.when.items():
+                spec = self.facts.get(fact)
+                if spec is None:
+                    raise FieldError(
+                        f"rules[{i}].when.{fact}", f"not a declared fact ({', '.join(self.facts)})"
+                    )
+                allowed = FACT_VALUES.get(spec.kind)
+                for value in values:
+                    if allowed is not None and value not in allowed:
+                        raise FieldError(
+                            f"rules[{i}].when.{fact}",
+                            f"{value!r} is not one of {', '.join(allowed)}",
+                        )
+            if rule.regimen == SAME_REGIMEN and not regimen_facts:
+                raise FieldError(
+                    f"rules[{i}].regimen", "`same` needs a fact of kind regimen in `facts`"
+                )
+        return self
+
+    @property
+    def regimen_fact(self) -> str | None:
+        """The name of the fact that says which regimen is being given, if any."""
+        for name, spec in self.facts.items():
+            if spec.kind == FactKind.REGIMEN:
+                return name
+        return None
+
+
+class Protocol(_Node):
+    """A whole protocol file (one trial, one version)."""
+
+    study: str
+    title: str = Field(min_length=1, max_length=300)
+    version: Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
+    identifiers: list[str] = Field(default_factory=list)
+    locale: Locale
+    time_zone: str | None = None
+    time_of_day: TimeField = time(9, 0)
+    anchor: str = Field(min_length=1, max_length=300)
+    cohorts: list[Cohort] = Field(min_length=1)
+    rules: list[StudyRule] = Field(default_factory=list)
+    schedule: list[Item] = Field(min_length=1)
+    treatment: Treatment | None = None
+    decisions: list[DecisionTable] = Field(default_factory=list)
+    # Set by the loader from the file, never written in it.
+    key: str = Field(default="", exclude=True)
+    source_file: str = Field(default="", exclude=True)
+    sha256: str = Field(default="", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_loader_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in _LOADER_FIELDS:
+                if name in data:
+                    raise FieldError(name, "is taken from the file itself; remove it")
+        return data
+
+    @field_validator("study")
+    @classmethod
+    def _check_study(cls, value: str) -> str:
+        if not _STUDY_RE.match(value):
+            raise ValueError("use upper-case letters, digits and dashes (e.g. STOP-HER2)")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _check_version(cls, value: str) -> str:
+        if not value or len(value) > 32:
+            raise ValueError("must be 1 to 32 characters")
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _check_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{value!r} is not an IANA time zone") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Protocol:
+        cohort_keys = _unique(self.cohorts, "cohorts", "key")
+        item_ids = _unique(self.schedule, "schedule", "id")
+        decision_ids = _unique(self.decisions, "decisions", "id")
+        if len(set(self.rules)) != len(self.rules):
+            raise FieldError("rules", "lists a rule twice")
+        items = {item.id: item for item in self.schedule}
+
+        for i, item in enumerate(self.schedule):
+            for j, cohort in enumerate(item.cohorts or []):
+                if cohort not in cohort_keys:
+                    raise FieldError(f"schedule[{i}].cohorts[{j}]", f"no cohort {cohort!r}")
+            if item.decision is not None and item.decision not in decision_ids:
+                raise FieldError(f"schedule[{i}].decision", f"no decision table {item.decision!r}")
+
+        self._check_treatment(cohort_keys, item_ids, decision_ids)
+
+        regimen_keys = {r.key for r in self.treatment.regimens} if self.treatment else set()
+        for t, table in enumerate(self.decisions):
+            for name, spec in table.facts.items():
+                if spec.item is None:
+                    continue
+                source = items.get(spec.item)
+                if source is None:
+                    raise FieldError(f"decisions[{t}].facts.{name}.item", f"no item {spec.item!r}")
+                if source.type not in FACT_SOURCES[spec.kind]:
+                    raise FieldError(
+                        f"decisions[{t}].facts.{name}.item",
+                        f"a {source.type.value} item cannot supply a {spec.kind.value} fact",
+                    )
+            for r, rule in enumerate(table.rules):
+                named = [rule.regimen] if rule.regimen else list(rule.choose_from or [])
+                for regimen in named:
+                    if regimen != SAME_REGIMEN and regimen not in regimen_keys:
+                        raise FieldError(
+                            f"decisions[{t}].rules[{r}].regimen", f"no regimen {regimen!r}"
+                        )
+                for fact, values in rule.when.items():
+                    if table.facts[fact].kind == FactKind.REGIMEN:
+                        for value in values:
+                            if value not in regimen_keys:
+                                raise FieldError(
+                                    f"decisions[{t}].rules[{r}].when.{fact}",
+                                    f"no regimen {value!r}",
+                                )
+
+        types = {item.type for item in self.schedule}
+        needs = {
+            StudyRule.CTDNA_TURNS_POSITIVE: EventType.CTDNA_DRAW,
+            StudyRule.CTDNA_POSITIVE_AT_BASELINE: EventType.CTDNA_DRAW,
+            StudyRule.CTDNA_REDRAW_ON_FAILURE: EventType.CTDNA_DRAW,
+            StudyRule.MISSED_CTDNA_WINDOW: EventType.CTDNA_DRAW,
+            StudyRule.IMAGING_PROGRESSION: EventType.IMAGING,
+        }
+        for i, study_rule in enumerate(self.rules):
+            needed = needs.get(study_rule)
+            if needed is not None and needed not in types:
+                raise FieldError(f"rules[{i}]", f"{study_rule.value} needs a {needed.value} item")
+            if study_rule == StudyRule.RESULT_OVERDUE and not any(
+                it.expects for it in self.schedule
+            ):
+                raise FieldError(f"rules[{i}]", "result_overdue needs an item that expects results")
+        return self
+
+    @model_validator(mode="after")
+    def _check_site_defaults(self) -> Protocol:
+        for where, node in iter_nodes(self):
+            prefix = f"{where}." if where else ""
+            for i, path in enumerate(node.site_defaults):
+                problem = _resolve_default_path(node, path)
+                if problem:
+                    raise FieldError(f"{prefix}site_defaults[{i}]", problem)
+            if len(set(node.site_defaults)) != len(node.site_defaults):
+                raise FieldError(f"{prefix}site_defaults", "lists a path twice")
+        return self
+
+    def _check_treatment(
+        self, cohort_keys: set[str], item_ids: set[str], decision_ids: set[str]
+    ) -> None:
+        treatment = self.treatment
+        cycle_items = [(i, it) for i, it in enumerate(self.schedule) if it.after_cycle]
+        if treatment is None:
+            if cycle_items:
+                i = cycle_items[0][0]
+                raise FieldError(f"schedule[{i}].after_cycle", "needs a `treatment:` block")
+            return
+        if treatment.id in item_ids:
+            raise FieldError("treatment.id", f"{treatment.id!r} is also a schedule item id")
+        regimen_keys = _unique(treatment.regimens, "treatment.regimens", "key")
+        starts: dict[str, dict[str, int]] = {}  # cohort -> decision -> first cycle it governs
+        totals: dict[str, int] = {}
+        for cohort, segments in treatment.arms.items():
+            if cohort not in cohort_keys:
+                raise FieldError(f"treatment.arms.{cohort}", f"no cohort {cohort!r}")
+            cycle = 1
+            starts[cohort] = {}
+            for s, segment in enumerate(segments):
+                where = f"treatment.arms.{cohort}[{s}]"
+                if segment.regimen is not None and segment.regimen not in regimen_keys:
+                    raise FieldError(f"{where}.regimen", f"no regimen {segment.regimen!r}")
+                if segment.decision is not None:
+                    if segment.decision not in decision_ids:
+                        raise FieldError(
+                            f"{where}.decision", f"no decision table {segment.decision!r}"
+                        )
+                    if segment.decision in starts[cohort]:
+                        raise FieldError(f"{where}.decision", "used twice in this arm")
+                    starts[cohort][segment.decision] = cycle
+                cycle += segment.nominal_cycles
+            totals[cohort] = cycle - 1
+        for i, item in cycle_items:
+            cohorts = item.cohorts if item.cohorts is not None else sorted(cohort_keys)
+            for cohort in cohorts:
+                if cohort not in treatment.arms:
+                    raise FieldError(
+                        f"schedule[{i}].cohorts", f"cohort {cohort!r} has no treatment arm"
+                    )
+                assert item.after_cycle is not None
+                if item.after_cycle[-1] > totals[cohort]:
+                    raise FieldError(
+                        f"schedule[{i}].after_cycle",
+                        f"the {cohort} arm plans {totals[cohort]} cycles",
+                    )
+                if item.decision is not None:
+                    start = starts[cohort].get(item.decision)
+                    if start is None:
+                        raise FieldError(
+                            f"schedule[{i}].decision",
+                            f"the {cohort} arm has no segment for {item.decision!r}",
+                        )
+                    if item.after_cycle != [start - 1]:
+                        raise FieldError(
+                            f"schedule[{i}].after_cycle",
+                            f"the decision governs cycle {start}, so it falls after cycle "
+                            f"{start - 1}",
+                        )
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def cohort_keys(self) -> list[str]:
+        """Cohort keys in file order."""
+        return [c.key for c in self.cohorts]
+
+    def item(self, item_id: str) -> Item:
+        """The schedule item with this id (KeyError when unknown)."""
+        for item in self.schedule:
+            if item.id == item_id:
+                return item
+        raise KeyError(item_id)
+
+    def decision(self, decision_id: str) -> DecisionTable:
+        """The decision table with this id (KeyError when unknown)."""
+        for table in self.decisions:
+            if table.id == decision_id:
+                return table
+        raise KeyError(decision_id)
+
+    def definition(self) -> dict[str, Any]:
+        """The protocol as plain JSON-ready data (for the stored protocol version snapshot)."""
+        # None means "not given": leaving it out keeps the snapshot a valid protocol file.
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _unique(nodes: list[Any], where: str, attr: str) -> set[str]:
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        value = getattr(node, attr)
+        if value in seen:
+            raise FieldError(f"{where}[{i}].{attr}", f"{value!r} is used twice")
+        seen.add(value)
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unknown field",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "string_type": "must be text",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping (key: value)",
+    "model_type": "must be a mapping (key: value)",
+    "model_attributes_type": "must be a mapping (key: value)",
+}
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']}"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if kind == "enum":
+        return f"must be one of {ctx['expected']}"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters"
+    if kind == "value_error":
+        err = ctx.get("error")
+        if isinstance(err, FieldError):
+            return err.message
+        return str(err) if err is not None else str(error["msg"])
+    return str(error["msg"])
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for error in exc.errors():
+        path = _loc(tuple(error["loc"]))
+        err = (error.get("ctx") or {}).get("error")
+        if error["type"] == "value_error" and isinstance(err, FieldError) and err.path:
+            path = f"{path}.{err.path}" if path else err.path
+            path = path.replace(".[", "[")
+        out.append((path or "(top level)", _message(error)))
+    return out
+
+
+def parse_protocol(text: str, *, file: str = "<protocol>", key: str = "") -> Protocol:
+    """Parse and validate protocol YAML text; errors raise ProtocolError naming `file`."""
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ProtocolError(file, [(where, f"not valid YAML: {problem}")]) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(file, [("(top level)", "must be a mapping of fields")])
+    try:
+        protocol = Protocol.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(file, _problems(exc)) from None
+    # Imported here: the engine imports this module, and its dry run belongs to loading.
+    from server.protocols.rules import check_protocol
+
+    problems = check_protocol(protocol)
+    if problems:
+        raise ProtocolError(file, problems)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return protocol.model_copy(update={"key": key, "source_file": file, "sha256": digest})
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Load and validate one protocol file; its key is the file name without extension."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProtocolError(path.name, [("(file)", f"cannot be read: {exc.strerror}")]) from None
+    return parse_protocol(text, file=path.name, key=path.stem)
+
+
+def load_all(directory: str | Path) -> dict[str, Protocol]:
+    """Load every *.yaml protocol in a directory, keyed by file name without extension."""
+    protocols: dict[str, Protocol] = {}
+    studies: dict[str, str] = {}
+    for path in sorted(Path(directory).glob("*.yaml")):
+        protocol = load_protocol(path)
+        if protocol.study in studies:
+            raise ProtocolError(
+                path.name,
+                [("study", f"{protocol.study!r} is also defined in {studies[protocol.study]}")],
+            )
+        studies[protocol.study] = path.name
+        protocols[protocol.key] = protocol
+    return protocols
+
+
+def iter_nodes(protocol: Protocol) -> Iterator[tuple[str, _Node]]:
+    """Every node that can carry site_defaults, with its path (for reports and tests)."""
+    yield "", protocol
+    for i, cohort in enumerate(protocol.cohorts):
+        yield f"cohorts[{i}]", cohort
+    for i, item in enumerate(protocol.schedule):
+        yield f"schedule[{i}]", item
+        if item.expects is not None:
+            yield f"schedule[{i}].expects", item.expects
+        for j, phase in enumerate(item.phases or []):
+            yield f"schedule[{i}].phases[{j}]", phase
+    if protocol.treatment is not None:
+        yield "treatment", protocol.treatment
+        for i, regimen in enumerate(protocol.treatment.regimens):
+            yield f"treatment.regimens[{i}]", regimen
+        for arm, segments in protocol.treatment.arms.items():
+            for i, segment in enumerate(segments):
+                yield f"treatment.arms.{arm}[{i}]", segment
+    for t, table in enumerate(protocol.decisions):
+        yield f"decisions[{t}]", table
+        for r, rule in enumerate(table.rules):
+            yield f"decisions[{t}].rules[{r}]", rule
