@@ -25,10 +25,14 @@ migrate: setup
 seed: migrate
 	$(BIN)/stepdown seed-demo --if-empty
 
-## make run: set up, migrate the SQLite database, seed the demo once, serve on http://127.0.0.1:8000
+## make run: set up, migrate the SQLite database, seed the demo once, then serve on
+## http://127.0.0.1:8000 with the scheduler process beside the web server (Ctrl-C stops both).
 run: seed
 	@echo "Stepdown on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/api/docs)"
-	$(BIN)/stepdown run --host $(HOST) --port $(PORT)
+	@trap 'kill 0' EXIT INT TERM; \
+	$(BIN)/stepdown scheduler & \
+	$(BIN)/stepdown run --host $(HOST) --port $(PORT) & \
+	wait
 
 lint: setup
 	$(BIN)/ruff check .
@@ -38,13 +42,13 @@ typecheck: setup
 	$(BIN)/mypy server api notifications config bench
 
 test-sqlite: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -q
 
 # In CI (CI=true) PostgreSQL is required; on a laptop without it the run says so and skips it.
 test-postgres: setup
 	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect('$(TEST_PG_URL)', connect_timeout=3).close()" 2>/dev/null; then \
 		echo "== tests on PostgreSQL =="; \
-		STEPDOWN_TEST_DATABASE_URL=$(TEST_PG_URL) $(BIN)/pytest; \
+		STEPDOWN_TEST_DATABASE_URL=$(TEST_PG_URL) $(BIN)/pytest -q; \
 	elif [ "$${CI:-}" = "true" ]; then \
 		echo "PostgreSQL at $(TEST_PG_URL) is unreachable; CI needs it" >&2; exit 1; \
 	else \

@@ -198,3 +198,120 @@ class StudySchema(ma.Schema):
     key = ma.fields.String(required=True, validate=validate.Length(min=1, max=32))
     title = ma.fields.String(required=True, validate=validate.Length(min=1, max=300))
     protocol_key = ma.fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+EVENT_STATUS_VALUES = ["planned", "open", "completed", "missed", "cancelled", "not_applicable"]
+EVENT_TYPE_VALUES = [
+    "ctdna_draw",
+    "blood_work",
+    "tumor_markers",
+    "imaging",
+    "clinic_visit",
+    "questionnaire",
+    "decision_point",
+    "treatment_cycle",
+]
+
+
+class ScheduleArgs(ma.Schema):
+    status = ma.fields.String(validate=validate.OneOf(EVENT_STATUS_VALUES))
+    type = ma.fields.String(validate=validate.OneOf(EVENT_TYPE_VALUES))
+    date_from = ma.fields.Date(data_key="from", metadata={"description": "local target date ≥"})
+    date_to = ma.fields.Date(data_key="to", metadata={"description": "local target date ≤"})
+
+
+class EventSchema(ma.Schema):
+    id = ma.fields.Integer()
+    key = ma.fields.String()
+    item_id = ma.fields.String()
+    sequence = ma.fields.Integer()
+    event_type = ma.fields.String()
+    label = ma.fields.String()
+    phase = ma.fields.String(allow_none=True)
+    modality = ma.fields.String(allow_none=True)
+    instrument = ma.fields.String(allow_none=True)
+    regimen = ma.fields.String(allow_none=True)
+    protocol_version = ma.fields.String()
+    status = ma.fields.String()
+    target_date = ma.fields.Date()
+    window_open_date = ma.fields.Date()
+    window_close_date = ma.fields.Date()
+    target_at = ma.fields.AwareDateTime()
+    window_open_at = ma.fields.AwareDateTime()
+    window_close_at = ma.fields.AwareDateTime()
+    target_local = ma.fields.String(metadata={"description": "target in the participant's zone"})
+    window_open_local = ma.fields.String()
+    window_close_local = ma.fields.String()
+    time_zone = ma.fields.String()
+    expects_result = ma.fields.String(allow_none=True)
+    result_turnaround_days = ma.fields.Integer(allow_none=True)
+    is_reanchoring = ma.fields.Boolean()
+    completed_on = ma.fields.Date(allow_none=True)
+    is_out_of_window = ma.fields.Boolean()
+    is_touched = ma.fields.Boolean()
+    status_reason = ma.fields.String(allow_none=True)
+    outcome = ma.fields.Dict(allow_none=True)
+
+
+class CompleteEventSchema(ma.Schema):
+    completed_on = ma.fields.Date(required=True, metadata={"description": "local date it happened"})
+    reason = ma.fields.String(
+        validate=validate.Length(max=1000),
+        load_default=None,
+        metadata={"description": "required when the date is outside the window"},
+    )
+    outcome = ma.fields.Dict(
+        keys=ma.fields.String(),
+        load_default=None,
+        metadata={
+            "description": "ctdna_draw: {ctdna: positive|negative, pam_mutation: bool}; "
+            "imaging: {recist: CR|PR|SD|PD|NE}"
+        },
+    )
+
+
+class RescheduleEventSchema(ma.Schema):
+    target_date = ma.fields.Date(required=True)
+    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+class CancelEventSchema(ma.Schema):
+    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    not_applicable = ma.fields.Boolean(load_default=False)
+
+
+class DecisionSchema(ma.Schema):
+    id = ma.fields.Integer()
+    event_id = ma.fields.Integer()
+    decision_key = ma.fields.String()
+    status = ma.fields.String()
+    facts = ma.fields.Dict()
+    rule_id = ma.fields.String(allow_none=True)
+    recommended_regimen = ma.fields.String(allow_none=True)
+    recommended_cycles = ma.fields.Integer(allow_none=True)
+    options = ma.fields.List(ma.fields.String())
+    explanation = ma.fields.String(allow_none=True)
+    chosen_regimen = ma.fields.String(allow_none=True)
+    chosen_cycles = ma.fields.Integer(allow_none=True)
+    decided_at = ma.fields.AwareDateTime(allow_none=True)
+    reason = ma.fields.String(allow_none=True)
+
+
+class RecordDecisionSchema(ma.Schema):
+    regimen = ma.fields.String(required=True, validate=validate.Length(min=1, max=64))
+    cycles = ma.fields.Integer(load_default=None, validate=validate.Range(min=1, max=100))
+    reason = ma.fields.String(
+        validate=validate.Length(max=1000),
+        load_default=None,
+        metadata={"description": "required when the regimen differs from the recommendation"},
+    )
+
+
+class PreviewSchema(ma.Schema):
+    cohort = ma.fields.String(load_default=None, validate=validate.Length(min=1, max=32))
+    anchor_date = ma.fields.Date(required=True)
+    timezone = ma.fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+
+
+class AdherenceArgs(ma.Schema):
+    study = ma.fields.String(validate=validate.Length(min=1, max=32))

@@ -14,6 +14,7 @@ from config.settings import BaseConfig, load_config
 from server import db
 from server.auth import web as auth_web
 from server.auth.web import authenticate_api_request
+from server.protocols import service as protocols
 
 ROOT = Path(__file__).resolve().parent.parent
 csrf = CSRFProtect()
@@ -36,14 +37,15 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     db.init_app(app)
+    protocols.init_app(app)
     auth_web.init_app(app)
     csrf.init_app(app)
 
-    from api import admin, auth, docs, errors, health, pages, participants
+    from api import admin, auth, docs, errors, health, pages, participants, schedules
 
     api = errors.StepdownApi(app)
     app.extensions["stepdown_api"] = api
-    for blueprint in (auth.blp, participants.blp, admin.blp):
+    for blueprint in (auth.blp, participants.blp, admin.blp, schedules.blp):
         api.register_blueprint(blueprint)
         csrf.exempt(blueprint)  # bearer tokens: not exposed to CSRF
     app.register_blueprint(health.bp)

@@ -18,6 +18,8 @@ from server.clock import utcnow
 from server.db import get_db
 from server.participants import service as participant_service
 from server.participants.models import Locale, ParticipantStatus, Site
+from server.participants.rules import is_valid_timezone
+from server.protocols import service as protocols
 from server.protocols.models import Study
 
 DEMO_PASSWORD = "stepdown-demo-2026"
@@ -41,6 +43,8 @@ def register(app: Flask) -> None:
     app.cli.add_command(create_admin)
     app.cli.add_command(seed_demo)
     app.cli.add_command(db_group)
+    app.cli.add_command(protocol_group)
+    app.cli.add_command(scheduler_command)
 
 
 @click.group("db", cls=AppGroup, help="Database schema (migrations).")
@@ -175,7 +179,7 @@ def seed_demo(if_empty: bool) -> None:
                 "HEROES",
                 "PARIS-01",
                 "HER-001",
-                None,
+                "stop",
                 today - timedelta(days=30),
                 Locale.FR,
                 "+33612340001",
@@ -184,7 +188,7 @@ def seed_demo(if_empty: bool) -> None:
                 "HEROES",
                 "PARIS-01",
                 "HER-002",
-                None,
+                "stop",
                 today - timedelta(days=120),
                 Locale.FR,
                 "+33612340002",
@@ -254,6 +258,112 @@ def seed_demo(if_empty: bool) -> None:
                 now=now,
             )
     _print_logins(emails)
+
+
+@click.group("protocol", cls=AppGroup, help="Trial protocols: list, preview, amend.")
+def protocol_group() -> None:
+    pass
+
+
+@protocol_group.command("list")
+def protocol_list() -> None:
+    """List the protocols found in config/protocols/."""
+    for key, protocol in sorted(protocols.current_protocols().items()):
+        cohorts = ", ".join(protocol.cohort_keys())
+        click.echo(f"{protocol.study:<12} v{protocol.version:<4} {key}.yaml  cohorts: {cohorts}")
+
+
+@protocol_group.command("preview")
+@click.argument("protocol_key")
+@click.option("--cohort", default=None, help="cohort or arm key")
+@click.option("--anchor", "anchor", required=True, help="anchor date, YYYY-MM-DD")
+@click.option("--tz", "tz", default=None, help="IANA time zone (default: the protocol's)")
+@click.option("--json", "as_json", is_flag=True, help="print the timeline as JSON")
+def protocol_preview(
+    protocol_key: str, cohort: str | None, anchor: str, tz: str | None, as_json: bool
+) -> None:
+    """Dry run: print every planned event of a protocol for an anchor date. Creates nothing."""
+    import json
+
+    from server.errors import DomainError
+    from server.protocols import rules as engine
+    from server.schedules.service import resolve_cohort
+
+    try:
+        protocol = protocols.find_protocol(protocol_key)
+        anchor_date = date.fromisoformat(anchor)
+        chosen = resolve_cohort(protocol, cohort, required=True)
+    except (DomainError, ValueError) as exc:
+        raise click.UsageError(str(getattr(exc, "message", exc))) from None
+    zone = tz or protocol.time_zone
+    if zone is None or not is_valid_timezone(zone):
+        raise click.UsageError(f"--tz {zone!r} is not a known IANA time zone")
+    data = engine.timeline(protocol, cohort=chosen, anchor_date=anchor_date, tz=zone)  # type: ignore[arg-type]
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    click.echo(
+        f"{protocol.study} v{protocol.version} — cohort {chosen}, anchor {anchor_date}, "
+        f"times in {zone}"
+    )
+    click.echo(f"{'target (local)':<22} {'window':<25} {'event':<44} phase")
+    for e in data["events"]:
+        window = f"{e['window_open_date']} → {e['window_close_date']}"
+        label = e["label"] + (f" [{e['regimen']}]" if e.get("regimen") else "")
+        target = e["target_local"][:16].replace("T", " ")
+        click.echo(f"{target:<22} {window:<25} {label[:44]:<44} {e['phase'] or ''}")
+    for decision in data["decisions"]:
+        click.echo(
+            f"decision {decision['id']}: {len(decision['rules'])} rules, "
+            f"{len(decision['uncovered'])} fact combinations left to the care team"
+        )
+    click.echo(f"{len(data['events'])} events")
+
+
+@protocol_group.command("amend")
+@click.argument("study_key")
+@click.option("--participant", "codes", multiple=True, help="study code(s); default: all")
+@click.option("--reason", required=True, help="why (goes in the audit trail)")
+def protocol_amend(study_key: str, codes: tuple[str, ...], reason: str) -> None:
+    """Move participants to the protocol file's current version; re-plan only future,
+    untouched events."""
+    from server.participants.models import Participant
+    from server.schedules import service as schedules
+
+    now = utcnow()
+    with get_db().job_session() as session:
+        study = session.exec(select(Study).where(Study.key == study_key)).first()
+        if study is None:
+            raise click.UsageError(f"no study {study_key}")
+        q = select(Participant).where(Participant.study_id == study.id)
+        if codes:
+            q = q.where(col(Participant.study_code).in_(codes))
+        moved = 0
+        for participant in session.exec(q.order_by(col(Participant.id))).all():
+            result = schedules.move_to_version(
+                session=session, participant=participant, now=now, actor="cli", reason=reason
+            )
+            if result is not None:
+                moved += 1
+                click.echo(f"{participant.study_code}: {result.as_dict()}")
+    click.echo(f"{moved} participant(s) on the current protocol version")
+
+
+@click.command("scheduler")
+@click.option("--once", is_flag=True, help="run every job once and exit")
+@with_appcontext
+def scheduler_command(once: bool) -> None:
+    """Run the scheduler process (exactly one per installation)."""
+    from server import scheduler
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if once:
+        for job_id, result in scheduler.run_all_once(app).items():
+            click.echo(f"{job_id}: {result}")
+        return
+    sched = scheduler.build(app)
+    click.echo("scheduler running: " + ", ".join(j.id for j in sched.get_jobs()))
+    sched.start()
 
 
 def _print_logins(emails: list[str]) -> None:

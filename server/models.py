@@ -3,15 +3,21 @@
 from server.audit import AuditEvent
 from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
-from server.protocols.models import Study
+from server.protocols.models import ProtocolVersion, Study
+from server.schedules.models import Decision, EventStatus, EventType, ScheduleEvent
 
 __all__ = [
     "ApiToken",
     "AuditEvent",
+    "Decision",
+    "EventStatus",
+    "EventType",
     "Locale",
     "Participant",
     "ParticipantStatus",
+    "ProtocolVersion",
     "Role",
+    "ScheduleEvent",
     "Site",
     "SiteMembership",
     "StaffUser",

@@ -66,6 +66,7 @@ def make_participant(
 ) -> Participant:
     params: dict[str, object] = {
         "timezone": None,
+        "cohort": "stop",
         "anchor_date": date(2027, 1, 4),
         "status": ParticipantStatus.OFF_TREATMENT_MONITORING,
         "locale": Locale.FR,
@@ -85,7 +86,8 @@ def make_participant(
 
 
 def token_for(db: Session, user: StaffUser) -> str:
-    token, _ = auth_service.issue_token(session=db, user=user, ttl_hours=1, now=utcnow())
+    # Long-lived: tests travel in time (months ahead) with the same token.
+    token, _ = auth_service.issue_token(session=db, user=user, ttl_hours=24 * 365 * 5, now=utcnow())
     db.commit()
     return token
 

@@ -57,6 +57,8 @@ class Participant(SQLModel, table=True):
     study_code: str = Field(max_length=32)
     cohort: str | None = Field(default=None, max_length=32)
     anchor_date: date | None = Field(default=None)
+    # The protocol version this participant's future events follow (amendments move it).
+    protocol_version: str | None = Field(default=None, max_length=32)
     status: ParticipantStatus = Field(
         default=ParticipantStatus.SCREENING, sa_type=str_enum(ParticipantStatus)
     )

@@ -16,6 +16,8 @@ from server.errors import Conflict, ValidationFailed, field_error
 from server.participants import rules
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
 from server.protocols.models import Study
+from server.protocols.service import protocol_of_study
+from server.schedules import service as schedules
 
 AUDIT_FIELDS = (
     "study_id",
@@ -106,6 +108,12 @@ def enroll(
     if has_sms_consent and phone_e164 is None:
         raise field_error("phone", "SMS consent needs a phone number")
     _ensure_code_free(session, study_row.id, study_code, None)  # type: ignore[arg-type]
+    _, protocol = protocol_of_study(session, study_row.id)  # type: ignore[arg-type]
+    cohort = schedules.resolve_cohort(
+        protocol, cohort, required=status in schedules.PLANNING_STATUSES
+    )
+    if status in schedules.PLANNING_STATUSES and anchor_date is None:
+        raise field_error("anchor_date", f"required when the status is {status.value}")
     participant = Participant(
         study_id=study_row.id,  # type: ignore[arg-type]
         site_id=site.id,  # type: ignore[arg-type]
@@ -133,6 +141,15 @@ def enroll(
         site_id=participant.site_id,
         now=now,
         after=audit.snapshot(participant, AUDIT_FIELDS),
+    )
+    schedules.on_participant_changed(
+        session=session,
+        participant=participant,
+        changed={"created"},
+        now=now,
+        actor=actor_of(user),
+        actor_user_id=user.id,
+        reason="enrolment",
     )
     return participant
 
@@ -190,6 +207,21 @@ def update(
     phone_after = changed.get("phone_e164", participant.phone_e164)
     if has_consent and not phone_after:
         raise field_error("phone", "SMS consent needs a phone number")
+    if "cohort" in changed or "status" in changed:
+        _, protocol = protocol_of_study(session, participant.study_id)
+        status_after = changed.get("status", participant.status)
+        resolved = schedules.resolve_cohort(
+            protocol,
+            changed.get("cohort", participant.cohort),
+            required=status_after in schedules.PLANNING_STATUSES,
+        )
+        if resolved != participant.cohort:
+            changed["cohort"] = resolved
+    anchor_after = changed.get("anchor_date", participant.anchor_date)
+    if changed.get("status", participant.status) in schedules.PLANNING_STATUSES and (
+        anchor_after is None
+    ):
+        raise field_error("anchor_date", "required before the schedule can be planned")
     for key, value in changed.items():
         setattr(participant, key, value)
     if "has_sms_consent" in changed:
@@ -208,6 +240,15 @@ def update(
         now=now,
         before={k: before[k] for k in changed},
         after={k: audit.jsonable(v) for k, v in changed.items()},
+        reason=reason,
+    )
+    schedules.on_participant_changed(
+        session=session,
+        participant=participant,
+        changed=set(changed),
+        now=now,
+        actor=actor_of(user),
+        actor_user_id=user.id,
         reason=reason,
     )
     return participant
@@ -240,6 +281,15 @@ def withdraw(
         now=now,
         before=before,
         after={"status": participant.status.value, "withdrawn_at": now},
+        reason=reason,
+    )
+    schedules.on_participant_changed(
+        session=session,
+        participant=participant,
+        changed={"status"},
+        now=now,
+        actor=actor_of(user),
+        actor_user_id=user.id,
         reason=reason,
     )
     return participant

@@ -15,6 +15,7 @@ def _new(site: int, **kw):
         "study": "HEROES",
         "site_id": site,
         "study_code": "A-100",
+        "cohort": "stop",
         "anchor_date": "2027-01-04",
         "timezone": "Europe/Paris",
         "locale": "fr",
@@ -26,12 +27,13 @@ def _new(site: int, **kw):
     return body
 
 
-def _audit(db, participant_id):
-    return db.exec(
+def _audit(db, participant_id, prefix="participant."):
+    rows = db.exec(
         select(AuditEvent)
         .where(AuditEvent.entity == "participant", AuditEvent.entity_id == str(participant_id))
         .order_by(AuditEvent.id)
     ).all()
+    return [r for r in rows if r.action.startswith(prefix)]
 
 
 # --- site scoping: every participant route answers 404 for another site's participant -----------
@@ -142,8 +144,9 @@ def test_enrol_normalises_phone_and_audits(world, api_as, db):
     body = resp.get_json()
     assert body["phone"] == "+33612345679"  # national format read with the site's country
     assert body["study"] == "HEROES" and body["site_code"] == "SITE-A"
-    events = _audit(db, body["id"])
-    assert [e.action for e in events] == ["participant.create"]
+    events = _audit(db, body["id"], prefix="")
+    assert [e.action for e in events] == ["participant.create", "schedule.planned"]
+    assert events[1].after["created"] > 10
     assert events[0].before is None
     assert events[0].after["study_code"] == "A-100"
     assert events[0].after["phone_e164"] == "+33612345679"
@@ -316,9 +319,16 @@ def test_withdraw_is_final_and_audited(world, api_as, db):
 def test_audit_endpoint_shows_before_and_after(world, api_as):
     a1 = world.participants["A1"]
     api = api_as("coordinator", "A")
-    api.patch(f"{BASE}/{a1.id}", json={"cohort": "x", "reason": "assigned"})
+    resp = api.patch(f"{BASE}/{a1.id}", json={"cohort": "continue", "reason": "baseline positive"})
+    assert resp.status_code == 200, resp.get_json()
     events = api.get(f"{BASE}/{a1.id}/audit").get_json()
-    assert [e["action"] for e in events] == ["participant.create", "participant.update"]
-    assert events[1]["before"] == {"cohort": None}
-    assert events[1]["after"] == {"cohort": "x"}
-    assert events[1]["reason"] == "assigned"
+    actions = [e["action"] for e in events]
+    assert actions == [
+        "participant.create",
+        "schedule.planned",
+        "participant.update",
+        "schedule.replanned",
+    ]
+    assert events[2]["before"] == {"cohort": "stop"}
+    assert events[2]["after"] == {"cohort": "continue"}
+    assert events[2]["reason"] == "baseline positive"

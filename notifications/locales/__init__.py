@@ -1,0 +1,1 @@
+"""Per-locale SMS catalogs (en.yaml, fr.yaml, zh.yaml), read by notifications.messages."""

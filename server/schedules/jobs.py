@@ -1,0 +1,86 @@
+"""Scheduled jobs about schedules. Each takes (session, now), works in batches, is idempotent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from server import audit
+from server.participants.models import Participant
+from server.schedules.models import EventStatus, ScheduleEvent
+
+BATCH = 500
+SYSTEM_ACTOR = "system:scheduler"
+
+
+def _claim(session: Session, q: Any) -> Any:
+    # Two schedulers by mistake only compete: locked rows are skipped, never done twice.
+    # (SQLite ignores the clause; it runs exactly one scheduler.)
+    return q.limit(BATCH).with_for_update(skip_locked=True)
+
+
+def update_event_statuses(*, session: Session, now: datetime) -> dict[str, int]:
+    """Open windows that have opened; mark missed the events whose window has closed."""
+    missed = 0
+    while True:
+        rows = session.exec(
+            _claim(
+                session,
+                select(ScheduleEvent, Participant.site_id)
+                .join(Participant, col(Participant.id) == col(ScheduleEvent.participant_id))
+                .where(
+                    col(ScheduleEvent.status).in_([EventStatus.PLANNED, EventStatus.OPEN]),
+                    col(ScheduleEvent.window_close_at) <= now,
+                )
+                .order_by(col(ScheduleEvent.id)),
+            )
+        ).all()
+        if not rows:
+            break
+        for event, site_id in rows:
+            before = event.status
+            event.status = EventStatus.MISSED
+            event.updated_at = now
+            session.add(event)
+            # A missed window is a change to trial data: it goes in the audit trail.
+            audit.record(
+                session=session,
+                actor=SYSTEM_ACTOR,
+                action="event.missed",
+                entity="schedule_event",
+                entity_id=event.id,
+                site_id=site_id,
+                now=now,
+                before={"status": before.value},
+                after={"status": EventStatus.MISSED.value},
+                reason="window closed without completion",
+            )
+            missed += 1
+        session.flush()
+        on_missed(session=session, events=[e for e, _ in rows], now=now)
+        session.commit()
+    # Opening a window is derived state (no clinical fact changes): one bulk UPDATE.
+    opened = session.execute(
+        sa.update(ScheduleEvent)
+        .where(
+            col(ScheduleEvent.status) == EventStatus.PLANNED,
+            col(ScheduleEvent.window_open_at) <= now,
+            col(ScheduleEvent.window_close_at) > now,
+        )
+        .values(status=EventStatus.OPEN, updated_at=now)
+    )
+    return {"opened": int(opened.rowcount or 0), "missed": missed}  # type: ignore[attr-defined]
+
+
+def on_missed(*, session: Session, events: list[ScheduleEvent], now: datetime) -> None:
+    """Hook for what follows a missed window (the results work adds coordinator alerts)."""
+
+
+def evaluate_decisions(*, session: Session, now: datetime) -> dict[str, int]:
+    """Open 'decision due' items whose inputs are in (see schedules.service)."""
+    from server.schedules.service import open_due_decisions
+
+    return {"opened": open_due_decisions(session=session, now=now)}

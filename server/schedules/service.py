@@ -1,0 +1,876 @@
+"""A participant's schedule: planning from the protocol, the event lifecycle, decision points.
+
+One operation keeps the stored events in line with the protocol: `plan_participant` computes the
+desired plan (protocol expansion, the care team's regimen choices, re-anchoring on actual dates)
+and applies it to the events that may still move. Enrolment, anchor changes, status changes,
+re-anchoring completions, recorded decisions and amendments all go through it.
+
+Only pending (planned or open) events that staff have not moved by hand are re-planned; history
+(completed, missed, cancelled) never changes. An amendment goes further: it re-plans only events
+whose window has not opened yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, select
+
+from server import audit
+from server.errors import Conflict, NotFound, ValidationFailed, field_error
+from server.participants.models import Participant, ParticipantStatus
+from server.protocols import rules as engine
+from server.protocols import service as protocols
+from server.protocols.definition import FactKind, Protocol
+from server.schedules.models import (
+    PENDING_STATUSES,
+    Decision,
+    DecisionStatus,
+    EventStatus,
+    EventType,
+    ScheduleEvent,
+)
+from server.schedules.rules import CANCELLABLE, COMPLETABLE, MOVABLE, is_in_window
+
+PLANNING_STATUSES = frozenset(
+    {ParticipantStatus.ACTIVE, ParticipantStatus.OFF_TREATMENT_MONITORING}
+)
+ENDING_STATUSES = frozenset(
+    {ParticipantStatus.RESUMED_TREATMENT, ParticipantStatus.WITHDRAWN, ParticipantStatus.COMPLETED}
+)
+RECIST = ("CR", "PR", "SD", "PD", "NE")
+
+
+@dataclass
+class PlanResult:
+    """What a re-plan changed."""
+
+    created: int = 0
+    moved: int = 0
+    cancelled: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.moved or self.cancelled)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"created": self.created, "moved": self.moved, "cancelled": self.cancelled}
+
+
+# --- protocol of a participant -------------------------------------------------------------------
+
+
+def resolve_cohort(protocol: Protocol, cohort: str | None, *, required: bool) -> str | None:
+    """Validate a cohort against the protocol; a one-cohort protocol fills it in."""
+    keys = protocol.cohort_keys()
+    if cohort is None:
+        if len(keys) == 1:
+            return keys[0]
+        if required:
+            raise field_error("cohort", f"required for {protocol.study}: one of {', '.join(keys)}")
+        return None
+    if cohort not in keys:
+        raise field_error("cohort", f"not a cohort of {protocol.study}: one of {', '.join(keys)}")
+    return cohort
+
+
+def participant_protocol(*, session: Session, participant: Participant, now: datetime) -> Protocol:
+    """The protocol version the participant follows (the current one when not yet set)."""
+    study, current = protocols.protocol_of_study(session, participant.study_id)
+    if participant.protocol_version is None:
+        protocols.record_version(session=session, protocol=current, now=now)
+        participant.protocol_version = current.version
+        session.add(participant)
+        return current
+    return protocols.protocol_version(
+        session=session, protocol_key=study.protocol_key, version=participant.protocol_version
+    )
+
+
+def _events(session: Session, participant_id: int) -> list[ScheduleEvent]:
+    return list(
+        session.exec(
+            select(ScheduleEvent)
+            .where(ScheduleEvent.participant_id == participant_id)
+            .order_by(col(ScheduleEvent.target_at), col(ScheduleEvent.id))
+        ).all()
+    )
+
+
+def _choices(session: Session, participant_id: int) -> dict[str, engine.Choice]:
+    rows = session.exec(
+        select(Decision).where(
+            Decision.participant_id == participant_id, Decision.status == DecisionStatus.DECIDED
+        )
+    ).all()
+    return {
+        d.decision_key: engine.Choice(d.chosen_regimen, d.chosen_cycles)  # type: ignore[arg-type]
+        for d in rows
+        if d.chosen_regimen and d.chosen_cycles
+    }
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def desired_plan(
+    protocol: Protocol,
+    participant: Participant,
+    existing: list[ScheduleEvent],
+    choices: dict[str, engine.Choice],
+) -> list[engine.PlannedEvent]:
+    """The plan the protocol gives today: expansion, choices, then re-anchoring on actual dates."""
+    assert participant.anchor_date is not None and participant.cohort is not None
+    common: dict[str, Any] = {
+        "cohort": participant.cohort,
+        "anchor_date": participant.anchor_date,
+        "tz": participant.timezone,
+        "choices": choices,
+    }
+    by_key = {p.key: p for p in engine.expand_schedule(protocol, **common)}
+    reanchoring = sorted({p.item_id for p in by_key.values() if p.is_reanchoring})
+    for item_id in reanchoring:
+        done = [
+            e
+            for e in existing
+            if e.item_id == item_id and e.status == EventStatus.COMPLETED and e.completed_on
+        ]
+        if not done:
+            continue
+        last = max(done, key=lambda e: e.sequence)
+        override = engine.reanchor_item(
+            protocol,
+            item_id=item_id,
+            sequence=last.sequence,
+            completed_on=last.completed_on,  # type: ignore[arg-type]
+            **common,
+        )
+        override_keys = {o.key for o in override}
+        # Later occurrences of the item are now counted from the actual date: drop the old ones.
+        for key, planned in list(by_key.items()):
+            later = planned.item_id == item_id and planned.sequence > last.sequence
+            if later and key not in override_keys:
+                del by_key[key]
+        for o in override:
+            by_key[o.key] = o
+    return sorted(by_key.values(), key=lambda p: (p.target_at, p.key))
+
+
+def _replannable(event: ScheduleEvent, now: datetime, future_only: bool) -> bool:
+    if event.status not in PENDING_STATUSES or event.is_touched:
+        return False
+    if future_only:
+        return event.status == EventStatus.PLANNED and event.window_open_at > now
+    return True
+
+
+def _time_status(open_at: datetime, close_at: datetime, now: datetime) -> EventStatus:
+    # A re-planned or new event is planned or open; the job marks missed ones (and audits them).
+    return EventStatus.OPEN if open_at <= now < close_at else EventStatus.PLANNED
+
+
+_PLANNED_FIELDS = (
+    "item_id",
+    "sequence",
+    "event_type",
+    "modality",
+    "instrument",
+    "regimen",
+    "label",
+    "phase",
+    "target_date",
+    "window_open_date",
+    "window_close_date",
+    "target_at",
+    "window_open_at",
+    "window_close_at",
+    "expects_result",
+    "result_turnaround_days",
+    "is_reanchoring",
+)
+
+
+def _values(p: engine.PlannedEvent) -> dict[str, Any]:
+    values = {f: getattr(p, f) for f in _PLANNED_FIELDS}
+    values["event_type"] = EventType(p.event_type.value)
+    return values
+
+
+def apply_plan(
+    *,
+    session: Session,
+    participant: Participant,
+    desired: list[engine.PlannedEvent],
+    version: str,
+    now: datetime,
+    future_only: bool = False,
+) -> PlanResult:
+    """Make the stored events match the desired plan where they may still move."""
+    result = PlanResult()
+    existing = {e.key: e for e in _events(session, participant.id)}  # type: ignore[arg-type]
+    wanted = set()
+    for planned in desired:
+        wanted.add(planned.key)
+        event = existing.get(planned.key)
+        values = _values(planned)
+        if event is None:
+            if future_only and planned.window_open_at <= now:
+                continue  # an amendment does not invent events in the past
+            session.add(
+                ScheduleEvent(
+                    participant_id=participant.id,  # type: ignore[arg-type]
+                    key=planned.key,
+                    protocol_version=version,
+                    status=_time_status(planned.window_open_at, planned.window_close_at, now),
+                    created_at=now,
+                    updated_at=now,
+                    **values,
+                )
+            )
+            result.created += 1
+        elif _replannable(event, now, future_only) and (
+            any(getattr(event, f) != v for f, v in values.items())
+            or event.protocol_version != version
+        ):
+            for f, v in values.items():
+                setattr(event, f, v)
+            event.protocol_version = version
+            event.status = _time_status(event.window_open_at, event.window_close_at, now)
+            event.updated_at = now
+            session.add(event)
+            result.moved += 1
+    for key, event in existing.items():
+        if key not in wanted and _replannable(event, now, future_only):
+            event.status = EventStatus.CANCELLED
+            event.status_reason = f"no longer planned (protocol version {version})"
+            event.updated_at = now
+            session.add(event)
+            result.cancelled += 1
+    session.flush()
+    return result
+
+
+def plan_participant(
+    *,
+    session: Session,
+    participant: Participant,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None = None,
+    reason: str | None = None,
+    future_only: bool = False,
+) -> PlanResult | None:
+    """(Re-)plan a participant's schedule; None when they are not in a planning status."""
+    if participant.status not in PLANNING_STATUSES or participant.anchor_date is None:
+        return None
+    protocol = participant_protocol(session=session, participant=participant, now=now)
+    participant.cohort = resolve_cohort(protocol, participant.cohort, required=True)
+    existing = _events(session, participant.id)  # type: ignore[arg-type]
+    desired = desired_plan(protocol, participant, existing, _choices(session, participant.id))  # type: ignore[arg-type]
+    result = apply_plan(
+        session=session,
+        participant=participant,
+        desired=desired,
+        version=protocol.version,
+        now=now,
+        future_only=future_only,
+    )
+    if result.changed:
+        audit.record(
+            session=session,
+            actor=actor,
+            actor_user_id=actor_user_id,
+            action="schedule.planned" if not existing else "schedule.replanned",
+            entity="participant",
+            entity_id=participant.id,
+            site_id=participant.site_id,
+            now=now,
+            after={**result.as_dict(), "protocol_version": protocol.version},
+            reason=reason,
+        )
+    return result
+
+
+def end_pending(
+    *,
+    session: Session,
+    participant: Participant,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None,
+    reason: str,
+) -> int:
+    """Cancel every pending event and due decision (treatment resumed, withdrawal, completion)."""
+    count = 0
+    for event in _events(session, participant.id):  # type: ignore[arg-type]
+        if event.status in PENDING_STATUSES:
+            event.status = EventStatus.CANCELLED
+            event.status_reason = reason
+            event.updated_at = now
+            session.add(event)
+            count += 1
+    for decision in session.exec(
+        select(Decision).where(
+            Decision.participant_id == participant.id, Decision.status == DecisionStatus.DUE
+        )
+    ):
+        decision.status = DecisionStatus.CANCELLED
+        session.add(decision)
+    session.flush()
+    if count:
+        audit.record(
+            session=session,
+            actor=actor,
+            actor_user_id=actor_user_id,
+            action="schedule.ended",
+            entity="participant",
+            entity_id=participant.id,
+            site_id=participant.site_id,
+            now=now,
+            after={"cancelled": count},
+            reason=reason,
+        )
+    return count
+
+
+def on_participant_changed(
+    *,
+    session: Session,
+    participant: Participant,
+    changed: set[str],
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None,
+    reason: str | None,
+) -> None:
+    """Re-plan after enrolment or a change (status, anchor, cohort, time zone)."""
+    if "status" in changed and participant.status in ENDING_STATUSES:
+        end_pending(
+            session=session,
+            participant=participant,
+            now=now,
+            actor=actor,
+            actor_user_id=actor_user_id,
+            reason=f"participant is now {participant.status.value}"
+            + (f": {reason}" if reason else ""),
+        )
+        return
+    if changed & {"status", "anchor_date", "cohort", "timezone", "created"}:
+        plan_participant(
+            session=session,
+            participant=participant,
+            now=now,
+            actor=actor,
+            actor_user_id=actor_user_id,
+            reason=reason,
+        )
+
+
+def move_to_version(
+    *,
+    session: Session,
+    participant: Participant,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None = None,
+    reason: str,
+) -> PlanResult | None:
+    """Move a participant to the current protocol version (an amendment): re-plan only future,
+    untouched events; history stays as it was."""
+    _, current = protocols.protocol_of_study(session, participant.study_id)
+    protocols.record_version(session=session, protocol=current, now=now)
+    before = participant.protocol_version
+    if before == current.version:
+        return PlanResult()
+    participant.protocol_version = current.version
+    session.add(participant)
+    audit.record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action="participant.protocol_version",
+        entity="participant",
+        entity_id=participant.id,
+        site_id=participant.site_id,
+        now=now,
+        before={"protocol_version": before},
+        after={"protocol_version": current.version},
+        reason=reason,
+    )
+    return plan_participant(
+        session=session,
+        participant=participant,
+        now=now,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        reason=reason,
+        future_only=True,
+    )
+
+
+# --- lifecycle -----------------------------------------------------------------------------------
+
+
+def get_event(*, session: Session, participant: Participant, event_id: int) -> ScheduleEvent:
+    """An event of this participant, or NotFound."""
+    event = session.get(ScheduleEvent, event_id)
+    if event is None or event.participant_id != participant.id:
+        raise NotFound("event not found")
+    return event
+
+
+def local_today(participant: Participant, now: datetime) -> date:
+    """Today's date where the participant lives."""
+    return now.astimezone(ZoneInfo(participant.timezone)).date()
+
+
+EVENT_AUDIT_FIELDS = (
+    "status",
+    "target_date",
+    "window_open_date",
+    "window_close_date",
+    "completed_on",
+    "is_out_of_window",
+    "outcome",
+    "status_reason",
+)
+
+
+def _check_outcome(event: ScheduleEvent, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not outcome:
+        return None
+    allowed: dict[EventType, dict[str, tuple[Any, ...]]] = {
+        EventType.CTDNA_DRAW: {"ctdna": ("positive", "negative"), "pam_mutation": (True, False)},
+        EventType.IMAGING: {"recist": RECIST},
+    }
+    spec = allowed.get(event.event_type)
+    if spec is None:
+        raise field_error("outcome", f"a {event.event_type.value} event records no outcome")
+    fields: dict[str, list[str]] = {}
+    for key, value in outcome.items():
+        if key not in spec:
+            fields[f"outcome.{key}"] = [f"unknown; one of {', '.join(spec)}"]
+        elif value not in spec[key]:
+            fields[f"outcome.{key}"] = [f"one of {', '.join(map(str, spec[key]))}"]
+    if fields:
+        raise ValidationFailed("invalid outcome", fields)
+    return outcome
+
+
+def complete_event(
+    *,
+    session: Session,
+    participant: Participant,
+    event: ScheduleEvent,
+    completed_on: date,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None = None,
+    reason: str | None = None,
+    outcome: dict[str, Any] | None = None,
+) -> ScheduleEvent:
+    """Record that an event happened on a date; out of window is allowed, flagged, and needs a
+    reason. A re-anchoring event moves the ones after it; a decision input may open a decision."""
+    if event.event_type == EventType.DECISION_POINT:
+        raise Conflict("a decision point is completed by recording the decision")
+    if event.status not in COMPLETABLE:
+        raise Conflict(f"the event is {event.status.value}; it cannot be completed")
+    if completed_on > local_today(participant, now):
+        raise field_error("completed_on", "cannot be in the future")
+    outcome = _check_outcome(event, outcome)
+    in_window = is_in_window(completed_on, event.window_open_date, event.window_close_date)
+    if not in_window and not (reason and reason.strip()):
+        raise field_error("reason", "required: the date is outside the event's window")
+    before = audit.snapshot(event, EVENT_AUDIT_FIELDS)
+    event.status = EventStatus.COMPLETED
+    event.completed_on = completed_on
+    event.completed_at = now
+    event.is_out_of_window = not in_window
+    event.outcome = outcome
+    event.status_reason = reason
+    event.updated_at = now
+    session.add(event)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action="event.complete",
+        entity="schedule_event",
+        entity_id=event.id,
+        site_id=participant.site_id,
+        now=now,
+        before=before,
+        after=audit.snapshot(event, EVENT_AUDIT_FIELDS),
+        reason=reason,
+    )
+    if event.is_reanchoring:
+        plan_participant(
+            session=session,
+            participant=participant,
+            now=now,
+            actor=actor,
+            actor_user_id=actor_user_id,
+            reason=f"re-anchored on {event.key} done {completed_on.isoformat()}",
+        )
+    refresh_decisions(session=session, participant=participant, now=now)
+    return event
+
+
+def reschedule_event(
+    *,
+    session: Session,
+    participant: Participant,
+    event: ScheduleEvent,
+    target_date: date,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None = None,
+    reason: str,
+) -> ScheduleEvent:
+    """Move an event to a new target date; its window moves with it and re-plans leave it be."""
+    if event.status not in MOVABLE:
+        raise Conflict(f"the event is {event.status.value}; it cannot be moved")
+    if not reason.strip():
+        raise field_error("reason", "required")
+    shift = target_date - event.target_date
+    zone = ZoneInfo(participant.timezone)
+    before = audit.snapshot(event, EVENT_AUDIT_FIELDS)
+    local_time = event.target_at.astimezone(zone).time()
+    event.target_date = target_date
+    event.window_open_date += shift
+    event.window_close_date += shift
+    # Same local wall-clock time on the new day, whatever the UTC offset that day; windows run
+    # from local midnight to local midnight.
+    event.target_at = datetime.combine(target_date, local_time, zone).astimezone(UTC)
+    event.window_open_at = _local_midnight(event.window_open_date, zone)
+    event.window_close_at = _local_midnight(event.window_close_date + timedelta(days=1), zone)
+    event.status = _time_status(event.window_open_at, event.window_close_at, now)
+    event.is_touched = True
+    event.status_reason = reason
+    event.updated_at = now
+    session.add(event)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action="event.reschedule",
+        entity="schedule_event",
+        entity_id=event.id,
+        site_id=participant.site_id,
+        now=now,
+        before=before,
+        after=audit.snapshot(event, EVENT_AUDIT_FIELDS),
+        reason=reason,
+    )
+    return event
+
+
+def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, time(0, 0), zone).astimezone(UTC)
+
+
+def cancel_event(
+    *,
+    session: Session,
+    participant: Participant,
+    event: ScheduleEvent,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None = None,
+    reason: str,
+    not_applicable: bool = False,
+) -> ScheduleEvent:
+    """Cancel an event (or mark it not applicable) with a reason."""
+    if event.status not in CANCELLABLE:
+        raise Conflict(f"the event is {event.status.value}; it cannot be cancelled")
+    if not reason.strip():
+        raise field_error("reason", "required")
+    before = audit.snapshot(event, EVENT_AUDIT_FIELDS)
+    event.status = EventStatus.NOT_APPLICABLE if not_applicable else EventStatus.CANCELLED
+    event.status_reason = reason
+    event.is_touched = True
+    event.updated_at = now
+    session.add(event)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action="event.cancel",
+        entity="schedule_event",
+        entity_id=event.id,
+        site_id=participant.site_id,
+        now=now,
+        before=before,
+        after=audit.snapshot(event, EVENT_AUDIT_FIELDS),
+        reason=reason,
+    )
+    return event
+
+
+# --- decision points -----------------------------------------------------------------------------
+
+
+def gather_facts(
+    protocol: Protocol, decision_key: str, events: list[ScheduleEvent], point: ScheduleEvent
+) -> tuple[dict[str, str], list[str]]:
+    """The facts a decision table reads, from completed events' outcomes; and those still
+    awaited from their source events."""
+    table = protocol.decision(decision_key)
+    facts: dict[str, str] = {}
+    awaited: list[str] = []
+    done = [e for e in events if e.status == EventStatus.COMPLETED and e.outcome]
+    for name, spec in table.facts.items():
+        value: str | None = None
+        if spec.kind == FactKind.REGIMEN:
+            cycles = [
+                e
+                for e in events
+                if e.event_type == EventType.TREATMENT_CYCLE
+                and e.regimen
+                and e.target_at < point.target_at
+                and e.status not in (EventStatus.CANCELLED, EventStatus.NOT_APPLICABLE)
+            ]
+            value = max(cycles, key=lambda e: e.target_at).regimen if cycles else None
+        else:
+            field = {
+                FactKind.CTDNA_STATUS: "ctdna",
+                FactKind.RECIST_RESPONSE: "recist",
+                FactKind.PAM_MUTATION: "pam_mutation",
+            }[spec.kind]
+            sources = [
+                e
+                for e in done
+                if (e.item_id == spec.item if spec.item else e.event_type == EventType.CTDNA_DRAW)
+                and field in (e.outcome or {})
+            ]
+            if sources:
+                raw = max(sources, key=lambda e: (e.completed_on, e.sequence)).outcome[field]  # type: ignore[index]
+                value = ("true" if raw else "false") if isinstance(raw, bool) else str(raw)
+            elif spec.item:
+                awaited.append(name)
+        if value is not None:
+            facts[name] = value
+    return facts, awaited
+
+
+def refresh_decisions(*, session: Session, participant: Participant, now: datetime) -> int:
+    """Open (or re-evaluate) the decision points whose inputs are in. Returns how many opened."""
+    events = _events(session, participant.id)  # type: ignore[arg-type]
+    points = [
+        e
+        for e in events
+        if e.event_type == EventType.DECISION_POINT and e.status in PENDING_STATUSES
+    ]
+    if not points:
+        return 0
+    protocol = participant_protocol(session=session, participant=participant, now=now)
+    opened = 0
+    for point in points:
+        decision_key = _decision_key(protocol, point)
+        existing = session.exec(select(Decision).where(Decision.event_id == point.id)).first()
+        if existing is not None and existing.status != DecisionStatus.DUE:
+            continue
+        facts, awaited = gather_facts(protocol, decision_key, events, point)
+        if awaited:
+            continue
+        outcome = engine.evaluate_decision(protocol.decision(decision_key), facts)
+        if existing is None:
+            existing = Decision(
+                participant_id=participant.id,  # type: ignore[arg-type]
+                event_id=point.id,  # type: ignore[arg-type]
+                decision_key=decision_key,
+                created_at=now,
+            )
+            opened += 1
+        elif existing.facts == facts:
+            continue
+        existing.facts = dict(facts)
+        existing.rule_id = outcome.rule_id
+        existing.recommended_regimen = outcome.regimen
+        existing.recommended_cycles = outcome.cycles
+        existing.explanation = outcome.explanation
+        if outcome.options and not outcome.regimen:
+            existing.explanation = outcome.explanation
+        session.add(existing)
+        session.flush()
+        audit.record(
+            session=session,
+            actor="system:rules",
+            action="decision.due",
+            entity="decision",
+            entity_id=existing.id,
+            site_id=participant.site_id,
+            now=now,
+            after={
+                "decision": decision_key,
+                "facts": facts,
+                "rule_id": outcome.rule_id,
+                "recommended_regimen": outcome.regimen,
+                "options": list(outcome.options),
+                "cycles": outcome.cycles,
+            },
+        )
+    return opened
+
+
+def _decision_key(protocol: Protocol, point: ScheduleEvent) -> str:
+    item = protocol.item(point.item_id)
+    key = getattr(item, "decision", None)
+    if not key:
+        raise Conflict(f"item {point.item_id} names no decision table")
+    return str(key)
+
+
+def decision_options(protocol: Protocol, decision: Decision) -> list[str]:
+    """The regimens the matched rule allows (one, several, or none when no rule matched)."""
+    if decision.recommended_regimen:
+        return [decision.recommended_regimen]
+    table = protocol.decision(decision.decision_key)
+    rule = next((r for r in table.rules if r.id == decision.rule_id), None)
+    return list(rule.choose_from or []) if rule else []
+
+
+def record_decision(
+    *,
+    session: Session,
+    participant: Participant,
+    decision: Decision,
+    regimen: str,
+    cycles: int | None,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None,
+    reason: str | None,
+) -> Decision:
+    """The care team's decision: it may differ from the recommendation, with a reason. The
+    following cycles then follow the chosen regimen."""
+    if decision.status != DecisionStatus.DUE:
+        raise Conflict(f"the decision is {decision.status.value}")
+    protocol = participant_protocol(session=session, participant=participant, now=now)
+    assert protocol.treatment is not None
+    known = [r.key for r in protocol.treatment.regimens]
+    if regimen not in known:
+        raise field_error("regimen", f"one of {', '.join(known)}")
+    options = decision_options(protocol, decision)
+    follows = regimen in options
+    if not follows and not (reason and reason.strip()):
+        raise field_error(
+            "reason",
+            "required: the regimen differs from the rule's recommendation"
+            if options
+            else "required: no rule matched, say why this regimen",
+        )
+    chosen_cycles = cycles or decision.recommended_cycles
+    if chosen_cycles is None:
+        raise field_error("cycles", "required: no rule says how many cycles")
+    before = audit.snapshot(decision, ("status", "chosen_regimen", "chosen_cycles"))
+    decision.status = DecisionStatus.DECIDED
+    decision.chosen_regimen = regimen
+    decision.chosen_cycles = chosen_cycles
+    decision.decided_by_user_id = actor_user_id
+    decision.decided_at = now
+    decision.reason = reason
+    session.add(decision)
+    point = session.get(ScheduleEvent, decision.event_id)
+    assert point is not None
+    point.status = EventStatus.COMPLETED
+    point.completed_on = local_today(participant, now)
+    point.completed_at = now
+    point.is_out_of_window = not is_in_window(
+        point.completed_on, point.window_open_date, point.window_close_date
+    )
+    point.outcome = {"regimen": regimen, "cycles": chosen_cycles}
+    point.updated_at = now
+    session.add(point)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action="decision.record",
+        entity="decision",
+        entity_id=decision.id,
+        site_id=participant.site_id,
+        now=now,
+        before=before,
+        after={
+            "status": decision.status.value,
+            "chosen_regimen": regimen,
+            "chosen_cycles": chosen_cycles,
+            "recommended_regimen": decision.recommended_regimen,
+            "rule_id": decision.rule_id,
+            "follows_recommendation": follows,
+        },
+        reason=reason,
+    )
+    plan_participant(
+        session=session,
+        participant=participant,
+        now=now,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        reason=f"decision {decision.decision_key}: {regimen} x{chosen_cycles}",
+    )
+    return decision
+
+
+def open_due_decisions(*, session: Session, now: datetime) -> int:
+    """For the job: refresh decisions of participants with a pending decision point."""
+    ids = session.exec(
+        select(ScheduleEvent.participant_id)
+        .where(
+            ScheduleEvent.event_type == EventType.DECISION_POINT,
+            col(ScheduleEvent.status).in_(list(PENDING_STATUSES)),
+        )
+        .distinct()
+    ).all()
+    opened = 0
+    for pid in ids:
+        participant = session.get(Participant, pid)
+        if participant is not None and participant.status in PLANNING_STATUSES:
+            opened += refresh_decisions(session=session, participant=participant, now=now)
+    return opened
+
+
+# --- presentation --------------------------------------------------------------------------------
+
+
+def event_dict(event: ScheduleEvent, tz: str) -> dict[str, Any]:
+    """An event with its times also in the participant's local time."""
+    zone = ZoneInfo(tz)
+    d = event.model_dump()
+    d["event_type"] = event.event_type.value
+    d["status"] = event.status.value
+    d["target_local"] = event.target_at.astimezone(zone).isoformat()
+    d["window_open_local"] = event.window_open_at.astimezone(zone).isoformat()
+    d["window_close_local"] = event.window_close_at.astimezone(zone).isoformat()
+    d["time_zone"] = tz
+    return d
+
+
+def list_events(
+    *,
+    session: Session,
+    participant: Participant,
+    status: EventStatus | None = None,
+    event_type: EventType | None = None,
+    date_from: date | None = None,
+    date_to: date | None = None,
+) -> list[ScheduleEvent]:
+    """A participant's events, filtered, by target time."""
+    q = select(ScheduleEvent).where(ScheduleEvent.participant_id == participant.id)
+    if status is not None:
+        q = q.where(ScheduleEvent.status == status)
+    if event_type is not None:
+        q = q.where(ScheduleEvent.event_type == event_type)
+    if date_from is not None:
+        q = q.where(col(ScheduleEvent.target_date) >= date_from)
+    if date_to is not None:
+        q = q.where(col(ScheduleEvent.target_date) <= date_to)
+    return list(session.exec(q.order_by(col(ScheduleEvent.target_at), col(ScheduleEvent.id))))
