@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+FAKE_TWILIO_PORT ?= 8010
 # PostgreSQL for the second test run (trust auth on this machine; a fresh database is made per run).
 TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
@@ -29,9 +30,11 @@ seed: migrate
 ## http://127.0.0.1:8000 with the scheduler process beside the web server (Ctrl-C stops both).
 run: seed
 	@echo "Stepdown on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/api/docs)"
+	@echo "Fake Twilio (what was sent): http://$(HOST):$(FAKE_TWILIO_PORT)/_fake/"
 	@trap 'kill 0' EXIT INT TERM; \
-	$(BIN)/stepdown scheduler & \
-	$(BIN)/stepdown run --host $(HOST) --port $(PORT) & \
+	$(BIN)/python -m notifications.fake_twilio --host $(HOST) --port $(FAKE_TWILIO_PORT) --callback-delay 0.5 & \
+	TWILIO_BASE_URL=http://$(HOST):$(FAKE_TWILIO_PORT) PUBLIC_BASE_URL=http://$(HOST):$(PORT) $(BIN)/stepdown scheduler & \
+	TWILIO_BASE_URL=http://$(HOST):$(FAKE_TWILIO_PORT) PUBLIC_BASE_URL=http://$(HOST):$(PORT) $(BIN)/stepdown run --host $(HOST) --port $(PORT) & \
 	wait
 
 lint: setup

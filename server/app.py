@@ -41,7 +41,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     auth_web.init_app(app)
     csrf.init_app(app)
 
-    from api import admin, auth, docs, errors, health, pages, participants, schedules
+    from api import admin, auth, docs, errors, health, pages, participants, schedules, twilio
 
     api = errors.StepdownApi(app)
     app.extensions["stepdown_api"] = api
@@ -51,6 +51,8 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(twilio.bp)
+    csrf.exempt(twilio.bp)  # the Twilio signature is these endpoints' authentication
     errors.register(app)
 
     @app.before_request

@@ -45,6 +45,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(db_group)
     app.cli.add_command(protocol_group)
     app.cli.add_command(scheduler_command)
+    app.cli.add_command(dispatcher_command)
 
 
 @click.group("db", cls=AppGroup, help="Database schema (migrations).")
@@ -350,20 +351,52 @@ def protocol_amend(study_key: str, codes: tuple[str, ...], reason: str) -> None:
 
 
 @click.command("scheduler")
-@click.option("--once", is_flag=True, help="run every job once and exit")
+@click.option("--once", is_flag=True, help="run every job and one dispatch pass, then exit")
+@click.option("--no-dispatcher", is_flag=True, help="do not send SMS from this process")
 @with_appcontext
-def scheduler_command(once: bool) -> None:
-    """Run the scheduler process (exactly one per installation)."""
-    from server import scheduler
+def scheduler_command(once: bool, no_dispatcher: bool) -> None:
+    """Run the scheduler process (exactly one per installation) with the SMS dispatcher."""
+    import threading
+
+    from server import messaging, scheduler
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if once:
         for job_id, result in scheduler.run_all_once(app).items():
             click.echo(f"{job_id}: {result}")
+        if not no_dispatcher:
+            click.echo(f"dispatch: {messaging.build_dispatcher(app).run_once()}")
         return
+    stop = threading.Event()
+    if not no_dispatcher:
+        messaging.start_dispatcher_thread(app, stop)
     sched = scheduler.build(app)
     click.echo("scheduler running: " + ", ".join(j.id for j in sched.get_jobs()))
-    sched.start()
+    try:
+        sched.start()
+    finally:
+        stop.set()
+
+
+@click.command("dispatcher")
+@with_appcontext
+def dispatcher_command() -> None:
+    """Run an extra SMS dispatcher (PostgreSQL only: SQLite runs exactly one, in the scheduler)."""
+    import threading
+
+    from server import messaging
+    from server.db import get_db as _get_db
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not _get_db(app).is_postgresql:
+        raise click.UsageError("extra dispatchers need PostgreSQL; on SQLite the scheduler sends")
+    stop = threading.Event()
+    dispatcher = messaging.build_dispatcher(app)
+    click.echo("dispatcher running")
+    try:
+        dispatcher.run_forever(stop, messaging.make_waiter(app, stop))
+    except KeyboardInterrupt:
+        stop.set()
 
 
 def _print_logins(emails: list[str]) -> None:

@@ -6,7 +6,6 @@ per job. Services only `flush()`.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,17 +16,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from notifications.sqltypes import str_enum
 
-def str_enum(enum_cls: type[enum.Enum]) -> sa.Enum:
-    """Store an Enum as its value in a VARCHAR (no native PostgreSQL enum type)."""
-    return sa.Enum(
-        enum_cls,
-        native_enum=False,
-        create_constraint=False,
-        length=32,
-        values_callable=lambda e: [m.value for m in e],
-        validate_strings=True,
-    )
+__all__ = ["Database", "get_db", "get_session", "init_app", "make_engine", "str_enum"]
 
 
 def normalise_url(url: str) -> str:

@@ -1,5 +1,6 @@
 """Imports every table module so SQLModel.metadata is complete (Alembic, tests)."""
 
+from notifications.models import MessageLog, OutboxMessage
 from server.audit import AuditEvent
 from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
@@ -13,6 +14,8 @@ __all__ = [
     "EventStatus",
     "EventType",
     "Locale",
+    "MessageLog",
+    "OutboxMessage",
     "Participant",
     "ParticipantStatus",
     "ProtocolVersion",

@@ -37,7 +37,9 @@ class JobSpec:
 
 def job_specs() -> list[JobSpec]:
     """Every job the scheduler runs (imported late so the web app never needs them)."""
+    from server import messaging
     from server.schedules import jobs as schedule_jobs
+    from server.schedules import reminders
 
     return [
         JobSpec(
@@ -51,6 +53,18 @@ def job_specs() -> list[JobSpec]:
             60,
             schedule_jobs.evaluate_decisions,
             "open 'decision due' items whose inputs are all in",
+        ),
+        JobSpec(
+            "reminders.materialize",
+            300,
+            reminders.materialize,
+            "write participant reminders due in the next 48 hours to the outbox",
+        ),
+        JobSpec(
+            "outbox.expire_stale",
+            300,
+            messaging.expire_stale,
+            "expire pending messages whose moment has passed",
         ),
     ]
 

@@ -143,7 +143,7 @@ def _result(session: Session, now: datetime, where: list[Any]) -> dict[str, Any]
     total, per_type = aggregate(session=session, now=now, where=where)
     questionnaires = next((f for f in per_type if f.event_type == "questionnaire"), None)
     return {
-        "as_of": now,
+        "as_of": now.isoformat(),
         "total": total.as_dict() | {"compliance_pct": None},
         "by_event_type": [f.as_dict() for f in per_type],
         "questionnaire_compliance": {

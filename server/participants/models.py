@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime
+from datetime import date, datetime, time
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -66,6 +66,9 @@ class Participant(SQLModel, table=True):
     locale: Locale = Field(default=Locale.EN, sa_type=str_enum(Locale))
     phone_e164: str | None = Field(default=None, max_length=20, index=True)
     has_sms_consent: bool = Field(default=False)
+    # No SMS between these local times (wrapping midnight); reminders wait for quiet_hours_end.
+    quiet_hours_start: time = Field(default=time(21, 0))
+    quiet_hours_end: time = Field(default=time(8, 0))
     sms_consent_changed_at: datetime | None = Field(default=None)
     withdrawn_at: datetime | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow)

@@ -350,10 +350,14 @@ class Expects(_Node):
 
 
 class Reminder(_Model):
-    """A reminder relative to the target date (the reminders issue will give kinds meaning)."""
+    """A participant reminder: `offset` days from the event's target, window opening or window
+    closing, sent at `at` local time (default: the item's time of day). Moments before the target
+    expire at the end of the target day; later ones (nudges, overdue) when the window closes."""
 
     kind: Id
-    offset: DurationField
+    offset: DurationField = Field(default_factory=lambda: Duration(0, "days"))
+    relative_to: Literal["target", "window_open", "window_close"] = "target"
+    at: TimeField | None = None
 
 
 class Phase(_Node):
@@ -711,6 +715,8 @@ class Protocol(_Node):
     schedule: list[Item] = Field(min_length=1)
     treatment: Treatment | None = None
     decisions: list[DecisionTable] = Field(default_factory=list)
+    # Participant reminder plans per event type; an item's own `reminders` replace its type's.
+    reminders: dict[EventType, list[Reminder]] = Field(default_factory=dict)
     # Set by the loader from the file, never written in it.
     key: str = Field(default="", exclude=True)
     source_file: str = Field(default="", exclude=True)

@@ -25,6 +25,7 @@ from server.participants.models import Participant, ParticipantStatus
 from server.protocols import rules as engine
 from server.protocols import service as protocols
 from server.protocols.definition import FactKind, Protocol
+from server.schedules import reminders
 from server.schedules.models import (
     PENDING_STATUSES,
     Decision,
@@ -210,6 +211,7 @@ def apply_plan(
 ) -> PlanResult:
     """Make the stored events match the desired plan where they may still move."""
     result = PlanResult()
+    changed_ids: list[int | None] = []
     existing = {e.key: e for e in _events(session, participant.id)}  # type: ignore[arg-type]
     wanted = set()
     for planned in desired:
@@ -241,6 +243,7 @@ def apply_plan(
             event.status = _time_status(event.window_open_at, event.window_close_at, now)
             event.updated_at = now
             session.add(event)
+            changed_ids.append(event.id)
             result.moved += 1
     for key, event in existing.items():
         if key not in wanted and _replannable(event, now, future_only):
@@ -248,8 +251,10 @@ def apply_plan(
             event.status_reason = f"no longer planned (protocol version {version})"
             event.updated_at = now
             session.add(event)
+            changed_ids.append(event.id)
             result.cancelled += 1
     session.flush()
+    reminders.cancel_for_events(session, changed_ids, now=now, reason="event re-planned")
     return result
 
 
@@ -291,6 +296,8 @@ def plan_participant(
             after={**result.as_dict(), "protocol_version": protocol.version},
             reason=reason,
         )
+    # Reminders due in the next hours are written now, not at the next job tick.
+    reminders.materialize(session=session, now=now, participant_id=participant.id)
     return result
 
 
@@ -305,13 +312,16 @@ def end_pending(
 ) -> int:
     """Cancel every pending event and due decision (treatment resumed, withdrawal, completion)."""
     count = 0
+    ended: list[int | None] = []
     for event in _events(session, participant.id):  # type: ignore[arg-type]
         if event.status in PENDING_STATUSES:
             event.status = EventStatus.CANCELLED
             event.status_reason = reason
             event.updated_at = now
             session.add(event)
+            ended.append(event.id)
             count += 1
+    reminders.cancel_for_events(session, ended, now=now, reason=reason)
     for decision in session.exec(
         select(Decision).where(
             Decision.participant_id == participant.id, Decision.status == DecisionStatus.DUE
@@ -494,6 +504,7 @@ def complete_event(
     event.updated_at = now
     session.add(event)
     session.flush()
+    reminders.cancel_for_events(session, [event.id], now=now, reason="event completed")
     audit.record(
         session=session,
         actor=actor,
@@ -554,6 +565,8 @@ def reschedule_event(
     event.updated_at = now
     session.add(event)
     session.flush()
+    reminders.cancel_for_events(session, [event.id], now=now, reason="event rescheduled")
+    reminders.materialize(session=session, now=now, participant_id=participant.id)
     audit.record(
         session=session,
         actor=actor,
@@ -597,6 +610,7 @@ def cancel_event(
     event.updated_at = now
     session.add(event)
     session.flush()
+    reminders.cancel_for_events(session, [event.id], now=now, reason="event cancelled")
     audit.record(
         session=session,
         actor=actor,

@@ -281,6 +281,8 @@ def test_scheduler_registers_jobs_under_stable_ids(app):
     assert {j.id for j in sched.get_jobs()} == {
         "schedules.update_event_statuses",
         "schedules.evaluate_decisions",
+        "reminders.materialize",
+        "outbox.expire_stale",
     }
 
 

@@ -1,0 +1,420 @@
+"""The dispatcher: claims due outbox rows, hands them to the SMS provider, records what happened.
+
+Claim, send, record are three steps. The claim is a short transaction (`FOR UPDATE SKIP LOCKED` on
+PostgreSQL, so several dispatchers never take the same row; SQLite runs exactly one dispatcher)
+that marks rows `sending` with a lease. The provider call happens outside any transaction. The
+result is recorded in a new transaction.
+
+Failure handling:
+- 429 / connection refused (the provider surely did not take it): back to pending, exponential
+  backoff with jitter;
+- 5xx / timeouts (the provider may have taken it): the row stays `sending`. Its outbox id is in the
+  StatusCallback URL, so a callback links the SID if the provider did send it; when the lease
+  expires with no callback, the reaper asks the provider's message log before retrying, so a
+  message is never blindly sent twice;
+- 21610 (recipient replied STOP): final `opted_out`, and the domain is told (consent, care team);
+- other permanent errors: final `failed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from notifications import outbox
+from notifications.models import (
+    PRIORITY_REMINDER,
+    MessageCategory,
+    MessageStatus,
+    OutboxMessage,
+)
+from notifications.providers.base import (
+    PermanentSendError,
+    SmsProvider,
+    TransientSendError,
+)
+from notifications.sqltypes import utcnow
+
+log = logging.getLogger("stepdown.dispatcher")
+
+# Reminders that sit in the provider's queue longer than this are dropped by the provider.
+REMINDER_VALIDITY_SECONDS = 3600
+
+
+@dataclass
+class DispatchStats:
+    """What one pass did."""
+
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    ambiguous: int = 0
+    failed: int = 0
+    opted_out: int = 0
+    expired: int = 0
+    reconciled: int = 0
+
+    def add(self, other: DispatchStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class RateLimiter:
+    """A token bucket per sender: at most `rate` messages a second (a long code sends ~1/s)."""
+
+    def __init__(self, rate: float, burst: float = 1.0) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._tokens: dict[str, float] = {}
+        self._stamp: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, sender: str, stop: threading.Event | None = None) -> None:
+        """Block until the sender may send one message."""
+        if self.rate <= 0:
+            return
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                tokens = self._tokens.get(sender, self.burst)
+                tokens = min(self.burst, tokens + (now - self._stamp.get(sender, now)) * self.rate)
+                self._stamp[sender] = now
+                if tokens >= 1.0:
+                    self._tokens[sender] = tokens - 1.0
+                    return
+                self._tokens[sender] = tokens
+                delay = (1.0 - tokens) / self.rate
+            if stop is not None and stop.wait(delay):
+                return
+            if stop is None:
+                time.sleep(delay)
+
+
+def backoff_seconds(attempt: int, *, base: float = 5.0, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter (attempt 1 → up to 5 s, then 10, 20 … capped)."""
+    return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
+
+
+UnsubscribedHook = Callable[[Session, OutboxMessage, datetime], None]
+FailedHook = Callable[[Session, OutboxMessage, datetime], None]
+
+
+@dataclass
+class Dispatcher:
+    """Sends due outbox rows through a provider."""
+
+    session_factory: Callable[[], Session]
+    provider: SmsProvider
+    callback_base_url: str
+    sender: str = "default"
+    rate_per_second: float = 1.0
+    batch_size: int = 50
+    lease_seconds: int = 600
+    max_attempts: int = 12
+    on_unsubscribed: UnsubscribedHook | None = None
+    on_failed: FailedHook | None = None
+    clock: Callable[[], datetime] = utcnow
+    # Test seam: called after the provider accepted a message, before we record it.
+    after_provider_accepted: Callable[[OutboxMessage], None] | None = None
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.rate_per_second)
+
+    # --- claim ----------------------------------------------------------------------------------
+
+    def claim(self) -> list[OutboxMessage]:
+        """Take due rows (up to batch_size) and mark them sending with a lease."""
+        now = self.clock()
+        with self.session_factory() as session, session.begin():
+            rows = session.exec(
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.status == MessageStatus.PENDING,
+                    col(OutboxMessage.not_before_at) <= now,
+                )
+                .order_by(
+                    col(OutboxMessage.priority),
+                    col(OutboxMessage.not_before_at),
+                    col(OutboxMessage.id),
+                )
+                .limit(self.batch_size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            claimed = []
+            for row in rows:
+                if row.expires_at is not None and row.expires_at <= now:
+                    # No reminder for yesterday's draw: the moment has passed.
+                    outbox.advance(
+                        session,
+                        row,
+                        MessageStatus.EXPIRED,
+                        source="dispatcher",
+                        now=now,
+                        note="expired before it could be sent",
+                    )
+                    continue
+                row.status = MessageStatus.SENDING
+                row.attempts += 1
+                row.last_attempt_at = now
+                row.lease_until_at = now + timedelta(seconds=self.lease_seconds)
+                row.updated_at = now
+                session.add(row)
+                outbox.log(
+                    session,
+                    row,
+                    MessageStatus.SENDING,
+                    "dispatcher",
+                    at=now,
+                    note=f"attempt {row.attempts}",
+                )
+                claimed.append(row)
+            session.flush()
+            for row in claimed:
+                session.expunge(row)
+        return claimed
+
+    # --- send -----------------------------------------------------------------------------------
+
+    def send(self, row: OutboxMessage, stop: threading.Event | None = None) -> DispatchStats:
+        """Hand one claimed row to the provider and record the outcome."""
+        stats = DispatchStats()
+        self.limiter.wait(row.sender or self.sender, stop)
+        callback = f"{self.callback_base_url}/twilio/status/{row.id}"
+        validity = REMINDER_VALIDITY_SECONDS if row.priority >= PRIORITY_REMINDER else None
+        try:
+            receipt = self.provider.send_sms(
+                to=row.to_e164,
+                body=row.body,
+                status_callback=callback,
+                attempt=row.attempts,
+                validity_period=validity,
+            )
+        except PermanentSendError as exc:
+            self._record_permanent(row, exc, stats)
+            return stats
+        except TransientSendError as exc:
+            self._record_transient(row, exc, stats)
+            return stats
+        if self.after_provider_accepted is not None:
+            self.after_provider_accepted(row)
+        now = self.clock()
+        with self.session_factory() as session, session.begin():
+            fresh = session.get(OutboxMessage, row.id, with_for_update=True)
+            if fresh is None:
+                return stats
+            if fresh.provider_sid is None:
+                fresh.provider_sid = receipt.sid
+            outbox.advance(session, fresh, MessageStatus.SENT, source="dispatcher", now=now)
+            fresh.lease_until_at = None
+            session.add(fresh)
+        stats.sent += 1
+        return stats
+
+    def _record_permanent(
+        self, row: OutboxMessage, exc: PermanentSendError, stats: DispatchStats
+    ) -> None:
+        now = self.clock()
+        with self.session_factory() as session, session.begin():
+            fresh = session.get(OutboxMessage, row.id, with_for_update=True)
+            if fresh is None:
+                return
+            if exc.is_unsubscribed:
+                outbox.advance(
+                    session,
+                    fresh,
+                    MessageStatus.OPTED_OUT,
+                    source="dispatcher",
+                    now=now,
+                    error_code=exc.code,
+                    note="recipient unsubscribed",
+                )
+                stats.opted_out += 1
+                if self.on_unsubscribed is not None:
+                    self.on_unsubscribed(session, fresh, now)
+            else:
+                outbox.advance(
+                    session,
+                    fresh,
+                    MessageStatus.FAILED,
+                    source="dispatcher",
+                    now=now,
+                    error_code=exc.code,
+                    note=exc.reason,
+                )
+                stats.failed += 1
+                if self.on_failed is not None:
+                    self.on_failed(session, fresh, now)
+
+    def _record_transient(
+        self, row: OutboxMessage, exc: TransientSendError, stats: DispatchStats
+    ) -> None:
+        now = self.clock()
+        with self.session_factory() as session, session.begin():
+            fresh = session.get(OutboxMessage, row.id, with_for_update=True)
+            if fresh is None or fresh.status != MessageStatus.SENDING:
+                return  # a callback already told us more than the error did
+            if exc.is_ambiguous:
+                # The provider may have it: keep the lease; a callback or the reaper decides.
+                fresh.status_note = f"unconfirmed: {exc.reason}"[:300]
+                fresh.error_code = exc.code
+                session.add(fresh)
+                outbox.log(
+                    session,
+                    fresh,
+                    MessageStatus.SENDING,
+                    "dispatcher",
+                    at=now,
+                    error_code=exc.code,
+                    note="unconfirmed; awaiting callback",
+                )
+                stats.ambiguous += 1
+                return
+            self._retry_later(session, fresh, now, exc.reason, exc.code, exc.retry_after)
+            stats.retried += 1
+
+    def _retry_later(
+        self,
+        session: Session,
+        row: OutboxMessage,
+        now: datetime,
+        reason: str,
+        code: int | None,
+        retry_after: float | None = None,
+    ) -> None:
+        if row.attempts >= self.max_attempts:
+            outbox.advance(
+                session,
+                row,
+                MessageStatus.FAILED,
+                source="dispatcher",
+                now=now,
+                error_code=code,
+                note=f"gave up after {row.attempts} attempts",
+            )
+            if self.on_failed is not None:
+                self.on_failed(session, row, now)
+            return
+        delay = max(backoff_seconds(row.attempts), retry_after or 0.0)
+        row.status = MessageStatus.PENDING
+        row.not_before_at = now + timedelta(seconds=delay)
+        row.lease_until_at = None
+        row.error_code = code
+        row.status_note = f"retry in {delay:.0f}s: {reason}"[:300]
+        row.updated_at = now
+        session.add(row)
+        outbox.log(
+            session,
+            row,
+            MessageStatus.PENDING,
+            "dispatcher",
+            at=now,
+            error_code=code,
+            note=row.status_note,
+        )
+
+    # --- reconcile ------------------------------------------------------------------------------
+
+    def reap(self) -> DispatchStats:
+        """Rows whose lease expired with no answer: ask the provider's log, never resend blindly."""
+        stats = DispatchStats()
+        now = self.clock()
+        with self.session_factory() as session, session.begin():
+            rows = session.exec(
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.status == MessageStatus.SENDING,
+                    col(OutboxMessage.lease_until_at) <= now,
+                )
+                .order_by(col(OutboxMessage.id))
+                .limit(self.batch_size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                found = self._lookup(row)
+                if found is not None:
+                    row.provider_sid = row.provider_sid or found.sid
+                    session.add(row)
+                    outbox.advance(
+                        session,
+                        row,
+                        outbox.TWILIO_STATUS.get(found.status, MessageStatus.SENT),
+                        source="reconcile",
+                        now=now,
+                        error_code=found.error_code,
+                    )
+                    stats.reconciled += 1
+                elif found is None and self._can_lookup():
+                    # The provider has no such message: it is safe to send it (again).
+                    self._retry_later(session, row, now, "not found at the provider", None)
+                    stats.retried += 1
+                elif row.category == MessageCategory.STAFF_ALERT:
+                    # Alerts are at-least-once: a duplicate beats a missed positive result.
+                    self._retry_later(session, row, now, "unconfirmed; retrying alert", None)
+                    stats.retried += 1
+                else:
+                    outbox.advance(
+                        session,
+                        row,
+                        MessageStatus.FAILED,
+                        source="reconcile",
+                        now=now,
+                        note="unconfirmed and not retried (at most once)",
+                    )
+                    stats.failed += 1
+        return stats
+
+    def _can_lookup(self) -> bool:
+        return hasattr(self.provider, "find_messages")
+
+    def _lookup(self, row: OutboxMessage) -> Any:
+        if not self._can_lookup() or row.last_attempt_at is None:
+            return None
+        try:
+            candidates = self.provider.find_messages(  # type: ignore[attr-defined]
+                to=row.to_e164, created_after=row.last_attempt_at - timedelta(minutes=5)
+            )
+        except Exception:  # the provider is down: decide next time
+            log.warning("reconcile lookup failed for outbox %s", row.id, exc_info=True)
+            raise
+        for message in candidates:
+            if message.body == row.body:
+                return message
+        return None
+
+    # --- loop -----------------------------------------------------------------------------------
+
+    def run_once(self, stop: threading.Event | None = None) -> DispatchStats:
+        """Claim and send until nothing is due (or stop is set)."""
+        total = DispatchStats()
+        while stop is None or not stop.is_set():
+            rows = self.claim()
+            if not rows:
+                break
+            total.claimed += len(rows)
+            for row in rows:
+                if stop is not None and stop.is_set():
+                    break
+                total.add(self.send(row, stop))
+        return total
+
+    def run_forever(self, stop: threading.Event, wait: Callable[[float], None]) -> None:
+        """Dispatch until stopped; `wait(seconds)` returns early when woken (LISTEN/NOTIFY)."""
+        last_reap = 0.0
+        while not stop.is_set():
+            try:
+                self.run_once(stop)
+                if time.monotonic() - last_reap > 30:
+                    self.reap()
+                    last_reap = time.monotonic()
+            except Exception:
+                log.exception("dispatcher pass failed; retrying")
+            wait(1.0)

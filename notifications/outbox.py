@@ -1,0 +1,233 @@
+"""Outbox operations: enqueue (idempotent on the dedupe key), status changes that only move
+forward, cancellation by reference, and the message log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from notifications.models import (
+    FINAL_STATUSES,
+    OPEN_STATUSES,
+    PRIORITY_STAFF_NOTICE,
+    MessageCategory,
+    MessageLog,
+    MessageStatus,
+    OutboxMessage,
+)
+from notifications.segments import count_segments
+
+WAKE_CHANNEL = "stepdown_outbox"
+
+# Forward-only order of delivery states; callbacks arrive unordered and repeated.
+RANK = {
+    MessageStatus.PENDING: 0,
+    MessageStatus.SENDING: 1,
+    MessageStatus.SENT: 2,
+    MessageStatus.DELIVERED: 3,
+    MessageStatus.UNDELIVERED: 3,
+    MessageStatus.FAILED: 3,
+    MessageStatus.EXPIRED: 3,
+    MessageStatus.CANCELLED: 3,
+    MessageStatus.OPTED_OUT: 3,
+}
+
+# Twilio's statuses in our terms: anything Twilio holds is "sent" (handed to the provider).
+TWILIO_STATUS = {
+    "accepted": MessageStatus.SENT,
+    "scheduled": MessageStatus.SENT,
+    "queued": MessageStatus.SENT,
+    "sending": MessageStatus.SENT,
+    "sent": MessageStatus.SENT,
+    "delivered": MessageStatus.DELIVERED,
+    "read": MessageStatus.DELIVERED,
+    "undelivered": MessageStatus.UNDELIVERED,
+    "failed": MessageStatus.FAILED,
+    "canceled": MessageStatus.CANCELLED,
+}
+
+
+def _insert(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql if dialect == "postgresql" else sqlite).insert(OutboxMessage)
+
+
+def enqueue(
+    session: Session,
+    *,
+    dedupe_key: str,
+    category: MessageCategory,
+    kind: str,
+    to: str,
+    locale: str,
+    body: str,
+    priority: int,
+    now: datetime,
+    not_before_at: datetime | None = None,
+    intended_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    participant_id: int | None = None,
+    staff_user_id: int | None = None,
+    ref: str | None = None,
+    sender: str | None = None,
+) -> tuple[OutboxMessage, bool]:
+    """Write a message row in the caller's transaction; (row, created). A second enqueue with the
+    same dedupe key returns the first row: one key, one message, ever."""
+    due = not_before_at or now
+    values = {
+        "dedupe_key": dedupe_key,
+        "category": category,
+        "kind": kind,
+        "to_e164": to,
+        "locale": locale,
+        "body": body,
+        "segments": count_segments(body).segments,
+        "priority": priority,
+        "intended_at": intended_at or due,
+        "not_before_at": due,
+        "expires_at": expires_at,
+        "participant_id": participant_id,
+        "staff_user_id": staff_user_id,
+        "ref": ref,
+        "sender": sender,
+        "status": MessageStatus.PENDING,
+        "created_at": now,
+        "updated_at": now,
+    }
+    stmt = _insert(session).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    created = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    row = session.exec(select(OutboxMessage).where(OutboxMessage.dedupe_key == dedupe_key)).one()
+    if created:
+        log(session, row, MessageStatus.PENDING, "enqueue", at=now)
+        if priority <= PRIORITY_STAFF_NOTICE and due <= now:
+            wake(session)
+    return row, created
+
+
+def wake(session: Session) -> None:
+    """Wake dispatchers at commit (PostgreSQL NOTIFY; SQLite dispatchers poll)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": WAKE_CHANNEL})
+
+
+def log(
+    session: Session,
+    message: OutboxMessage,
+    status: MessageStatus,
+    source: str,
+    *,
+    at: datetime,
+    error_code: int | None = None,
+    note: str | None = None,
+    dedupe_key: str | None = None,
+) -> None:
+    """Append to the message's trail."""
+    session.add(
+        MessageLog(
+            message_id=message.id,  # type: ignore[arg-type]
+            at=at,
+            status=status,
+            source=source,
+            error_code=error_code,
+            note=note,
+            dedupe_key=dedupe_key,
+        )
+    )
+
+
+def advance(
+    session: Session,
+    message: OutboxMessage,
+    status: MessageStatus,
+    *,
+    source: str,
+    now: datetime,
+    error_code: int | None = None,
+    note: str | None = None,
+) -> bool:
+    """Move a message forward (never back, never out of a final state); True if it moved."""
+    if message.status in FINAL_STATUSES or status == message.status:
+        return False
+    if RANK[status] < RANK[message.status]:
+        return False  # e.g. a late "sent" after "delivered"
+    message.status = status
+    message.updated_at = now
+    if error_code is not None:
+        message.error_code = error_code
+    if note is not None:
+        message.status_note = note[:300]
+    if status == MessageStatus.SENT and message.sent_at is None:
+        message.sent_at = now
+    elif status == MessageStatus.DELIVERED:
+        message.delivered_at = now
+        message.sent_at = message.sent_at or now
+    elif status in (MessageStatus.FAILED, MessageStatus.UNDELIVERED):
+        message.failed_at = now
+    if status not in OPEN_STATUSES:
+        message.lease_until_at = None
+    session.add(message)
+    log(session, message, status, source, at=now, error_code=error_code, note=note)
+    return True
+
+
+def cancel_where(
+    session: Session,
+    *,
+    now: datetime,
+    reason: str,
+    refs: Iterable[str] | None = None,
+    participant_id: int | None = None,
+    status: MessageStatus = MessageStatus.CANCELLED,
+    categories: Iterable[MessageCategory] | None = None,
+) -> int:
+    """Cancel pending messages by reference or participant (sending ones are already out)."""
+    q = select(OutboxMessage).where(OutboxMessage.status == MessageStatus.PENDING)
+    if refs is not None:
+        refs = list(refs)
+        if not refs:
+            return 0
+        q = q.where(col(OutboxMessage.ref).in_(refs))
+    if participant_id is not None:
+        q = q.where(OutboxMessage.participant_id == participant_id)
+    if categories is not None:
+        q = q.where(col(OutboxMessage.category).in_(list(categories)))
+    count = 0
+    for message in session.exec(q):
+        if advance(session, message, status, source="cancel", now=now, note=reason):
+            count += 1
+    return count
+
+
+def apply_callback(
+    session: Session,
+    *,
+    message_id: int,
+    sid: str | None,
+    provider_status: str,
+    error_code: int | None,
+    now: datetime,
+) -> OutboxMessage | None:
+    """A provider status callback: links the SID (even after a crash before our own commit) and
+    moves the status forward. Repeated or out-of-order callbacks change nothing."""
+    message = session.exec(
+        select(OutboxMessage).where(OutboxMessage.id == message_id).with_for_update()
+    ).first()
+    if message is None:
+        return None
+    if sid and message.provider_sid is None:
+        message.provider_sid = sid
+        session.add(message)
+    elif sid and message.provider_sid != sid:
+        return message  # a callback for some other send of this row: ignore it
+    status = TWILIO_STATUS.get(provider_status.lower())
+    if status is None:
+        return message
+    if message.status == MessageStatus.SENDING and RANK[status] >= RANK[MessageStatus.SENT]:
+        message.sent_at = message.sent_at or now
+    advance(session, message, status, source="callback", now=now, error_code=error_code)
+    return message

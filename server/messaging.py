@@ -1,0 +1,218 @@
+"""Wiring between the domain and notifications/: the dispatcher built from configuration, and what
+the domain does when the SMS provider reports a participant unreachable or a send failed.
+
+notifications/ never knows clinical data; these hooks receive its rows and act on the domain.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from flask import Flask
+from sqlmodel import Session, col, select
+
+from notifications import outbox
+from notifications.dispatcher import Dispatcher
+from notifications.messages import MessageKind, render
+from notifications.models import (
+    PRIORITY_STAFF_NOTICE,
+    MessageCategory,
+    MessageStatus,
+    OutboxMessage,
+)
+from notifications.providers import provider_from_config
+from server import audit
+from server.auth.models import Role, SiteMembership, StaffUser
+from server.db import get_db
+from server.participants.models import Participant
+
+log = logging.getLogger("stepdown.messaging")
+
+# Who hears that a participant can no longer be reached by SMS.
+CARE_TEAM_ROLES = (Role.COORDINATOR, Role.NURSE)
+
+
+def care_team(
+    session: Session, site_id: int, roles: tuple[Role, ...] = CARE_TEAM_ROLES
+) -> list[StaffUser]:
+    """Active staff of a site with the given roles and a verified phone."""
+    return list(
+        session.exec(
+            select(StaffUser)
+            .join(SiteMembership, col(SiteMembership.user_id) == col(StaffUser.id))
+            .where(
+                SiteMembership.site_id == site_id,
+                col(StaffUser.role).in_(list(roles)),
+                col(StaffUser.is_active).is_(True),
+                col(StaffUser.is_phone_verified).is_(True),
+                col(StaffUser.phone_e164).is_not(None),
+            )
+            .order_by(col(StaffUser.id))
+        ).all()
+    )
+
+
+def set_sms_consent(
+    *,
+    session: Session,
+    participant: Participant,
+    consent: bool,
+    now: datetime,
+    actor: str,
+    reason: str,
+    link: str,
+) -> bool:
+    """Record an SMS consent change (STOP/START or the provider's 21610); True if it changed.
+    Withdrawing cancels pending participant messages and tells the site's care team."""
+    if participant.has_sms_consent == consent:
+        return False
+    participant.has_sms_consent = consent
+    participant.sms_consent_changed_at = now
+    participant.updated_at = now
+    session.add(participant)
+    audit.record(
+        session=session,
+        actor=actor,
+        action="participant.sms_consent",
+        entity="participant",
+        entity_id=participant.id,
+        site_id=participant.site_id,
+        now=now,
+        before={"has_sms_consent": not consent},
+        after={"has_sms_consent": consent},
+        reason=reason,
+    )
+    if consent:
+        return True
+    outbox.cancel_where(
+        session,
+        participant_id=participant.id,
+        now=now,
+        reason="participant opted out of SMS",
+        status=MessageStatus.OPTED_OUT,
+        categories=[MessageCategory.REMINDER, MessageCategory.WELCOME],
+    )
+    day = now.date().isoformat()
+    for staff in care_team(session, participant.site_id):
+        outbox.enqueue(
+            session,
+            dedupe_key=f"unreachable:{participant.id}:{day}:{staff.id}",
+            category=MessageCategory.STAFF_NOTICE,
+            kind=MessageKind.PARTICIPANT_UNREACHABLE.value,
+            to=staff.phone_e164,  # type: ignore[arg-type]
+            locale="en",
+            body=render(
+                MessageKind.PARTICIPANT_UNREACHABLE, "en", code=participant.study_code, link=link
+            ),
+            priority=PRIORITY_STAFF_NOTICE,
+            staff_user_id=staff.id,
+            participant_id=participant.id,
+            now=now,
+        )
+    return True
+
+
+def participants_with_phone(session: Session, phone: str) -> list[Participant]:
+    """Participants whose SMS number is this one."""
+    return list(session.exec(select(Participant).where(Participant.phone_e164 == phone)).all())
+
+
+def make_unsubscribed_hook(link: str) -> Callable[[Session, OutboxMessage, datetime], None]:
+    """What 21610 (the recipient replied STOP at some point) does to the domain."""
+
+    def on_unsubscribed(session: Session, message: OutboxMessage, now: datetime) -> None:
+        if message.participant_id is None or message.staff_user_id is not None:
+            return
+        participant = session.get(Participant, message.participant_id)
+        if participant is not None:
+            set_sms_consent(
+                session=session,
+                participant=participant,
+                consent=False,
+                now=now,
+                actor="system:sms-provider",
+                reason="provider error 21610: recipient unsubscribed",
+                link=link,
+            )
+
+    return on_unsubscribed
+
+
+def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:
+    """A dispatcher configured from the app (provider, callback URL, sender rate)."""
+    database = get_db(app)
+    config = app.config
+    base = config["PUBLIC_BASE_URL"]
+    params: dict[str, object] = {
+        "session_factory": database.session,
+        "provider": provider_from_config(config),
+        "callback_base_url": base,
+        "sender": config.get("TWILIO_MESSAGING_SERVICE_SID")
+        or config.get("TWILIO_FROM_NUMBER")
+        or "default",
+        "rate_per_second": float(config.get("SMS_RATE_PER_SECOND", 1.0)),
+        "on_unsubscribed": make_unsubscribed_hook(f"{base}/"),
+    }
+    params.update(overrides)
+    return Dispatcher(**params)  # type: ignore[arg-type]
+
+
+def make_waiter(app: Flask, stop: threading.Event) -> Callable[[float], None]:
+    """How the dispatcher waits: LISTEN/NOTIFY on PostgreSQL (woken at once), polling on SQLite."""
+    database = get_db(app)
+    if not database.is_postgresql:
+
+        def poll(seconds: float) -> None:
+            stop.wait(min(seconds, 0.5))
+
+        return poll
+    import psycopg
+
+    url = database.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute(f"LISTEN {outbox.WAKE_CHANNEL}")
+
+    def wait(seconds: float) -> None:
+        for _ in conn.notifies(timeout=seconds, stop_after=1):
+            break
+
+    return wait
+
+
+def start_dispatcher_thread(app: Flask, stop: threading.Event) -> threading.Thread:
+    """Run the dispatcher loop in a daemon thread of the scheduler process."""
+    dispatcher = build_dispatcher(app)
+    waiter = make_waiter(app, stop)
+
+    def run() -> None:
+        with app.app_context():
+            dispatcher.run_forever(stop, waiter)
+
+    thread = threading.Thread(target=run, name="dispatcher", daemon=True)
+    thread.start()
+    return thread
+
+
+def expire_stale(*, session: Session, now: datetime) -> int:
+    """Mark pending messages past their expiry (the dispatcher also does it when it claims)."""
+    rows = session.exec(
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.status == MessageStatus.PENDING,
+            col(OutboxMessage.expires_at) <= now,
+        )
+        .limit(1000)
+    ).all()
+    for row in rows:
+        outbox.advance(
+            session,
+            row,
+            MessageStatus.EXPIRED,
+            source="job",
+            now=now,
+            note="expired before it could be sent",
+        )
+    return len(rows)
