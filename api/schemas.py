@@ -74,6 +74,8 @@ class ParticipantUpdateSchema(ma.Schema):
     locale = ma.fields.String(validate=validate.OneOf(LOCALE_VALUES))
     phone = ma.fields.String(validate=validate.Length(min=3, max=32), allow_none=True)
     has_sms_consent = ma.fields.Boolean()
+    quiet_hours_start = ma.fields.Time(metadata={"description": "local HH:MM; no SMS from then"})
+    quiet_hours_end = ma.fields.Time(metadata={"description": "local HH:MM; SMS again from then"})
     reason = ma.fields.String(
         validate=validate.Length(max=1000),
         load_default=None,
@@ -103,6 +105,9 @@ class ParticipantSchema(ma.Schema):
     locale = ma.fields.String()
     phone = ma.fields.String(allow_none=True, metadata={"description": "masked for monitors"})
     has_sms_consent = ma.fields.Boolean()
+    quiet_hours_start = ma.fields.Time()
+    quiet_hours_end = ma.fields.Time()
+    protocol_version = ma.fields.String(allow_none=True)
     withdrawn_at = ma.fields.AwareDateTime(allow_none=True)
     created_at = ma.fields.AwareDateTime()
     updated_at = ma.fields.AwareDateTime()
@@ -315,3 +320,36 @@ class PreviewSchema(ma.Schema):
 
 class AdherenceArgs(ma.Schema):
     study = ma.fields.String(validate=validate.Length(min=1, max=32))
+
+
+class MessageLogSchema(ma.Schema):
+    at = ma.fields.AwareDateTime()
+    status = ma.fields.String()
+    source = ma.fields.String()
+    error_code = ma.fields.Integer(allow_none=True)
+    note = ma.fields.String(allow_none=True)
+
+
+class MessageSchema(ma.Schema):
+    id = ma.fields.Integer()
+    category = ma.fields.String()
+    kind = ma.fields.String()
+    status = ma.fields.String()
+    to = ma.fields.String(metadata={"description": "masked for monitors"})
+    locale = ma.fields.String()
+    body = ma.fields.String()
+    segments = ma.fields.Integer()
+    intended_at = ma.fields.AwareDateTime()
+    not_before_at = ma.fields.AwareDateTime()
+    expires_at = ma.fields.AwareDateTime(allow_none=True)
+    sent_at = ma.fields.AwareDateTime(allow_none=True)
+    delivered_at = ma.fields.AwareDateTime(allow_none=True)
+    failed_at = ma.fields.AwareDateTime(allow_none=True)
+    error_code = ma.fields.Integer(allow_none=True)
+    attempts = ma.fields.Integer()
+    status_note = ma.fields.String(allow_none=True)
+    log = ma.fields.List(ma.fields.Nested(MessageLogSchema))
+
+
+class ReasonSchema(ma.Schema):
+    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))

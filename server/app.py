@@ -41,11 +41,22 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     auth_web.init_app(app)
     csrf.init_app(app)
 
-    from api import admin, auth, docs, errors, health, pages, participants, schedules, twilio
+    from api import (
+        admin,
+        auth,
+        docs,
+        errors,
+        health,
+        messages,
+        pages,
+        participants,
+        schedules,
+        twilio,
+    )
 
     api = errors.StepdownApi(app)
     app.extensions["stepdown_api"] = api
-    for blueprint in (auth.blp, participants.blp, admin.blp, schedules.blp):
+    for blueprint in (auth.blp, participants.blp, admin.blp, schedules.blp, messages.blp):
         api.register_blueprint(blueprint)
         csrf.exempt(blueprint)  # bearer tokens: not exposed to CSRF
     app.register_blueprint(health.bp)

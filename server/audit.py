@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,7 +50,7 @@ def current_request_id() -> str | None:
 
 def jsonable(value: Any) -> Any:
     """Turn dates, enums and nested containers into JSON-safe values."""
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, enum.Enum):
         return value.value

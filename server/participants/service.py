@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, func, select
 
+from notifications import outbox
+from notifications.messages import MessageKind, render
+from notifications.models import PRIORITY_PARTICIPANT, MessageCategory, MessageStatus
 from server import audit
 from server.auth.models import StaffUser
 from server.auth.scoping import can_see_site, participants_query
@@ -17,7 +21,9 @@ from server.participants import rules
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
 from server.protocols.models import Study
 from server.protocols.service import protocol_of_study
+from server.schedules import reminders
 from server.schedules import service as schedules
+from server.schedules.rules import defer_out_of_quiet_hours
 
 AUDIT_FIELDS = (
     "study_id",
@@ -30,6 +36,8 @@ AUDIT_FIELDS = (
     "locale",
     "phone_e164",
     "has_sms_consent",
+    "quiet_hours_start",
+    "quiet_hours_end",
 )
 
 
@@ -151,7 +159,34 @@ def enroll(
         actor_user_id=user.id,
         reason="enrolment",
     )
+    queue_welcome(session=session, participant=participant, now=now)
     return participant
+
+
+def queue_welcome(*, session: Session, participant: Participant, now: datetime) -> None:
+    """The one welcome SMS (outside quiet hours) once a participant consents to SMS."""
+    if not (participant.has_sms_consent and participant.phone_e164):
+        return
+    due = defer_out_of_quiet_hours(
+        now,
+        ZoneInfo(participant.timezone),
+        participant.quiet_hours_start,
+        participant.quiet_hours_end,
+    )
+    outbox.enqueue(
+        session,
+        dedupe_key=f"welcome:{participant.id}",
+        category=MessageCategory.WELCOME,
+        kind=MessageKind.WELCOME.value,
+        to=participant.phone_e164,
+        locale=participant.locale.value,
+        body=render(MessageKind.WELCOME, participant.locale.value, code=participant.study_code),
+        priority=PRIORITY_PARTICIPANT,
+        intended_at=now,
+        not_before_at=due,
+        participant_id=participant.id,
+        now=now,
+    )
 
 
 def update(
@@ -171,7 +206,14 @@ def update(
     if "site_id" in changes and changes["site_id"] != participant.site_id:
         site = _site_for(session=session, user=user, site_id=changes["site_id"])
         new_values["site_id"] = site.id
-    for key in ("study_code", "cohort", "anchor_date", "has_sms_consent"):
+    for key in (
+        "study_code",
+        "cohort",
+        "anchor_date",
+        "has_sms_consent",
+        "quiet_hours_start",
+        "quiet_hours_end",
+    ):
         if key in changes:
             new_values[key] = changes[key]
     if "locale" in changes:
@@ -251,6 +293,18 @@ def update(
         actor_user_id=user.id,
         reason=reason,
     )
+    if changed.get("has_sms_consent") is True:
+        queue_welcome(session=session, participant=participant, now=now)
+        reminders.materialize(session=session, now=now, participant_id=participant.id)
+    elif changed.get("has_sms_consent") is False:
+        outbox.cancel_where(
+            session,
+            participant_id=participant.id,
+            now=now,
+            reason="SMS consent withdrawn",
+            status=MessageStatus.OPTED_OUT,
+            categories=[MessageCategory.REMINDER, MessageCategory.WELCOME],
+        )
     return participant
 
 

@@ -1,0 +1,141 @@
+"""A participant's messages for staff: history with the status trail, cancel, resend; scoped."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import time_machine
+from sqlmodel import select
+
+from notifications import outbox
+from notifications.models import MessageStatus, OutboxMessage
+from server.audit import AuditEvent
+from server.schedules import reminders
+
+P = "/api/v1/participants"
+
+
+def _reminders_soon(db, participant_id):
+    # A1's baseline draw window opens 2026-12-07 (Paris): its "window soon" reminder is on 12-04.
+    db.expire_all()  # see what the API requests committed
+    with time_machine.travel(datetime(2026, 12, 3, 12, 0, tzinfo=UTC), tick=False):
+        reminders.materialize(session=db, now=datetime.now(UTC), participant_id=participant_id)
+    db.commit()
+    return db.exec(
+        select(OutboxMessage)
+        .where(OutboxMessage.participant_id == participant_id)
+        .order_by(OutboxMessage.id)
+    ).all()
+
+
+def test_enrolment_with_consent_queues_one_welcome(world, db):
+    rows = db.exec(
+        select(OutboxMessage).where(OutboxMessage.participant_id == world.participants["A1"].id)
+    ).all()
+    assert [r.kind for r in rows] == ["welcome"]
+    assert "A-001" in rows[0].body
+    assert rows[0].to_e164 == "+33612345678" and rows[0].locale == "fr"
+    # A2 has no phone and no consent: nothing.
+    assert not db.exec(
+        select(OutboxMessage).where(OutboxMessage.participant_id == world.participants["A2"].id)
+    ).all()
+
+
+def test_history_shows_intended_and_trail(world, db, api_as):
+    a1 = world.participants["A1"]
+    rows = _reminders_soon(db, a1.id)
+    kinds = [r.kind for r in rows]
+    assert kinds == ["welcome", "reminder_blood_draw"]
+    reminder = rows[1]
+    # 3 days before the window opens, at 09:00 Paris (08:00 UTC in December).
+    assert reminder.not_before_at == datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
+    body = api_as("nurse", "A").get(f"{P}/{a1.id}/messages").get_json()
+    assert [m["kind"] for m in body] == ["reminder_blood_draw", "welcome"]
+    assert body[0]["status"] == "pending"
+    assert [e["status"] for e in body[0]["log"]] == ["pending"]
+    assert body[0]["to"] == "+33612345678"
+    monitor = api_as("monitor", "A").get(f"{P}/{a1.id}/messages").get_json()
+    assert "345" not in monitor[0]["to"]
+
+
+def test_materialize_twice_writes_nothing_new(world, db):
+    a1 = world.participants["A1"]
+    first = _reminders_soon(db, a1.id)
+    second = _reminders_soon(db, a1.id)
+    assert [r.id for r in first] == [r.id for r in second]
+
+
+def test_completing_the_event_cancels_its_reminders(world, db, api_as):
+    a1 = world.participants["A1"]
+    rows = _reminders_soon(db, a1.id)
+    reminder = rows[1]
+    event_id = int(reminder.ref.split(":")[1])
+    with time_machine.travel(datetime(2026, 12, 3, 12, 0, tzinfo=UTC), tick=False):
+        resp = api_as("nurse", "A").post(
+            f"{P}/{a1.id}/events/{event_id}/complete",
+            json={"completed_on": "2026-12-03", "reason": "drawn early at the clinic"},
+        )
+    assert resp.status_code == 200, resp.get_json()
+    db.expire_all()
+    assert db.get(OutboxMessage, reminder.id).status == MessageStatus.CANCELLED
+
+
+def test_cancel_and_resend(world, db, api_as):
+    a1 = world.participants["A1"]
+    reminder = _reminders_soon(db, a1.id)[1]
+    api = api_as("coordinator", "A")
+    url = f"{P}/{a1.id}/messages/{reminder.id}"
+    assert api.post(f"{url}/cancel", json={}).status_code == 422
+    resp = api.post(f"{url}/cancel", json={"reason": "participant called, already booked"})
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["status"] == "cancelled"
+    assert api.post(f"{url}/cancel", json={"reason": "again"}).status_code == 409
+    resent = api.post(f"{url}/resend", json={"reason": "booking fell through"})
+    assert resent.status_code == 201, resent.get_json()
+    assert resent.get_json()["id"] != reminder.id
+    assert resent.get_json()["status"] == "pending"
+    actions = [
+        a.action for a in db.exec(select(AuditEvent).where(AuditEvent.entity == "outbox_message"))
+    ]
+    assert actions == ["message.cancel", "message.resend"]
+
+
+def test_a_sent_message_cannot_be_cancelled(world, db, api_as):
+    a1 = world.participants["A1"]
+    welcome = _reminders_soon(db, a1.id)[0]
+    outbox.advance(db, welcome, MessageStatus.SENDING, source="test", now=datetime.now(UTC))
+    db.commit()
+    resp = api_as("coordinator", "A").post(
+        f"{P}/{a1.id}/messages/{welcome.id}/cancel", json={"reason": "too late"}
+    )
+    assert resp.status_code == 409
+
+
+def test_messages_are_scoped_and_role_gated(world, db, api_as):
+    a1, b1 = world.participants["A1"], world.participants["B1"]
+    reminder = _reminders_soon(db, a1.id)[1]
+    assert api_as("nurse", "B").get(f"{P}/{a1.id}/messages").status_code == 404
+    # Someone else's message through one's own participant: 404.
+    resp = api_as("coordinator", "B").post(
+        f"{P}/{b1.id}/messages/{reminder.id}/cancel", json={"reason": "x"}
+    )
+    assert resp.status_code == 404
+    resp = api_as("monitor", "A").post(
+        f"{P}/{a1.id}/messages/{reminder.id}/cancel", json={"reason": "x"}
+    )
+    assert resp.status_code == 403
+    db.expire_all()
+    assert db.get(OutboxMessage, reminder.id).status == MessageStatus.PENDING
+
+
+def test_quiet_hours_are_per_participant(world, db, api_as):
+    a1 = world.participants["A1"]
+    resp = api_as("coordinator", "A").patch(
+        f"{P}/{a1.id}", json={"quiet_hours_start": "20:00", "quiet_hours_end": "10:00"}
+    )
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["quiet_hours_end"] == "10:00:00"
+    rows = _reminders_soon(db, a1.id)
+    # 09:00 falls in the participant's quiet hours now: deferred to 10:00 Paris, not dropped.
+    assert rows[1].not_before_at == datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+    assert rows[1].intended_at == datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
