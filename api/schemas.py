@@ -353,3 +353,114 @@ class MessageSchema(ma.Schema):
 
 class ReasonSchema(ma.Schema):
     reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+class _ResultBase(ma.Schema):
+    lab = ma.fields.String(
+        load_default="default",
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "the sending lab; accession ids are unique per lab"},
+    )
+    study = ma.fields.String(load_default=None, validate=validate.Length(min=1, max=32))
+    study_code = ma.fields.String(required=True, validate=validate.Length(min=1, max=32))
+    accession_id = ma.fields.String(required=True, validate=validate.Length(min=1, max=64))
+    reported_at = ma.fields.AwareDateTime(load_default=None)
+
+
+class CtdnaResultSchema(_ResultBase):
+    collected_at = ma.fields.AwareDateTime(required=True)
+    assay = ma.fields.String(load_default="Signatera", validate=validate.Length(max=64))
+    call = ma.fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=40),
+        metadata={
+            "description": "positive | negative | indeterminate | insufficient_sample; any other "
+            "value is quarantined for review, never read as negative"
+        },
+    )
+    mtm_per_ml = ma.fields.Float(load_default=None, validate=validate.Range(min=0))
+    pam_mutation = ma.fields.Boolean(
+        load_default=None, metadata={"description": "PI3K/AKT/mTOR pathway mutation, if tested"}
+    )
+
+
+class ImagingResultSchema(_ResultBase):
+    modality = ma.fields.String(required=True, validate=validate.Length(min=1, max=32))
+    performed_on = ma.fields.Date(required=True)
+    recist = ma.fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=8),
+        metadata={"description": "CR | PR | SD | PD | NE (others are quarantined)"},
+    )
+    is_confirmed = ma.fields.Boolean(load_default=False)
+
+
+class TumorMarkerResultSchema(_ResultBase):
+    collected_at = ma.fields.AwareDateTime(required=True)
+    marker = ma.fields.String(required=True, validate=validate.OneOf(["CA15-3", "CEA"]))
+    value = ma.fields.Float(required=True, validate=validate.Range(min=0))
+    unit = ma.fields.String(required=True, validate=validate.OneOf(["U/mL", "ng/mL", "µg/L"]))
+
+
+class ResultSchema(ma.Schema):
+    id = ma.fields.Integer()
+    kind = ma.fields.String()
+    status = ma.fields.String()
+    quarantine_reason = ma.fields.String(allow_none=True)
+    accession_id = ma.fields.String()
+    study_code = ma.fields.String()
+    participant_id = ma.fields.Integer(allow_none=True)
+    event_id = ma.fields.Integer(allow_none=True)
+    alert_id = ma.fields.Integer(allow_none=True)
+    collected_at = ma.fields.AwareDateTime(allow_none=True)
+    performed_on = ma.fields.Date(allow_none=True)
+    call = ma.fields.String(allow_none=True)
+    mtm_per_ml = ma.fields.Float(allow_none=True)
+    recist = ma.fields.String(allow_none=True)
+    is_confirmed = ma.fields.Boolean(allow_none=True)
+    marker = ma.fields.String(allow_none=True)
+    value = ma.fields.Float(allow_none=True)
+    unit = ma.fields.String(allow_none=True)
+    received_at = ma.fields.AwareDateTime()
+
+
+class AlertListArgs(ma.Schema):
+    state = ma.fields.String(validate=validate.OneOf(["open", "acknowledged", "resolved"]))
+    site_id = ma.fields.Integer()
+    participant_id = ma.fields.Integer()
+
+
+class AlertSchema(ma.Schema):
+    id = ma.fields.Integer()
+    kind = ma.fields.String()
+    severity = ma.fields.String()
+    state = ma.fields.String()
+    participant_id = ma.fields.Integer(allow_none=True)
+    study_code = ma.fields.String(allow_none=True)
+    site_id = ma.fields.Integer(allow_none=True)
+    summary = ma.fields.String()
+    ack_code = ma.fields.String()
+    tier = ma.fields.Integer()
+    next_tier_at = ma.fields.AwareDateTime(allow_none=True)
+    opened_at = ma.fields.AwareDateTime()
+    acknowledged_at = ma.fields.AwareDateTime(allow_none=True)
+    acknowledged_by_user_id = ma.fields.Integer(allow_none=True)
+    ack_channel = ma.fields.String(allow_none=True)
+    resolved_at = ma.fields.AwareDateTime(allow_none=True)
+    resolution_note = ma.fields.String(allow_none=True)
+    timeline = ma.fields.List(ma.fields.Dict())
+    messages = ma.fields.List(ma.fields.Dict())
+
+
+class AcknowledgeSchema(ma.Schema):
+    note = ma.fields.String(load_default=None, validate=validate.Length(max=1000))
+
+
+class ResolveSchema(ma.Schema):
+    note = ma.fields.String(required=True, validate=validate.Length(min=1, max=2000))
+    resume_treatment = ma.fields.Boolean(load_default=False)
+    resumed_on = ma.fields.Date(load_default=None)
+
+
+class OnCallSchema(ma.Schema):
+    user_ids = ma.fields.List(ma.fields.Integer(strict=True), required=True)

@@ -97,6 +97,9 @@ class OutboxMessage(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None)
     failed_at: datetime | None = Field(default=None)
     status_note: str | None = Field(default=None, max_length=300)
+    # Staff alerts: {"code", "ack"} so the dispatcher can bundle several into one SMS.
+    bundle_item: dict[str, str] | None = Field(default=None, sa_type=sa.JSON)
+    bundled_into_id: int | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -43,6 +43,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
 
     from api import (
         admin,
+        alerts,
         auth,
         docs,
         errors,
@@ -50,13 +51,22 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         messages,
         pages,
         participants,
+        results,
         schedules,
         twilio,
     )
 
     api = errors.StepdownApi(app)
     app.extensions["stepdown_api"] = api
-    for blueprint in (auth.blp, participants.blp, admin.blp, schedules.blp, messages.blp):
+    for blueprint in (
+        auth.blp,
+        participants.blp,
+        admin.blp,
+        schedules.blp,
+        messages.blp,
+        results.blp,
+        alerts.blp,
+    ):
         api.register_blueprint(blueprint)
         csrf.exempt(blueprint)  # bearer tokens: not exposed to CSRF
     app.register_blueprint(health.bp)

@@ -1,23 +1,29 @@
 """Imports every table module so SQLModel.metadata is complete (Alembic, tests)."""
 
 from notifications.models import MessageLog, OutboxMessage
+from server.alerts.models import Alert, AlertLog
 from server.audit import AuditEvent
 from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
 from server.protocols.models import ProtocolVersion, Study
+from server.results.models import LabResult, PfsEvent
 from server.schedules.models import Decision, EventStatus, EventType, ScheduleEvent
 
 __all__ = [
+    "Alert",
+    "AlertLog",
     "ApiToken",
     "AuditEvent",
     "Decision",
     "EventStatus",
     "EventType",
+    "LabResult",
     "Locale",
     "MessageLog",
     "OutboxMessage",
     "Participant",
     "ParticipantStatus",
+    "PfsEvent",
     "ProtocolVersion",
     "Role",
     "ScheduleEvent",

@@ -38,6 +38,8 @@ class JobSpec:
 def job_specs() -> list[JobSpec]:
     """Every job the scheduler runs (imported late so the web app never needs them)."""
     from server import messaging
+    from server.alerts import service as alerts
+    from server.results import service as results
     from server.schedules import jobs as schedule_jobs
     from server.schedules import reminders
 
@@ -59,6 +61,30 @@ def job_specs() -> list[JobSpec]:
             300,
             reminders.materialize,
             "write participant reminders due in the next 48 hours to the outbox",
+        ),
+        JobSpec(
+            "alerts.escalate",
+            10,
+            alerts.escalate_due,
+            "notify the next tier of open alerts whose timeout passed",
+        ),
+        JobSpec(
+            "alerts.watchdog",
+            60,
+            alerts.watchdog,
+            "page operators when an open alert is 5 minutes past its next tier",
+        ),
+        JobSpec(
+            "alerts.check_routes",
+            6 * 3600,
+            alerts.check_routes,
+            "flag escalation tiers that reach nobody with a verified phone",
+        ),
+        JobSpec(
+            "results.overdue",
+            3600,
+            results.overdue_results,
+            "tell the coordinator when a result is later than the assay's turnaround",
         ),
         JobSpec(
             "outbox.expire_stale",

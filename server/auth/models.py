@@ -48,6 +48,8 @@ class SiteMembership(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="staff_user.id", index=True, ondelete="CASCADE")
     site_id: int = Field(foreign_key="site.id", index=True)
+    # On call for this site: first tier of clinical alerts.
+    is_on_call: bool = Field(default=False)
     created_at: datetime = Field(default_factory=utcnow)
 
 

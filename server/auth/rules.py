@@ -12,6 +12,7 @@ class Permission(enum.StrEnum):
     PARTICIPANT_WRITE = "participant:write"
     SCHEDULE_WRITE = "schedule:write"
     ALERT_ACK = "alert:ack"
+    RESULT_WRITE = "result:write"
     MANAGE_USERS = "admin:users"
     MANAGE_SITES = "admin:sites"
     SEE_PHONE_NUMBERS = "participant:phone"
@@ -28,10 +29,16 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.SCHEDULE_WRITE,
             Permission.MANAGE_USERS,
             Permission.MANAGE_SITES,
+            Permission.RESULT_WRITE,
         }
     ),
-    Role.INVESTIGATOR: frozenset(_CARE | {Permission.PARTICIPANT_WRITE, Permission.SCHEDULE_WRITE}),
-    Role.COORDINATOR: frozenset(_CARE | {Permission.PARTICIPANT_WRITE, Permission.SCHEDULE_WRITE}),
+    Role.INVESTIGATOR: frozenset(
+        _CARE | {Permission.PARTICIPANT_WRITE, Permission.SCHEDULE_WRITE, Permission.RESULT_WRITE}
+    ),
+    # A lab's integration account is a coordinator account of the sites it serves.
+    Role.COORDINATOR: frozenset(
+        _CARE | {Permission.PARTICIPANT_WRITE, Permission.SCHEDULE_WRITE, Permission.RESULT_WRITE}
+    ),
     # Nurses act on alerts and record completed draws, but enrolment is the coordinators' job.
     Role.NURSE: frozenset(_CARE | {Permission.SCHEDULE_WRITE}),
     # Sponsor monitors review; they never write and never see phone numbers.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import date, datetime, time
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -39,6 +40,8 @@ class Site(SQLModel, table=True):
     country: str = Field(max_length=2)
     timezone: str = Field(max_length=64)
     is_active: bool = Field(default=True)
+    # The site's escalation policy; None means the default (server/alerts/rules.py).
+    escalation_policy: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     created_at: datetime = Field(default_factory=utcnow)
 
 

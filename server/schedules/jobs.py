@@ -76,7 +76,10 @@ def update_event_statuses(*, session: Session, now: datetime) -> dict[str, int]:
 
 
 def on_missed(*, session: Session, events: list[ScheduleEvent], now: datetime) -> None:
-    """Hook for what follows a missed window (the results work adds coordinator alerts)."""
+    """What follows a missed window: a missed ctDNA draw tells the coordinator."""
+    from server.results.service import on_missed_events
+
+    on_missed_events(session=session, events=events, now=now)
 
 
 def evaluate_decisions(*, session: Session, now: datetime) -> dict[str, int]:

@@ -283,6 +283,10 @@ def test_scheduler_registers_jobs_under_stable_ids(app):
         "schedules.evaluate_decisions",
         "reminders.materialize",
         "outbox.expire_stale",
+        "alerts.escalate",
+        "alerts.watchdog",
+        "alerts.check_routes",
+        "results.overdue",
     }
 
 

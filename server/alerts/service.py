@@ -1,0 +1,585 @@
+"""Alerts: open one per trigger, notify tier 1 in the same transaction, escalate due alerts under a
+row lock, stop the moment an acknowledgement commits, resolve with a note.
+
+Every SMS is an outbox row; `ref = "alert:<id>"` lets an acknowledgement cancel what has not gone
+out yet. A tier with nobody reachable is skipped at once (and logged), never waited on.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import current_app, has_app_context
+from sqlmodel import Session, col, select
+
+from notifications import outbox
+from notifications.messages import MessageKind, render
+from notifications.models import (
+    PRIORITY_STAFF_ALERT,
+    MessageCategory,
+    MessageStatus,
+    OutboxMessage,
+)
+from server import audit
+from server.alerts import rules
+from server.alerts.models import Alert, AlertKind, AlertLog, AlertState, Severity
+from server.auth.models import Role, SiteMembership, StaffUser
+from server.errors import Conflict, field_error
+from server.participants.models import Participant, Site
+
+OPEN_STATES = (AlertState.OPEN,)
+
+
+def _link(alert_id: int | None) -> str:
+    base = current_app.config["PUBLIC_BASE_URL"] if has_app_context() else ""
+    return f"{base}/alerts/{alert_id}"
+
+
+def policy_of(site: Site | None) -> dict[str, Any]:
+    """The site's escalation policy (its own, else the default)."""
+    return (site.escalation_policy if site and site.escalation_policy else None) or (
+        rules.DEFAULT_POLICY
+    )
+
+
+def log(
+    session: Session,
+    alert: Alert,
+    what: str,
+    now: datetime,
+    *,
+    tier: int | None = None,
+    actor: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append to the alert's timeline."""
+    session.add(
+        AlertLog(
+            alert_id=alert.id,  # type: ignore[arg-type]
+            at=now,
+            what=what,
+            tier=tier,
+            actor=actor,  # type: ignore[arg-type]
+            detail=audit.jsonable(detail) if detail else None,
+        )
+    )
+
+
+# --- recipients ----------------------------------------------------------------------------------
+
+
+def recipients(session: Session, site_id: int, group: str) -> list[StaffUser]:
+    """Active staff of the site in a recipient group who have a verified phone."""
+    q = (
+        select(StaffUser, SiteMembership.is_on_call)
+        .join(SiteMembership, col(SiteMembership.user_id) == col(StaffUser.id))
+        .where(
+            SiteMembership.site_id == site_id,
+            col(StaffUser.is_active).is_(True),
+            col(StaffUser.is_phone_verified).is_(True),
+            col(StaffUser.phone_e164).is_not(None),
+        )
+        .order_by(col(StaffUser.id))
+    )
+    rows = session.exec(q).all()
+    if group == rules.ON_CALL_NURSES:
+        on_call = [u for u, is_on_call in rows if u.role == Role.NURSE and is_on_call]
+        # Nobody on call: every nurse of the site rather than nobody.
+        return on_call or [u for u, _ in rows if u.role == Role.NURSE]
+    roles = {
+        rules.NURSES_AND_COORDINATORS: {Role.NURSE, Role.COORDINATOR},
+        rules.COORDINATORS: {Role.COORDINATOR},
+        rules.INVESTIGATORS: {Role.INVESTIGATOR},
+        rules.ADMINS: {Role.ADMIN},
+    }[group]
+    return [u for u, _ in rows if u.role in roles]
+
+
+def route_health(session: Session, site: Site) -> list[dict[str, Any]]:
+    """Every tier of every route with who it reaches: a dead route shows before it is needed."""
+    out = []
+    for name, route in (policy_of(site).get("routes") or {}).items():
+        for tier in rules.tiers(route):
+            reach = recipients(session, site.id, tier.recipients)  # type: ignore[arg-type]
+            on_call_missing = tier.recipients == rules.ON_CALL_NURSES and not any(
+                m.is_on_call
+                for m in session.exec(
+                    select(SiteMembership).where(SiteMembership.site_id == site.id)
+                )
+            )
+            out.append(
+                {
+                    "route": name,
+                    "tier": tier.number,
+                    "recipients": tier.recipients,
+                    "timeout_minutes": int(tier.timeout.total_seconds() // 60),
+                    "reachable": [u.id for u in reach],
+                    "is_dead": not reach,
+                    "warning": "nobody with a verified phone"
+                    if not reach
+                    else ("nobody on call: every nurse is paged" if on_call_missing else None),
+                }
+            )
+    return out
+
+
+# --- opening -------------------------------------------------------------------------------------
+
+
+def _ack_code(session: Session) -> str:
+    for _ in range(50):
+        code = f"{secrets.randbelow(9000) + 1000}"
+        taken = session.exec(
+            select(Alert.id).where(Alert.ack_code == code, col(Alert.state) == AlertState.OPEN)
+        ).first()
+        if taken is None:
+            return code
+    raise RuntimeError("no free acknowledgement code")
+
+
+def open_alert(
+    *,
+    session: Session,
+    kind: AlertKind,
+    trigger_key: str,
+    participant: Participant | None,
+    site_id: int | None,
+    summary: str,
+    now: datetime,
+    result_id: int | None = None,
+    event_id: int | None = None,
+    actor: str = "system:rules",
+) -> tuple[Alert, bool]:
+    """Open an alert (idempotent on its trigger) and queue tier 1 in this transaction."""
+    existing = session.exec(select(Alert).where(Alert.trigger_key == trigger_key)).first()
+    if existing is not None:
+        return existing, False
+    site = session.get(Site, site_id) if site_id else None
+    policy = policy_of(site)
+    alert = Alert(
+        trigger_key=trigger_key,
+        kind=kind,
+        severity=rules.SEVERITY_OF_KIND.get(kind, Severity.NORMAL),
+        participant_id=participant.id if participant else None,
+        site_id=site_id,
+        result_id=result_id,
+        event_id=event_id,
+        ack_code=_ack_code(session),
+        summary=summary[:300],
+        policy=policy,
+        opened_at=now,
+    )
+    session.add(alert)
+    session.flush()
+    log(session, alert, "opened", now, actor=actor, detail={"kind": kind.value})
+    audit.record(
+        session=session,
+        actor=actor,
+        action="alert.open",
+        entity="alert",
+        entity_id=alert.id,
+        site_id=site_id,
+        now=now,
+        after={"kind": kind.value, "trigger": trigger_key, "participant_id": alert.participant_id},
+    )
+    notify_tier(session=session, alert=alert, tier=1, now=now)
+    return alert, True
+
+
+def notify_tier(*, session: Session, alert: Alert, tier: int, now: datetime) -> None:
+    """Queue the SMS of one tier and set when the next one is due; skip empty tiers at once."""
+    route = rules.route(alert.policy, alert.kind)
+    chain = rules.tiers(route)
+    site = session.get(Site, alert.site_id) if alert.site_id else None
+    zone = ZoneInfo(site.timezone) if site else ZoneInfo("UTC")
+    hours = alert.policy.get("business_hours") or rules.DEFAULT_POLICY["business_hours"]
+    while True:
+        step = chain[tier - 1]
+        send_at = (
+            rules.next_business_moment(now, zone, hours)
+            if route.get("hours") == "business"
+            else now
+        )
+        people = recipients(session, alert.site_id, step.recipients) if alert.site_id else []
+        alert.tier = tier
+        if people:
+            _queue(session, alert, tier, people, send_at, now)
+            log(
+                session,
+                alert,
+                "tier_notified",
+                now,
+                tier=tier,
+                detail={"recipients": [u.id for u in people], "send_at": send_at},
+            )
+            alert.next_tier_at = send_at + step.timeout
+            break
+        log(
+            session,
+            alert,
+            "tier_unreachable",
+            now,
+            tier=tier,
+            detail={"recipients": step.recipients},
+        )
+        nxt = rules.next_step(route, tier, alert.repeats_done)
+        if nxt is None or nxt[0] == tier:
+            alert.next_tier_at = None
+            log(session, alert, "route_exhausted", now, tier=tier)
+            break
+        tier, alert.repeats_done = nxt
+    session.add(alert)
+    session.flush()
+
+
+def _queue(
+    session: Session,
+    alert: Alert,
+    tier: int,
+    people: list[StaffUser],
+    send_at: datetime,
+    now: datetime,
+) -> None:
+    participant = session.get(Participant, alert.participant_id) if alert.participant_id else None
+    code = participant.study_code if participant else (f"SITE-{alert.site_id}")
+    link = _link(alert.id)
+    if tier == 1 and alert.repeats_done == 0:
+        body = render(MessageKind.ALERT_NEW, "en", code=code, ack_code=alert.ack_code, link=link)
+        kind = MessageKind.ALERT_NEW
+    else:
+        body = render(
+            MessageKind.ALERT_ESCALATED,
+            "en",
+            code=code,
+            ack_code=alert.ack_code,
+            link=link,
+            tier=tier,
+        )
+        kind = MessageKind.ALERT_ESCALATED
+    for person in people:
+        row, _ = outbox.enqueue(
+            session,
+            dedupe_key=f"alert:{alert.id}:tier:{tier}:rep:{alert.repeats_done}:staff:{person.id}",
+            category=MessageCategory.STAFF_ALERT,
+            kind=kind.value,
+            to=person.phone_e164,  # type: ignore[arg-type]
+            locale="en",
+            body=body,
+            priority=PRIORITY_STAFF_ALERT,
+            intended_at=now,
+            not_before_at=send_at,
+            staff_user_id=person.id,
+            ref=f"alert:{alert.id}",
+            now=now,
+        )
+        if row.bundle_item is None:
+            row.bundle_item = {"code": code, "ack": alert.ack_code}
+            session.add(row)
+
+
+# --- escalation ----------------------------------------------------------------------------------
+
+
+def escalate_due(*, session: Session, now: datetime, batch: int = 200) -> dict[str, int]:
+    """Advance every open alert whose next tier is due (row-locked; acknowledged ones stop)."""
+    rows = session.exec(
+        select(Alert)
+        .where(col(Alert.state) == AlertState.OPEN, col(Alert.next_tier_at) <= now)
+        .order_by(col(Alert.next_tier_at))
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    ).all()
+    advanced = exhausted = 0
+    for alert in rows:
+        if escalate(session=session, alert=alert, now=now, expected_tier=alert.tier):
+            advanced += 1
+        else:
+            exhausted += 1
+    return {"advanced": advanced, "exhausted": exhausted}
+
+
+def escalate(*, session: Session, alert: Alert, now: datetime, expected_tier: int) -> bool:
+    """Notify the next tier, if the alert is still open and still at the tier we expect."""
+    session.refresh(alert, with_for_update=True)
+    if alert.state != AlertState.OPEN or alert.tier != expected_tier:
+        log(session, alert, "stale_escalation_ignored", now, tier=expected_tier)
+        return False
+    nxt = rules.next_step(rules.route(alert.policy, alert.kind), alert.tier, alert.repeats_done)
+    if nxt is None:
+        alert.next_tier_at = None
+        session.add(alert)
+        log(session, alert, "route_exhausted", now, tier=alert.tier)
+        return False
+    alert.repeats_done = nxt[1]
+    notify_tier(session=session, alert=alert, tier=nxt[0], now=now)
+    return True
+
+
+def on_delivery_failed(session: Session, message: OutboxMessage, now: datetime) -> None:
+    """An alert SMS that failed or was undelivered moves the alert to its next tier at once."""
+    if message.category != MessageCategory.STAFF_ALERT or not (message.ref or "").startswith(
+        "alert:"
+    ):
+        return
+    alert = session.get(Alert, int(message.ref.split(":")[1]))  # type: ignore[union-attr]
+    if alert is None or alert.state != AlertState.OPEN:
+        return
+    tier = int(message.dedupe_key.split(":tier:")[1].split(":")[0])
+    if tier != alert.tier:
+        return  # an older tier's failure: the chain has moved on already
+    log(
+        session,
+        alert,
+        "delivery_failed",
+        now,
+        tier=tier,
+        detail={"message_id": message.id, "error_code": message.error_code},
+    )
+    escalate(session=session, alert=alert, now=now, expected_tier=tier)
+
+
+# --- acknowledgement and resolution --------------------------------------------------------------
+
+
+def acknowledge(
+    *,
+    session: Session,
+    alert: Alert,
+    user: StaffUser,
+    channel: str,
+    now: datetime,
+    note: str | None = None,
+) -> bool:
+    """Acknowledge once; further tiers stop. False if it was already acknowledged or resolved."""
+    session.refresh(alert, with_for_update=True)
+    if alert.state != AlertState.OPEN:
+        log(
+            session,
+            alert,
+            "ack_repeated",
+            now,
+            actor=f"staff:{user.id}",
+            detail={"channel": channel},
+        )
+        return False
+    alert.state = AlertState.ACKNOWLEDGED
+    alert.acknowledged_at = now
+    alert.acknowledged_by_user_id = user.id
+    alert.ack_channel = channel
+    alert.next_tier_at = None
+    session.add(alert)
+    cancelled = outbox.cancel_where(
+        session, refs=[f"alert:{alert.id}"], now=now, reason="alert acknowledged"
+    )
+    log(
+        session,
+        alert,
+        "acknowledged",
+        now,
+        actor=f"staff:{user.id}",
+        detail={"channel": channel, "note": note, "cancelled_messages": cancelled},
+    )
+    audit.record(
+        session=session,
+        actor=f"staff:{user.id}",
+        actor_user_id=user.id,
+        action="alert.acknowledge",
+        entity="alert",
+        entity_id=alert.id,
+        site_id=alert.site_id,
+        now=now,
+        before={"state": AlertState.OPEN.value},
+        after={"state": AlertState.ACKNOWLEDGED.value, "channel": channel},
+        reason=note,
+    )
+    return True
+
+
+def resolve(
+    *,
+    session: Session,
+    alert: Alert,
+    user: StaffUser,
+    note: str,
+    now: datetime,
+    resume_treatment: bool = False,
+    resumed_on: date | None = None,
+) -> Alert:
+    """Resolve with a note; optionally record that treatment resumed (the schedule re-plans)."""
+    if not note.strip():
+        raise field_error("note", "required")
+    session.refresh(alert, with_for_update=True)
+    if alert.state == AlertState.RESOLVED:
+        raise Conflict("the alert is already resolved")
+    if alert.state == AlertState.OPEN:
+        acknowledge(session=session, alert=alert, user=user, channel="resolve", now=now)
+    before = alert.state.value
+    alert.state = AlertState.RESOLVED
+    alert.resolved_at = now
+    alert.resolved_by_user_id = user.id
+    alert.resolution_note = note
+    alert.next_tier_at = None
+    session.add(alert)
+    log(
+        session,
+        alert,
+        "resolved",
+        now,
+        actor=f"staff:{user.id}",
+        detail={"note": note, "resume_treatment": resume_treatment, "resumed_on": resumed_on},
+    )
+    audit.record(
+        session=session,
+        actor=f"staff:{user.id}",
+        actor_user_id=user.id,
+        action="alert.resolve",
+        entity="alert",
+        entity_id=alert.id,
+        site_id=alert.site_id,
+        now=now,
+        before={"state": before},
+        after={"state": AlertState.RESOLVED.value, "resume_treatment": resume_treatment},
+        reason=note,
+    )
+    if resume_treatment and alert.participant_id:
+        from server.participants import service as participants
+
+        participant = session.get(Participant, alert.participant_id)
+        assert participant is not None
+        reason = f"alert {alert.id}: {note}" + (f" (resumed {resumed_on})" if resumed_on else "")
+        participants.update(
+            session=session,
+            user=user,
+            participant=participant,
+            changes={"status": "resumed_treatment"},
+            reason=reason,
+            now=now,
+        )
+    return alert
+
+
+def acknowledge_by_sms(
+    *, session: Session, from_number: str, code: str, now: datetime
+) -> tuple[Alert | None, StaffUser | None]:
+    """An "ACK 4821" reply from a staff phone: the open alert with that code at one of their
+    sites. Returns (alert, user) when acknowledged; (None, user) for a wrong code."""
+    users = session.exec(
+        select(StaffUser).where(
+            StaffUser.phone_e164 == from_number, col(StaffUser.is_active).is_(True)
+        )
+    ).all()
+    if not users:
+        return None, None
+    for user in users:
+        site_ids = select(SiteMembership.site_id).where(SiteMembership.user_id == user.id)
+        alert = session.exec(
+            select(Alert).where(
+                Alert.ack_code == code,
+                col(Alert.state).in_([AlertState.OPEN, AlertState.ACKNOWLEDGED]),
+                col(Alert.site_id).in_(site_ids),
+            )
+        ).first()
+        if alert is not None:
+            if acknowledge(session=session, alert=alert, user=user, channel="sms", now=now):
+                outbox.enqueue(
+                    session,
+                    dedupe_key=f"ack-confirm:{alert.id}:{user.id}",
+                    category=MessageCategory.STAFF_NOTICE,
+                    kind=MessageKind.ALERT_ACK_CONFIRMED.value,
+                    to=from_number,
+                    locale="en",
+                    body=render(
+                        MessageKind.ALERT_ACK_CONFIRMED,
+                        "en",
+                        code=_participant_code(session, alert),
+                    ),
+                    priority=PRIORITY_STAFF_ALERT,
+                    staff_user_id=user.id,
+                    now=now,
+                )
+            return alert, user
+    return None, users[0]
+
+
+def _participant_code(session: Session, alert: Alert) -> str:
+    participant = session.get(Participant, alert.participant_id) if alert.participant_id else None
+    return participant.study_code if participant else f"SITE-{alert.site_id}"
+
+
+# --- watchdog ------------------------------------------------------------------------------------
+
+
+def overdue_escalations(*, session: Session, now: datetime, grace_minutes: int = 5) -> list[Alert]:
+    """Open alerts more than `grace_minutes` past their next tier: the escalation engine stalled."""
+    from datetime import timedelta
+
+    return list(
+        session.exec(
+            select(Alert).where(
+                col(Alert.state) == AlertState.OPEN,
+                col(Alert.next_tier_at) < now - timedelta(minutes=grace_minutes),
+            )
+        ).all()
+    )
+
+
+def watchdog(*, session: Session, now: datetime) -> dict[str, int]:
+    """Dead-man's switch of the escalation engine: an open alert more than 5 minutes past its
+    next tier means the escalation job is not running; page the operators."""
+    import logging
+
+    stalled = overdue_escalations(session=session, now=now)
+    for alert in stalled:
+        logging.getLogger("stepdown.watchdog").error(
+            "alert %s is %s past its next tier",
+            alert.id,
+            now - alert.next_tier_at,  # type: ignore[operator]
+        )
+        open_alert(
+            session=session,
+            kind=AlertKind.OPERATOR,
+            trigger_key=f"watchdog:{alert.id}:{alert.tier}:{alert.repeats_done}",
+            participant=None,
+            site_id=alert.site_id,
+            summary=f"escalation of alert {alert.id} is stalled",
+            now=now,
+            actor="system:watchdog",
+        )
+    return {"stalled": len(stalled)}
+
+
+def check_routes(*, session: Session, now: datetime) -> dict[str, int]:
+    """Flag dead escalation routes to admins before an alert needs them (once a day per tier)."""
+    dead = 0
+    for site in session.exec(select(Site).where(col(Site.is_active).is_(True))):
+        for tier in route_health(session, site):
+            if not tier["is_dead"]:
+                continue
+            dead += 1
+            open_alert(
+                session=session,
+                kind=AlertKind.DEAD_ROUTE,
+                trigger_key=f"dead:{site.id}:{tier['route']}:{tier['tier']}:{now.date()}",
+                participant=None,
+                site_id=site.id,
+                summary=f"{tier['route']} tier {tier['tier']} ({tier['recipients']}) reaches "
+                "nobody with a verified phone",
+                now=now,
+                actor="system:routes",
+            )
+    return {"dead_tiers": dead}
+
+
+def pending_alert_messages(session: Session, alert_id: int) -> list[OutboxMessage]:
+    """The alert's SMS not yet handed to the provider."""
+    return list(
+        session.exec(
+            select(OutboxMessage).where(
+                OutboxMessage.ref == f"alert:{alert_id}",
+                OutboxMessage.status == MessageStatus.PENDING,
+            )
+        ).all()
+    )

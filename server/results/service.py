@@ -1,0 +1,479 @@
+"""Results in: idempotent on the lab's accession id, attached to the right participant or
+quarantined, linked to the draw or scan they fulfil, then judged by the study's rules.
+
+Alerts and their first-tier SMS are written in the same transaction as the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, select
+
+from server import audit
+from server.alerts import service as alerts
+from server.alerts.models import AlertKind
+from server.errors import Conflict
+from server.participants.models import Participant, ParticipantStatus
+from server.protocols.models import Study
+from server.protocols.service import protocol_of_study
+from server.results import rules
+from server.results.models import (
+    CtdnaCall,
+    LabResult,
+    PfsEvent,
+    Recist,
+    ResultKind,
+    ResultStatus,
+)
+from server.schedules import reminders
+from server.schedules import service as schedules
+from server.schedules.models import EventStatus, EventType, ScheduleEvent
+
+EVENT_TYPES = {
+    ResultKind.CTDNA: (EventType.CTDNA_DRAW,),
+    ResultKind.IMAGING: (EventType.IMAGING,),
+    ResultKind.TUMOR_MARKER: (EventType.TUMOR_MARKERS, EventType.BLOOD_WORK),
+}
+
+
+@dataclass
+class Ingested:
+    """What happened to one posted result."""
+
+    result: LabResult
+    created: bool
+    alert_id: int | None = None
+
+
+def _canonical(payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    data = audit.jsonable(payload)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return data, hashlib.sha256(text.encode()).hexdigest()
+
+
+def _find_participant(
+    session: Session, study_key: str | None, study_code: str, site_ids: Any
+) -> tuple[Participant | None, str | None]:
+    q = select(Participant).where(Participant.study_code == study_code)
+    if study_key:
+        q = q.join(Study, col(Study.id) == col(Participant.study_id)).where(Study.key == study_key)
+    if site_ids is not None:
+        q = q.where(col(Participant.site_id).in_(site_ids))
+    found = session.exec(q).all()
+    if not found:
+        return None, f"no participant {study_code!r}" + (f" in {study_key}" if study_key else "")
+    if len(found) > 1:
+        return None, f"study code {study_code!r} exists in several studies: give the study"
+    return found[0], None
+
+
+def ingest(
+    *,
+    session: Session,
+    kind: ResultKind,
+    source: str,
+    accession_id: str,
+    study_code: str,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None = None,
+    site_ids: Any = None,
+    study_key: str | None = None,
+    fields: dict[str, Any],
+) -> Ingested:
+    """Record one result. The same accession twice is one result; the same accession with other
+    content is refused (409) rather than silently overwritten."""
+    payload, digest = _canonical(
+        {"kind": kind.value, "study": study_key, "study_code": study_code, **fields}
+    )
+    existing = session.exec(
+        select(LabResult).where(LabResult.source == source, LabResult.accession_id == accession_id)
+    ).first()
+    if existing is not None:
+        if existing.payload_sha256 != digest:
+            raise Conflict(
+                f"accession {accession_id} was already received with different content; "
+                "send a corrected result under a new accession id",
+                {"accession_id": ["already received with different content"]},
+            )
+        return Ingested(existing, False)
+    participant, problem = _find_participant(session, study_key, study_code, site_ids)
+    call = fields.get("call")
+    if kind == ResultKind.CTDNA and call not in rules.CTDNA_CALLS:
+        # Never guess: an unreadable call is not a negative one.
+        problem = problem or f"ambiguous ctDNA call {call!r}"
+    if kind == ResultKind.IMAGING and fields.get("recist") not in rules.RECIST:
+        problem = problem or f"ambiguous RECIST response {fields.get('recist')!r}"
+    result = LabResult(
+        kind=kind,
+        source=source,
+        accession_id=accession_id,
+        study_key=study_key,
+        study_code=study_code,
+        participant_id=participant.id if participant and not problem else None,
+        site_id=participant.site_id if participant and not problem else None,
+        status=ResultStatus.QUARANTINED if problem else ResultStatus.ACCEPTED,
+        quarantine_reason=problem,
+        payload=payload,
+        payload_sha256=digest,
+        received_at=now,
+        **_columns(kind, fields, quarantined=bool(problem)),
+    )
+    session.add(result)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action="result.quarantine" if problem else "result.create",
+        entity="lab_result",
+        entity_id=result.id,
+        site_id=result.site_id,
+        now=now,
+        after={
+            "kind": kind.value,
+            "accession_id": accession_id,
+            "status": result.status.value,
+            "participant_id": result.participant_id,
+        },
+        reason=problem,
+    )
+    if problem or participant is None:
+        return Ingested(result, True)
+    alert_id = apply(
+        session=session,
+        result=result,
+        participant=participant,
+        now=now,
+        actor=actor,
+        actor_user_id=actor_user_id,
+    )
+    return Ingested(result, True, alert_id)
+
+
+def _columns(kind: ResultKind, f: dict[str, Any], *, quarantined: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "collected_at": f.get("collected_at"),
+        "reported_at": f.get("reported_at"),
+        "performed_on": f.get("performed_on"),
+        "assay": f.get("assay"),
+        "mtm_per_ml": f.get("mtm_per_ml"),
+        "modality": f.get("modality"),
+        "is_confirmed": f.get("is_confirmed"),
+        "marker": f.get("marker"),
+        "value": f.get("value"),
+        "unit": f.get("unit"),
+    }
+    if kind == ResultKind.CTDNA and f.get("call") in rules.CTDNA_CALLS:
+        out["call"] = CtdnaCall(f["call"])
+    if kind == ResultKind.IMAGING and f.get("recist") in rules.RECIST:
+        out["recist"] = Recist(f["recist"])
+    return out
+
+
+def _local_day(result: LabResult, tz: str) -> date | None:
+    if result.performed_on is not None:
+        return result.performed_on
+    if result.collected_at is not None:
+        return result.collected_at.astimezone(ZoneInfo(tz)).date()
+    return None
+
+
+def _fulfils(session: Session, result: LabResult, participant: Participant) -> ScheduleEvent | None:
+    day = _local_day(result, participant.timezone)
+    if day is None:
+        return None
+    candidates = session.exec(
+        select(ScheduleEvent).where(
+            ScheduleEvent.participant_id == participant.id,
+            col(ScheduleEvent.event_type).in_(list(EVENT_TYPES[result.kind])),
+            col(ScheduleEvent.status).notin_([EventStatus.CANCELLED, EventStatus.NOT_APPLICABLE]),
+        )
+    ).all()
+    taken = set(
+        session.exec(
+            select(LabResult.event_id).where(
+                LabResult.participant_id == participant.id,
+                col(LabResult.event_id).is_not(None),
+                LabResult.kind == result.kind,
+            )
+        ).all()
+    )
+    inside = [
+        e
+        for e in candidates
+        if e.window_open_date <= day <= e.window_close_date and e.id not in taken
+    ]
+    pool = inside or [
+        e
+        for e in candidates
+        if e.id not in taken
+        and abs((e.target_date - day).days) <= 14
+        and e.status in (EventStatus.PLANNED, EventStatus.OPEN, EventStatus.MISSED)
+    ]
+    if not pool:
+        return None
+    return min(pool, key=lambda e: abs((e.target_date - day).days))
+
+
+def apply(
+    *,
+    session: Session,
+    result: LabResult,
+    participant: Participant,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None,
+) -> int | None:
+    """Link the result to its event, complete it, and act on the study's rules."""
+    event = _fulfils(session, result, participant)
+    outcome: dict[str, Any] = {}
+    if result.kind == ResultKind.CTDNA and result.call in (CtdnaCall.POSITIVE, CtdnaCall.NEGATIVE):
+        outcome["ctdna"] = result.call.value
+        if result.payload.get("pam_mutation") is not None:
+            outcome["pam_mutation"] = bool(result.payload["pam_mutation"])
+    if result.kind == ResultKind.IMAGING and result.recist is not None:
+        outcome["recist"] = result.recist.value
+    if event is not None:
+        result.event_id = event.id
+        session.add(result)
+        day = _local_day(result, participant.timezone)
+        if event.status in (EventStatus.PLANNED, EventStatus.OPEN, EventStatus.MISSED) and day:
+            schedules.complete_event(
+                session=session,
+                participant=participant,
+                event=event,
+                completed_on=min(day, schedules.local_today(participant, now)),
+                now=now,
+                actor=actor,
+                actor_user_id=actor_user_id,
+                reason=f"result {result.accession_id}",
+                outcome=outcome or None,
+            )
+        elif outcome and not event.outcome:
+            event.outcome = outcome
+            session.add(event)
+            schedules.refresh_decisions(session=session, participant=participant, now=now)
+    _, protocol = protocol_of_study(session, participant.study_id)
+    study_rules = frozenset(r.value for r in protocol.rules)
+    if result.kind == ResultKind.CTDNA and result.call is not None:
+        prior = [
+            str(getattr(c, "value", c))
+            for c in session.exec(
+                select(LabResult.call)
+                .where(
+                    LabResult.participant_id == participant.id,
+                    LabResult.kind == ResultKind.CTDNA,
+                    LabResult.status == ResultStatus.ACCEPTED,
+                    LabResult.id != result.id,
+                    col(LabResult.collected_at) <= (result.collected_at or now),
+                )
+                .order_by(col(LabResult.collected_at), col(LabResult.id))
+            ).all()
+            if c is not None
+        ]
+        is_baseline = bool(event and "baseline" in event.item_id) or bool(
+            participant.anchor_date
+            and result.collected_at
+            and result.collected_at.astimezone(ZoneInfo(participant.timezone)).date()
+            <= participant.anchor_date
+        )
+        finding = rules.ctdna_finding(
+            call=result.call.value,
+            prior_calls=prior,
+            is_baseline=is_baseline,
+            study_rules=study_rules,
+        )
+    elif result.kind == ResultKind.IMAGING and result.recist is not None:
+        finding = rules.imaging_finding(recist=result.recist.value, study_rules=study_rules)
+    else:
+        return None
+    if finding.pfs_event and result.performed_on:
+        _record_pfs(session, participant, result)
+    if finding.redraw:
+        _plan_redraw(session, participant, result, event, now)
+    if finding.alert is None:
+        return None
+    alert, _ = alerts.open_alert(
+        session=session,
+        kind=finding.alert,
+        trigger_key=f"result:{result.id}",
+        participant=participant,
+        site_id=participant.site_id,
+        summary=finding.reason,
+        result_id=result.id,
+        event_id=event.id if event else None,
+        now=now,
+    )
+    return alert.id
+
+
+def _record_pfs(session: Session, participant: Participant, result: LabResult) -> None:
+    assert result.performed_on is not None
+    days = (result.performed_on - participant.anchor_date).days if participant.anchor_date else None
+    session.add(
+        PfsEvent(
+            participant_id=participant.id,  # type: ignore[arg-type]
+            result_id=result.id,  # type: ignore[arg-type]
+            progression_on=result.performed_on,
+            days_from_anchor=days,
+        )
+    )
+
+
+def _plan_redraw(
+    session: Session,
+    participant: Participant,
+    result: LabResult,
+    event: ScheduleEvent | None,
+    now: datetime,
+) -> None:
+    """A failed test asks for a new draw as soon as possible (a week's window)."""
+    if participant.status not in schedules.PLANNING_STATUSES:
+        return
+    zone = ZoneInfo(participant.timezone)
+    today = schedules.local_today(participant, now)
+    target = today + timedelta(days=1)
+    at = (event.target_at.astimezone(zone).time() if event else datetime.min.time()).replace(
+        tzinfo=None
+    )
+    base = event.key if event else f"ctdna:{result.id}"
+    n = (
+        len(
+            session.exec(
+                select(ScheduleEvent.id).where(
+                    ScheduleEvent.participant_id == participant.id,
+                    col(ScheduleEvent.key).startswith(f"{base}:redraw"),
+                )
+            ).all()
+        )
+        + 1
+    )
+    redraw = ScheduleEvent(
+        participant_id=participant.id,  # type: ignore[arg-type]
+        key=f"{base}:redraw{n}"[:80],
+        item_id=(event.item_id if event else "ctdna") + "_redraw",
+        sequence=n,
+        event_type=EventType.CTDNA_DRAW,
+        label="ctDNA redraw (previous test failed)",
+        phase=event.phase if event else None,
+        protocol_version=event.protocol_version if event else (participant.protocol_version or ""),
+        target_date=target,
+        window_open_date=today,
+        window_close_date=today + timedelta(days=7),
+        target_at=datetime.combine(
+            target, at if at.hour else datetime.min.time().replace(hour=9), zone
+        ).astimezone(ZoneInfo("UTC")),
+        window_open_at=datetime.combine(today, datetime.min.time(), zone).astimezone(
+            ZoneInfo("UTC")
+        ),
+        window_close_at=datetime.combine(
+            today + timedelta(days=8), datetime.min.time(), zone
+        ).astimezone(ZoneInfo("UTC")),
+        expects_result="ctdna",
+        result_turnaround_days=event.result_turnaround_days if event else 14,
+        status=EventStatus.OPEN,
+        is_touched=True,
+        status_reason=f"redraw after {result.call.value if result.call else 'failed'} result",
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(redraw)
+    session.flush()
+    audit.record(
+        session=session,
+        actor="system:rules",
+        action="event.redraw",
+        entity="schedule_event",
+        entity_id=redraw.id,
+        site_id=participant.site_id,
+        now=now,
+        after={"key": redraw.key, "target_date": target},
+        reason="failed ctDNA test",
+    )
+    reminders.materialize(session=session, now=now, participant_id=participant.id)
+
+
+# --- watchdogs -----------------------------------------------------------------------------------
+
+
+def overdue_results(*, session: Session, now: datetime) -> dict[str, int]:
+    """Draws and scans done longer ago than the assay's turnaround with no result: tell the
+    coordinator (once per event)."""
+    rows = session.exec(
+        select(ScheduleEvent, Participant)
+        .join(Participant, col(Participant.id) == col(ScheduleEvent.participant_id))
+        .where(
+            ScheduleEvent.status == EventStatus.COMPLETED,
+            col(ScheduleEvent.expects_result).is_not(None),
+            col(ScheduleEvent.completed_on) >= (now - timedelta(days=120)).date(),
+            col(Participant.status).in_(
+                [ParticipantStatus.ACTIVE, ParticipantStatus.OFF_TREATMENT_MONITORING]
+            ),
+        )
+    ).all()
+    with_result = set(
+        session.exec(select(LabResult.event_id).where(col(LabResult.event_id).is_not(None))).all()
+    )
+    opened = 0
+    rules_by_study: dict[int, frozenset[str]] = {}
+    for event, participant in rows:
+        if event.id in with_result or event.completed_on is None:
+            continue
+        if participant.study_id not in rules_by_study:
+            _, protocol = protocol_of_study(session, participant.study_id)
+            rules_by_study[participant.study_id] = frozenset(r.value for r in protocol.rules)
+        if "result_overdue" not in rules_by_study[participant.study_id]:
+            continue
+        today = schedules.local_today(participant, now)
+        if not rules.is_result_overdue(
+            done_on=event.completed_on,
+            turnaround_days=event.result_turnaround_days or 14,
+            today=today,
+        ):
+            continue
+        _, created = alerts.open_alert(
+            session=session,
+            kind=AlertKind.RESULT_OVERDUE,
+            trigger_key=f"overdue:{event.id}",
+            participant=participant,
+            site_id=participant.site_id,
+            summary=f"no {event.expects_result} result {event.result_turnaround_days} days "
+            f"after {event.key}",
+            event_id=event.id,
+            now=now,
+        )
+        opened += int(created)
+    return {"opened": opened}
+
+
+def on_missed_events(*, session: Session, events: list[ScheduleEvent], now: datetime) -> int:
+    """A missed ctDNA window tells the coordinator (studies with the missed_ctdna_window rule)."""
+    opened = 0
+    for event in events:
+        if event.event_type != EventType.CTDNA_DRAW:
+            continue
+        participant = session.get(Participant, event.participant_id)
+        if participant is None or participant.status not in schedules.PLANNING_STATUSES:
+            continue
+        _, protocol = protocol_of_study(session, participant.study_id)
+        if "missed_ctdna_window" not in {r.value for r in protocol.rules}:
+            continue
+        _, created = alerts.open_alert(
+            session=session,
+            kind=AlertKind.MISSED_WINDOW,
+            trigger_key=f"missed:{event.id}",
+            participant=participant,
+            site_id=participant.site_id,
+            summary=f"{event.key} window closed without a draw",
+            event_id=event.id,
+            now=now,
+        )
+        opened += int(created)
+    return opened
