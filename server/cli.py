@@ -46,6 +46,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(protocol_group)
     app.cli.add_command(scheduler_command)
     app.cli.add_command(dispatcher_command)
+    app.cli.add_command(results_group)
 
 
 @click.group("db", cls=AppGroup, help="Database schema (migrations).")
@@ -348,6 +349,70 @@ def protocol_amend(study_key: str, codes: tuple[str, ...], reason: str) -> None:
                 moved += 1
                 click.echo(f"{participant.study_code}: {result.as_dict()}")
     click.echo(f"{moved} participant(s) on the current protocol version")
+
+
+@click.group("results", cls=AppGroup, help="Lab results.")
+def results_group() -> None:
+    pass
+
+
+@results_group.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--lab", default="default", show_default=True, help="the sending lab")
+def results_import(path: str, lab: str) -> None:
+    """Import a lab's ctDNA CSV batch (study_code, accession_id, collected_at, call, mtm_per_ml,
+    optional study, reported_at, assay). Every row is checked first: one bad row imports nothing
+    and the errors name the rows."""
+    import csv
+
+    import marshmallow as ma
+
+    from api.schemas import CtdnaResultSchema
+    from server.results import service as results
+    from server.results.models import ResultKind
+
+    schema = CtdnaResultSchema()
+    rows: list[dict[str, object]] = []
+    errors: list[str] = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        for number, raw in enumerate(reader, start=2):  # line 1 is the header
+            data = {
+                k.strip(): v.strip() for k, v in raw.items() if k and v is not None and v.strip()
+            }
+            data.setdefault("lab", lab)
+            try:
+                rows.append(schema.load(data))
+            except ma.ValidationError as exc:
+                detail = "; ".join(
+                    f"{field}: {' '.join(map(str, msgs))}"
+                    for field, msgs in sorted(exc.messages_dict.items())
+                )
+                errors.append(f"row {number}: {detail}")
+    if errors:
+        for line in errors:
+            click.echo(line, err=True)
+        raise click.ClickException(f"{len(errors)} bad row(s); nothing imported")
+    now = utcnow()
+    counts = {"created": 0, "duplicates": 0, "quarantined": 0, "alerts": 0}
+    with get_db().job_session() as session:
+        for args in rows:
+            args = dict(args)
+            ingested = results.ingest(
+                session=session,
+                kind=ResultKind.CTDNA,
+                source=str(args.pop("lab")),
+                accession_id=str(args.pop("accession_id")),
+                study_code=str(args.pop("study_code")),
+                study_key=args.pop("study"),  # type: ignore[arg-type]
+                fields=args,
+                now=now,
+                actor=f"cli:import:{lab}",
+            )
+            counts["created" if ingested.created else "duplicates"] += 1
+            counts["quarantined"] += int(ingested.result.status.value == "quarantined")
+            counts["alerts"] += int(ingested.alert_id is not None)
+    click.echo(f"imported {len(rows)} row(s): {counts}")
 
 
 @click.command("scheduler")
