@@ -34,6 +34,19 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if not value >= 0:  # also refuses NaN
+        raise ConfigError(f"{name} must be zero or more, got {raw!r}")
+    return value
+
+
 class BaseConfig:
     """Values shared by every environment."""
 
@@ -85,6 +98,9 @@ class BaseConfig:
     TWILIO_MESSAGING_SERVICE_SID: str | None = None
     TWILIO_FROM_NUMBER: str | None = None
     TWILIO_BASE_URL: str | None = None
+    # SMS a second per sender (token bucket in the dispatcher): a long code sends ~1/s; a
+    # Messaging Service or short code is allowed far more. 0 means no limit.
+    SMS_RATE_PER_SECOND = 1.0
 
     def __init__(self) -> None:
         self.SECRET_KEY = _env("SECRET_KEY", self.SECRET_KEY)
@@ -100,6 +116,7 @@ class BaseConfig:
             "TWILIO_BASE_URL",
         ):
             setattr(self, name, _env(name, getattr(self, name)))
+        self.SMS_RATE_PER_SECOND = _env_float("SMS_RATE_PER_SECOND", self.SMS_RATE_PER_SECOND)
 
     def as_dict(self) -> dict[str, Any]:
         """Every upper-case setting, for app.config.from_mapping."""

@@ -99,8 +99,15 @@ class RateLimiter:
 
 
 def backoff_seconds(attempt: int, *, base: float = 5.0, cap: float = 300.0) -> float:
-    """Exponential backoff with full jitter (attempt 1 → up to 5 s, then 10, 20 … capped)."""
-    return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
+    """Exponential backoff with equal jitter: attempt n waits between half and all of
+    base·2^(n-1), capped (attempt 1 → 2.5–5 s, then 5–10, 10–20 … 150–300 s).
+
+    The floor matters: with `max_attempts` = 12 the retries span at least ~15 minutes whatever the
+    jitter, so a 10-minute provider outage never exhausts a message's attempts. (A floor fixed at
+    base/2 let unlucky rows burn all 12 attempts in under a minute.)
+    """
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 UnsubscribedHook = Callable[[Session, OutboxMessage, datetime], None]
@@ -125,6 +132,8 @@ class Dispatcher:
     # Test seam: called after the provider accepted a message, before we record it.
     after_provider_accepted: Callable[[OutboxMessage], None] | None = None
     limiter: RateLimiter = field(init=False)
+    # Rows the claims expired instead of sending, since run_once last collected them.
+    _expired: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.rate_per_second)
@@ -150,6 +159,7 @@ class Dispatcher:
                 .with_for_update(skip_locked=True)
             ).all()
             claimed = []
+            expired = 0
             for row in rows:
                 if row.expires_at is not None and row.expires_at <= now:
                     # No reminder for yesterday's draw: the moment has passed.
@@ -161,6 +171,7 @@ class Dispatcher:
                         now=now,
                         note="expired before it could be sent",
                     )
+                    expired += 1
                     continue
                 row.status = MessageStatus.SENDING
                 row.attempts += 1
@@ -180,6 +191,7 @@ class Dispatcher:
             session.flush()
             for row in claimed:
                 session.expunge(row)
+        self._expired += expired  # counted once the expiry is committed
         return claimed
 
     # --- send -----------------------------------------------------------------------------------
@@ -397,7 +409,11 @@ class Dispatcher:
         total = DispatchStats()
         while stop is None or not stop.is_set():
             rows = self.claim()
+            expired, self._expired = self._expired, 0
+            total.expired += expired
             if not rows:
+                if expired:
+                    continue  # a batch of nothing but expired rows: more may be due behind it
                 break
             total.claimed += len(rows)
             for row in rows:

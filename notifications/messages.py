@@ -590,3 +590,19 @@ def render(
             text = _compose(kind, catalog, values, present)
     assert_no_health_information(text, participant_names=participant_names)
     return text
+
+
+def bundle_prefix(locale: str | None, items: list[tuple[str, str]], link: str) -> tuple[str, int]:
+    """An ALERT_BUNDLE listing the longest prefix of `items` that fits in full (no "and N more"),
+    and that length: the dispatcher sends the rest in the next bundle, so every code is carried.
+    At least one item is always listed."""
+    if not items:
+        raise MessageParameterError("items", "ALERT_BUNDLE needs at least one item")
+    best = render(MessageKind.ALERT_BUNDLE, locale, items=items[:1], link=link)
+    shown = 1
+    for k in range(2, len(items) + 1):
+        text = render(MessageKind.ALERT_BUNDLE, locale, items=items[:k], link=link)
+        if not all(code in text and ack in text for code, ack in items[:k]):
+            break
+        best, shown = text, k
+    return best, shown

@@ -99,8 +99,15 @@ def enqueue(
         "created_at": now,
         "updated_at": now,
     }
-    stmt = _insert(session).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    created = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    # RETURNING tells whether this call inserted the row: the ORM-enabled INSERT's rowcount is -1
+    # on PostgreSQL (psycopg), which made every new message look like a duplicate there.
+    stmt = (
+        _insert(session)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(OutboxMessage.id)  # type: ignore[arg-type]
+    )
+    created = session.execute(stmt).scalar_one_or_none() is not None
     row = session.exec(select(OutboxMessage).where(OutboxMessage.dedupe_key == dedupe_key)).one()
     if created:
         log(session, row, MessageStatus.PENDING, "enqueue", at=now)

@@ -124,12 +124,18 @@ def enqueue_event_reminders(
     if not (participant.has_sms_consent and participant.phone_e164):
         return 0
     created = 0
+    zone = ZoneInfo(participant.timezone)
     for r in plan_event(protocol, participant, event):
-        if (
-            r.not_before_at > now + horizon
-            or r.expires_at <= now
-            or r.not_before_at >= r.expires_at
-        ):
+        not_before = r.not_before_at
+        if not_before < now:
+            # Catching up on a reminder whose moment passed (late enrolment, consent back, the
+            # job was down): it is due at once, but quiet hours hold for when it really goes.
+            resume = rules.defer_out_of_quiet_hours(
+                now, zone, participant.quiet_hours_start, participant.quiet_hours_end
+            )
+            if resume > now:
+                not_before = resume
+        if not_before > now + horizon or r.expires_at <= now or not_before >= r.expires_at:
             continue
         params: dict[str, Any] = {
             "code": participant.study_code,
@@ -152,7 +158,7 @@ def enqueue_event_reminders(
             body=body,
             priority=PRIORITY_REMINDER,
             intended_at=r.intended_at,
-            not_before_at=r.not_before_at,
+            not_before_at=not_before,
             expires_at=r.expires_at,
             participant_id=participant.id,
             ref=event_ref(event.id),
