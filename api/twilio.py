@@ -8,10 +8,12 @@ import logging
 from flask import Blueprint, Response, current_app, request
 
 from notifications import outbox
+from notifications.models import MessageStatus
 from notifications.providers.twilio import validate_signature
 from server.clock import utcnow
 from server.db import get_session
 from server.inbound import handle_inbound
+from server.messaging import on_send_failed
 
 log = logging.getLogger("stepdown.twilio")
 bp = Blueprint("twilio", __name__, url_prefix="/twilio")
@@ -49,14 +51,21 @@ def status_callback(message_id: int) -> Response:
         return _forbidden()
     error = request.form.get("ErrorCode")
     session = get_session()
-    outbox.apply_callback(
+    now = utcnow()
+    message = outbox.apply_callback(
         session,
         message_id=message_id,
         sid=request.form.get("MessageSid") or request.form.get("SmsSid"),
         provider_status=request.form.get("MessageStatus") or request.form.get("SmsStatus") or "",
         error_code=int(error) if error and error.isdigit() else None,
-        now=utcnow(),
+        now=now,
     )
+    if message is not None and message.status in (
+        MessageStatus.FAILED,
+        MessageStatus.UNDELIVERED,
+    ):
+        # An alert SMS that did not reach its nurse escalates at once.
+        on_send_failed(session, message, now)
     session.commit()
     return Response(status=204)
 

@@ -30,6 +30,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from notifications import outbox
+from notifications.messages import MessageKind, bundle_prefix
 from notifications.models import (
     PRIORITY_REMINDER,
     MessageCategory,
@@ -41,6 +42,7 @@ from notifications.providers.base import (
     SmsProvider,
     TransientSendError,
 )
+from notifications.segments import count_segments
 from notifications.sqltypes import utcnow
 
 log = logging.getLogger("stepdown.dispatcher")
@@ -128,6 +130,8 @@ class Dispatcher:
     max_attempts: int = 12
     on_unsubscribed: UnsubscribedHook | None = None
     on_failed: FailedHook | None = None
+    # Domain hook: a later moment a row must wait for (the recipient's quiet hours), or None.
+    hold: Callable[[Session, OutboxMessage, datetime], datetime | None] | None = None
     clock: Callable[[], datetime] = utcnow
     # Test seam: called after the provider accepted a message, before we record it.
     after_provider_accepted: Callable[[OutboxMessage], None] | None = None
@@ -161,6 +165,32 @@ class Dispatcher:
             claimed = []
             expired = 0
             for row in rows:
+                held = self.hold(session, row, now) if self.hold is not None else None
+                if held is not None and held > now:
+                    if row.expires_at is not None and held >= row.expires_at:
+                        outbox.advance(
+                            session,
+                            row,
+                            MessageStatus.EXPIRED,
+                            source="dispatcher",
+                            now=now,
+                            note="quiet hours last past its expiry",
+                        )
+                        expired += 1
+                    else:
+                        # Quiet hours at the recipient's end: wait, do not drop.
+                        row.not_before_at = held
+                        row.updated_at = now
+                        session.add(row)
+                        outbox.log(
+                            session,
+                            row,
+                            MessageStatus.PENDING,
+                            "dispatcher",
+                            at=now,
+                            note=f"held for quiet hours until {held.isoformat()}",
+                        )
+                    continue
                 if row.expires_at is not None and row.expires_at <= now:
                     # No reminder for yesterday's draw: the moment has passed.
                     outbox.advance(
@@ -188,11 +218,67 @@ class Dispatcher:
                     note=f"attempt {row.attempts}",
                 )
                 claimed.append(row)
+            claimed = self._bundle(session, claimed, now)
             session.flush()
             for row in claimed:
                 session.expunge(row)
         self._expired += expired  # counted once the expiry is committed
         return claimed
+
+    def _bundle(
+        self, session: Session, rows: list[OutboxMessage], now: datetime
+    ) -> list[OutboxMessage]:
+        """Staff alerts claimed together for the same phone go out as one SMS listing their codes
+        (as many as fit in two segments; the rest wait for the next pass). The first alert is
+        never held back: it is always in the first SMS."""
+        groups: dict[str, list[OutboxMessage]] = {}
+        for row in rows:
+            if row.category == MessageCategory.STAFF_ALERT and row.bundle_item:
+                groups.setdefault(row.to_e164, []).append(row)
+        out: list[OutboxMessage] = []
+        dropped: set[int | None] = set()
+        for group in groups.values():
+            if len(group) < 2:
+                continue
+            items = [(r.bundle_item["code"], r.bundle_item["ack"]) for r in group]  # type: ignore[index]
+            text, shown = bundle_prefix(group[0].locale, items, f"{self.callback_base_url}/alerts")
+            leader = group[0]
+            leader.body = text
+            leader.segments = count_segments(text).segments
+            leader.kind = MessageKind.ALERT_BUNDLE.value
+            session.add(leader)
+            for row in group[1:shown]:
+                row.bundled_into_id = leader.id
+                row.status_note = f"sent within message {leader.id}"
+                session.add(row)
+                outbox.log(
+                    session,
+                    row,
+                    MessageStatus.SENDING,
+                    "dispatcher",
+                    at=now,
+                    note=f"bundled into {leader.id}",
+                )
+                dropped.add(row.id)
+            for row in group[shown:]:
+                # Not in this SMS: back to pending for the next bundle, attempt not counted.
+                row.status = MessageStatus.PENDING
+                row.attempts -= 1
+                row.lease_until_at = None
+                session.add(row)
+                outbox.log(
+                    session,
+                    row,
+                    MessageStatus.PENDING,
+                    "dispatcher",
+                    at=now,
+                    note="waits for the next bundle",
+                )
+                dropped.add(row.id)
+        for row in rows:
+            if row.id not in dropped:
+                out.append(row)
+        return out
 
     # --- send -----------------------------------------------------------------------------------
 
@@ -316,6 +402,7 @@ class Dispatcher:
                 self.on_failed(session, row, now)
             return
         delay = max(backoff_seconds(row.attempts), retry_after or 0.0)
+        outbox.release_followers(session, row, now)
         row.status = MessageStatus.PENDING
         row.not_before_at = now + timedelta(seconds=delay)
         row.lease_until_at = None
@@ -345,6 +432,8 @@ class Dispatcher:
                 .where(
                     OutboxMessage.status == MessageStatus.SENDING,
                     col(OutboxMessage.lease_until_at) <= now,
+                    # Alerts inside a bundle follow their bundle SMS, not a lookup of their own.
+                    col(OutboxMessage.bundled_into_id).is_(None),
                 )
                 .order_by(col(OutboxMessage.id))
                 .limit(self.batch_size)
@@ -429,7 +518,12 @@ class Dispatcher:
             try:
                 self.run_once(stop)
                 if time.monotonic() - last_reap > 30:
-                    self.reap()
+                    # Keep going while batches come back full: after a long outage hundreds of
+                    # rows may wait for reconciliation (bounded so sending is not starved).
+                    for _ in range(20):
+                        reaped = self.reap()
+                        if reaped.reconciled + reaped.retried + reaped.failed < self.batch_size:
+                            break
                     last_reap = time.monotonic()
             except Exception:
                 log.exception("dispatcher pass failed; retrying")

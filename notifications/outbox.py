@@ -179,7 +179,48 @@ def advance(
         message.lease_until_at = None
     session.add(message)
     log(session, message, status, source, at=now, error_code=error_code, note=note)
+    if RANK[status] >= RANK[MessageStatus.SENT] and status != MessageStatus.CANCELLED:
+        # Alerts carried by this SMS (a bundle) share its fate.
+        for follower in followers(session, message):
+            advance(
+                session,
+                follower,
+                status,
+                source=f"bundle:{message.id}",
+                now=now,
+                error_code=error_code,
+            )
     return True
+
+
+def followers(session: Session, leader: OutboxMessage) -> list[OutboxMessage]:
+    """The rows whose text went out inside this bundle SMS."""
+    if leader.id is None or leader.category != MessageCategory.STAFF_ALERT:
+        return []
+    return list(
+        session.exec(select(OutboxMessage).where(OutboxMessage.bundled_into_id == leader.id)).all()
+    )
+
+
+def release_followers(session: Session, leader: OutboxMessage, now: datetime) -> None:
+    """A bundle SMS that must be retried gives its other alerts back to the queue."""
+    for row in followers(session, leader):
+        if row.status != MessageStatus.SENDING:
+            continue
+        row.status = MessageStatus.PENDING
+        row.bundled_into_id = None
+        row.attempts = max(0, row.attempts - 1)
+        row.lease_until_at = None
+        row.updated_at = now
+        session.add(row)
+        log(
+            session,
+            row,
+            MessageStatus.PENDING,
+            "dispatcher",
+            at=now,
+            note=f"bundle {leader.id} is retried; waits for the next one",
+        )
 
 
 def cancel_where(

@@ -57,7 +57,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front and waits for it (busy_timeout). A deferred
+        # BEGIN that reads and then writes fails at once with "database is locked" when another
+        # writer got there first, which concurrent requests (a lab's burst) hit at once.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:

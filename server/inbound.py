@@ -13,7 +13,9 @@ from sqlmodel import Session
 
 from notifications import outbox
 from notifications.messages import MessageKind, render
-from notifications.models import PRIORITY_PARTICIPANT, MessageCategory
+from notifications.models import PRIORITY_PARTICIPANT, PRIORITY_STAFF_ALERT, MessageCategory
+from server.alerts.rules import looks_like_ack, parse_ack
+from server.alerts.service import acknowledge_by_sms
 from server.messaging import participants_with_phone, set_sms_consent
 
 # Twilio's default opt-out and opt-in keywords (whole body, case-insensitive), plus common French
@@ -44,7 +46,50 @@ class Keyword(enum.StrEnum):
     STOP = "stop"
     START = "start"
     HELP = "help"
+    ACK = "ack"
+    ACK_UNKNOWN = "ack_unknown"
     OTHER = "other"
+
+
+def _staff_ack(
+    session: Session, message_sid: str, from_number: str, body: str, now: datetime
+) -> Keyword | None:
+    """A nurse's "ACK 4821": acknowledge that alert (once). A wrong code changes nothing and gets
+    a short answer. None when the number is not a staff member's."""
+    code = parse_ack(body)
+    alert, user = (
+        acknowledge_by_sms(session=session, from_number=from_number, code=code, now=now)
+        if code
+        else (None, None)
+    )
+    if alert is not None:
+        return Keyword.ACK
+    if user is None and code:
+        return None  # not staff: treat as any other inbound message
+    if user is None:
+        from sqlmodel import col, select
+
+        from server.auth.models import StaffUser
+
+        known = session.exec(
+            select(StaffUser.id).where(
+                StaffUser.phone_e164 == from_number, col(StaffUser.is_active).is_(True)
+            )
+        ).first()
+        if known is None:
+            return None
+    outbox.enqueue(
+        session,
+        dedupe_key=f"reply:{message_sid}",
+        category=MessageCategory.STAFF_NOTICE,
+        kind=MessageKind.ACK_CODE_UNKNOWN.value,
+        to=from_number,
+        locale="en",
+        body=render(MessageKind.ACK_CODE_UNKNOWN, "en"),
+        priority=PRIORITY_STAFF_ALERT,
+        now=now,
+    )
+    return Keyword.ACK_UNKNOWN
 
 
 def classify(body: str, opt_out_type: str | None) -> Keyword:
@@ -75,6 +120,10 @@ def handle_inbound(
     link: str,
 ) -> Keyword:
     """Apply an inbound SMS to consent and queue any reply. Idempotent on the MessageSid."""
+    if not opt_out_type and (parse_ack(body) or looks_like_ack(body)):
+        handled = _staff_ack(session, message_sid, from_number, body, now)
+        if handled is not None:
+            return handled
     keyword = classify(body, opt_out_type)
     participants = participants_with_phone(session, from_number)
     if keyword in (Keyword.STOP, Keyword.START):

@@ -86,6 +86,10 @@ def set_sms_consent(
         reason=reason,
     )
     if consent:
+        # Reminders of the next hours come back at once (new keys: the consent epoch changed).
+        from server.schedules import reminders
+
+        reminders.materialize(session=session, now=now, participant_id=participant.id)
         return True
     outbox.cancel_where(
         session,
@@ -141,6 +145,42 @@ def make_unsubscribed_hook(link: str) -> Callable[[Session, OutboxMessage, datet
     return on_unsubscribed
 
 
+def on_send_failed(session: Session, message: OutboxMessage, now: datetime) -> None:
+    """A message that failed for good: an alert SMS (or a bundle carrying alerts) moves each of
+    its alerts to the next tier at once."""
+    from server.alerts.service import on_delivery_failed
+
+    for row in [message, *outbox.followers(session, message)]:
+        on_delivery_failed(session, row, now)
+
+
+def quiet_hours_hold(session: Session, message: OutboxMessage, now: datetime) -> datetime | None:
+    """When a participant message must wait for the end of their quiet hours (a backlog after an
+    outage must not go out at night). Staff messages are never held."""
+    if message.participant_id is None or message.staff_user_id is not None:
+        return None
+    if message.category not in (
+        MessageCategory.REMINDER,
+        MessageCategory.WELCOME,
+        MessageCategory.ACTIVATION,
+    ):
+        return None
+    participant = session.get(Participant, message.participant_id)
+    if participant is None:
+        return None
+    from zoneinfo import ZoneInfo
+
+    from server.schedules.rules import defer_out_of_quiet_hours
+
+    resume = defer_out_of_quiet_hours(
+        now,
+        ZoneInfo(participant.timezone),
+        participant.quiet_hours_start,
+        participant.quiet_hours_end,
+    )
+    return resume if resume > now else None
+
+
 def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:
     """A dispatcher configured from the app (provider, callback URL, sender rate)."""
     database = get_db(app)
@@ -155,6 +195,8 @@ def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:
         or "default",
         "rate_per_second": float(config.get("SMS_RATE_PER_SECOND", 1.0)),
         "on_unsubscribed": make_unsubscribed_hook(f"{base}/"),
+        "on_failed": on_send_failed,
+        "hold": quiet_hours_hold,
     }
     params.update(overrides)
     return Dispatcher(**params)  # type: ignore[arg-type]

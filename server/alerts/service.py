@@ -7,7 +7,6 @@ out yet. A tier with nobody reachable is skipped at once (and logged), never wai
 
 from __future__ import annotations
 
-import secrets
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -129,11 +128,18 @@ def route_health(session: Session, site: Site) -> list[dict[str, Any]]:
 # --- opening -------------------------------------------------------------------------------------
 
 
-def _ack_code(session: Session) -> str:
-    for _ in range(50):
-        code = f"{secrets.randbelow(9000) + 1000}"
+def _ack_code(session: Session, alert_id: int) -> str:
+    """A 4-digit code from the alert id: 7919 is prime to 9000, so 9,000 consecutive alerts get
+    9,000 different codes (concurrent transactions cannot pick the same one, as random picks
+    could). An old alert still open with the same code pushes to the next free one."""
+    for step in range(9000):
+        code = f"{1000 + (alert_id * 7919 + step) % 9000}"
         taken = session.exec(
-            select(Alert.id).where(Alert.ack_code == code, col(Alert.state) == AlertState.OPEN)
+            select(Alert.id).where(
+                Alert.ack_code == code,
+                col(Alert.state) == AlertState.OPEN,
+                Alert.id != alert_id,
+            )
         ).first()
         if taken is None:
             return code
@@ -167,11 +173,14 @@ def open_alert(
         site_id=site_id,
         result_id=result_id,
         event_id=event_id,
-        ack_code=_ack_code(session),
+        ack_code="----",
         summary=summary[:300],
         policy=policy,
         opened_at=now,
     )
+    session.add(alert)
+    session.flush()
+    alert.ack_code = _ack_code(session, alert.id)  # type: ignore[arg-type]
     session.add(alert)
     session.flush()
     log(session, alert, "opened", now, actor=actor, detail={"kind": kind.value})

@@ -111,6 +111,19 @@ def _link() -> str | None:
     return None
 
 
+def _dedupe_key(participant: Participant, event: ScheduleEvent, kind: str) -> str:
+    # One reminder per (participant, event on its target day, kind, channel). The consent epoch
+    # is part of it: reminders withdrawn at STOP come back after START, never twice before.
+    epoch = (
+        int(participant.sms_consent_changed_at.timestamp())
+        if participant.sms_consent_changed_at
+        else 0
+    )
+    return (
+        f"reminder:{participant.id}:{event.key}:{event.target_date.isoformat()}:{kind}:sms:c{epoch}"
+    )
+
+
 def enqueue_event_reminders(
     session: Session,
     *,
@@ -147,10 +160,7 @@ def enqueue_event_reminders(
         body = render(r.message, participant.locale.value, **params)
         _, was_created = outbox.enqueue(
             session,
-            dedupe_key=(
-                f"reminder:{participant.id}:{event.key}:{event.target_date.isoformat()}"
-                f":{r.kind}:sms"
-            ),
+            dedupe_key=_dedupe_key(participant, event, r.kind),
             category=MessageCategory.REMINDER,
             kind=r.message.value,
             to=participant.phone_e164,

@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -614,6 +615,9 @@ def test_unsubscribed_number_is_opted_out_consent_withdrawn_and_care_team_told(
         staff.phone_e164 = phone
         staff.is_phone_verified = True
         db.add(staff)
+    # Whatever the hour this runs at, quiet hours must not hold the reminder back here.
+    a1.quiet_hours_start = a1.quiet_hours_end = clock_time(0, 0)
+    db.add(a1)
     now = utcnow()
     # Only what this test writes is due (the welcome SMS from enrolment is set aside).
     outbox.cancel_where(db, participant_id=a1.id, now=now, reason="test setup")

@@ -71,7 +71,8 @@ def reminder_rows(db: Session, ev: ScheduleEvent) -> dict[str, OutboxMessage]:
     rows = db.exec(
         select(OutboxMessage).where(OutboxMessage.ref == reminders.event_ref(ev.id))
     ).all()
-    return {r.dedupe_key.split(":")[-2]: r for r in rows}
+    # reminder:<participant>:<event key>:<target day>:<kind>:sms:c<consent epoch>
+    return {r.dedupe_key.split(":")[-3]: r for r in rows}
 
 
 def local(moment: datetime | None) -> datetime:
@@ -381,3 +382,71 @@ def test_a_late_reminder_still_waits_for_the_end_of_quiet_hours(
     for kind in ("window_soon", "day_before", "morning_of"):
         assert rows[kind].status == MessageStatus.SENT, kind
         assert len(sent_for(provider, rows[kind])) == 1, kind
+
+
+def test_stop_then_start_brings_the_coming_reminders_back(
+    db: Session, world: factories.World
+) -> None:
+    from server.messaging import set_sms_consent
+
+    # Baseline draw target 2027-03-29 (anchor + 21 days): its window opens 03-22.
+    p = enrol(db, world, "A-230", date(2027, 4, 19), "+33612340230")
+    ev = event(db, p.id, "ctdna_baseline:1")
+    with frozen("2027-03-27T12:00:00"):
+        now = datetime.now(UTC)
+        reminders.materialize(session=db, now=now, participant_id=p.id)
+        before = reminder_rows(db, ev)
+        assert "day_before" in before and "morning_of" in before
+        set_sms_consent(
+            session=db, participant=p, consent=False, now=now, actor="test", reason="STOP", link="x"
+        )
+        db.commit()
+        assert {r.status for r in reminder_rows(db, ev).values()} == {MessageStatus.OPTED_OUT}
+    with frozen("2027-03-27T13:00:00"):
+        set_sms_consent(
+            session=db,
+            participant=p,
+            consent=True,
+            now=datetime.now(UTC),
+            actor="test",
+            reason="START",
+            link="x",
+        )
+        db.commit()
+    db.expire_all()
+    rows = db.exec(
+        select(OutboxMessage).where(OutboxMessage.ref == reminders.event_ref(ev.id))
+    ).all()
+    pending = [r for r in rows if r.status == MessageStatus.PENDING]
+    # The reminders still worth sending are back (each once); the old rows stay opted out.
+    assert sorted(r.dedupe_key.split(":")[-3] for r in pending) == [
+        "day_before",
+        "morning_of",
+        "window_soon",
+    ]
+    assert all(r.status == MessageStatus.OPTED_OUT for r in rows if r not in pending)
+
+
+def test_the_dispatcher_holds_a_backlog_until_quiet_hours_end(
+    app: Flask, db: Session, world: factories.World, provider: RecordingProvider
+) -> None:
+    from server.messaging import build_dispatcher  # the production wiring, quiet-hours hook on
+
+    p = enrol(db, world, "A-231", date(2027, 4, 19), "+33612340231")
+    ev = event(db, p.id, "ctdna_baseline:1")
+    with frozen("2027-03-27T12:00:00"):
+        reminders.materialize(session=db, now=datetime.now(UTC), participant_id=p.id)
+        db.commit()
+    row = reminder_rows(db, ev)["day_before"]  # 2027-03-28 09:00 Paris
+    # The dispatcher was down; it comes back at 23:30 Paris the same day (an outage's backlog).
+    with frozen("2027-03-28T21:30:00"):
+        build_dispatcher(app, provider=provider, rate_per_second=0).run_once()
+    assert sent_for(provider, row) == []
+    db.expire_all()
+    held = db.get(OutboxMessage, row.id)
+    assert held is not None and held.status == MessageStatus.PENDING
+    # Still about tomorrow's draw, so it is not expired: it waits for 08:00 Paris, then goes.
+    assert local(held.not_before_at) == datetime(2027, 3, 29, 8, 0, tzinfo=PARIS)
+    with frozen("2027-03-29T06:00:00"):
+        build_dispatcher(app, provider=provider, rate_per_second=0).run_once()
+    assert len(sent_for(provider, row)) == 1
