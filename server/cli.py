@@ -13,7 +13,7 @@ from sqlmodel import col, select
 
 from server import migrate
 from server.auth import service as auth_service
-from server.auth.models import Role, StaffUser
+from server.auth.models import Role, SiteMembership, StaffUser
 from server.clock import utcnow
 from server.db import get_db
 from server.participants import service as participant_service
@@ -154,6 +154,8 @@ def seed_demo(if_empty: bool) -> None:
             password=DEMO_PASSWORD,
             role=Role.ADMIN,
             site_ids=[s.id for s in sites.values() if s.id is not None],
+            phone_e164="+33610009999",
+            is_phone_verified=True,
             now=now,
         )
         emails.append(admin.email)
@@ -175,6 +177,13 @@ def seed_demo(if_empty: bool) -> None:
                     now=now,
                 )
                 emails.append(user.email)
+                if role == Role.NURSE:
+                    # The demo nurse is on call: first tier of clinical alerts.
+                    membership = session.exec(
+                        select(SiteMembership).where(SiteMembership.user_id == user.id)
+                    ).one()
+                    membership.is_on_call = True
+                    session.add(membership)
         today = now.date()
         demo_participants = [
             (

@@ -103,3 +103,41 @@ def test_undelivered_alert_sms_escalates_at_once(app, client, db, world, api_as,
         )
     )
     assert {m.to_e164 for m in tier2} == {care_team["nurse"], care_team["coordinator"]}
+
+
+def _login(client, email):
+    import re
+
+    from tests.factories import PASSWORD
+
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    client.post("/login", data={"email": email, "password": PASSWORD, "csrf_token": token})
+    return token
+
+
+def test_the_link_in_the_sms_opens_a_page_to_acknowledge_in_one_click(
+    app, client, db, world, api_as, care_team
+):
+    import re
+
+    alert_id = _open_alert(api_as)
+    _login(client, "nurse.a@example.test")
+    page = client.get(f"/alerts/{alert_id}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "A-001" in html and "Acknowledge" in html
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    assert client.post(f"/alerts/{alert_id}/acknowledge", data={}).status_code == 400  # no CSRF
+    r = client.post(f"/alerts/{alert_id}/acknowledge", data={"csrf_token": token})
+    assert r.status_code == 302
+    db.expire_all()
+    alert = db.get(Alert, alert_id)
+    assert alert.state == AlertState.ACKNOWLEDGED and alert.ack_channel == "web"
+
+
+def test_another_sites_alert_page_is_404(app, client, db, world, api_as, care_team):
+    alert_id = _open_alert(api_as)
+    _login(client, "nurse.b@example.test")
+    assert client.get(f"/alerts/{alert_id}").status_code == 404
+    assert "A-001" not in client.get("/alerts").get_data(as_text=True)
