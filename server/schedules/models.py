@@ -11,6 +11,7 @@ from sqlmodel import Field, SQLModel
 
 from server.clock import utcnow
 from server.db import str_enum
+from server.protocols.definition import EventType
 
 
 class EventStatus(enum.StrEnum):
@@ -20,17 +21,6 @@ class EventStatus(enum.StrEnum):
     MISSED = "missed"
     CANCELLED = "cancelled"
     NOT_APPLICABLE = "not_applicable"
-
-
-class EventType(enum.StrEnum):
-    CTDNA_DRAW = "ctdna_draw"
-    BLOOD_WORK = "blood_work"
-    TUMOR_MARKERS = "tumor_markers"
-    IMAGING = "imaging"
-    CLINIC_VISIT = "clinic_visit"
-    QUESTIONNAIRE = "questionnaire"
-    DECISION_POINT = "decision_point"
-    TREATMENT_CYCLE = "treatment_cycle"
 
 
 # Events whose outcome is still ahead: the only ones a re-plan may move or end.

@@ -449,6 +449,37 @@ EVENT_AUDIT_FIELDS = (
 )
 
 
+def _event_changed(
+    session: Session,
+    participant: Participant,
+    event: ScheduleEvent,
+    before: dict[str, Any],
+    what: str,
+    *,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None,
+    reason: str | None,
+) -> None:
+    """After a staff change to an event: its pending reminders go, the audit trail gets a row."""
+    session.add(event)
+    session.flush()
+    reminders.cancel_for_events(session, [event.id], now=now, reason=f"event {what}")
+    audit.record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action=f"event.{what}",
+        entity="schedule_event",
+        entity_id=event.id,
+        site_id=participant.site_id,
+        now=now,
+        before=before,
+        after=audit.snapshot(event, EVENT_AUDIT_FIELDS),
+        reason=reason,
+    )
+
+
 def _check_outcome(event: ScheduleEvent, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
     if not outcome:
         return None
@@ -502,20 +533,15 @@ def complete_event(
     event.outcome = outcome
     event.status_reason = reason
     event.updated_at = now
-    session.add(event)
-    session.flush()
-    reminders.cancel_for_events(session, [event.id], now=now, reason="event completed")
-    audit.record(
-        session=session,
+    _event_changed(
+        session,
+        participant,
+        event,
+        before,
+        "complete",
+        now=now,
         actor=actor,
         actor_user_id=actor_user_id,
-        action="event.complete",
-        entity="schedule_event",
-        entity_id=event.id,
-        site_id=participant.site_id,
-        now=now,
-        before=before,
-        after=audit.snapshot(event, EVENT_AUDIT_FIELDS),
         reason=reason,
     )
     if event.is_reanchoring:
@@ -563,23 +589,18 @@ def reschedule_event(
     event.is_touched = True
     event.status_reason = reason
     event.updated_at = now
-    session.add(event)
-    session.flush()
-    reminders.cancel_for_events(session, [event.id], now=now, reason="event rescheduled")
-    reminders.materialize(session=session, now=now, participant_id=participant.id)
-    audit.record(
-        session=session,
+    _event_changed(
+        session,
+        participant,
+        event,
+        before,
+        "reschedule",
+        now=now,
         actor=actor,
         actor_user_id=actor_user_id,
-        action="event.reschedule",
-        entity="schedule_event",
-        entity_id=event.id,
-        site_id=participant.site_id,
-        now=now,
-        before=before,
-        after=audit.snapshot(event, EVENT_AUDIT_FIELDS),
         reason=reason,
     )
+    reminders.materialize(session=session, now=now, participant_id=participant.id)
     return event
 
 
@@ -608,20 +629,15 @@ def cancel_event(
     event.status_reason = reason
     event.is_touched = True
     event.updated_at = now
-    session.add(event)
-    session.flush()
-    reminders.cancel_for_events(session, [event.id], now=now, reason="event cancelled")
-    audit.record(
-        session=session,
+    _event_changed(
+        session,
+        participant,
+        event,
+        before,
+        "cancel",
+        now=now,
         actor=actor,
         actor_user_id=actor_user_id,
-        action="event.cancel",
-        entity="schedule_event",
-        entity_id=event.id,
-        site_id=participant.site_id,
-        now=now,
-        before=before,
-        after=audit.snapshot(event, EVENT_AUDIT_FIELDS),
         reason=reason,
     )
     return event
