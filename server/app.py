@@ -35,6 +35,8 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     app.config.from_mapping(settings)
     app.permanent_session_lifetime = timedelta(seconds=app.config["PERMANENT_SESSION_LIFETIME"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The twilio client logs every request at INFO (about 11 lines per SMS): keep warnings only.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
     db.init_app(app)
     protocols.init_app(app)

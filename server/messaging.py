@@ -227,6 +227,7 @@ def make_waiter(app: Flask, stop: threading.Event) -> Callable[[float], None]:
 def start_dispatcher_thread(app: Flask, stop: threading.Event) -> threading.Thread:
     """Run the dispatcher loop in a daemon thread of the scheduler process."""
     dispatcher = build_dispatcher(app)
+    dispatcher.warm()
     waiter = make_waiter(app, stop)
 
     def run() -> None:

@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from server import audit
@@ -125,8 +126,26 @@ def ingest(
         received_at=now,
         **_columns(kind, fields, quarantined=bool(problem)),
     )
-    session.add(result)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(result)
+            session.flush()
+    except IntegrityError:
+        # The same accession was being posted concurrently (a lab's retry) and the other
+        # request won: answer as for any repeat (200), or 409 if the content differs.
+        if result in session:
+            session.expunge(result)
+        winner = session.exec(
+            select(LabResult).where(
+                LabResult.source == source, LabResult.accession_id == accession_id
+            )
+        ).one()
+        if winner.payload_sha256 != digest:
+            raise Conflict(
+                f"accession {accession_id} was already received with different content",
+                {"accession_id": ["already received with different content"]},
+            ) from None
+        return Ingested(winner, False)
     audit.record(
         session=session,
         actor=actor,
