@@ -249,8 +249,10 @@ def creations(fake: FakeTwilio) -> list[Any]:
     return [c for c in fake.api_calls() if c.operation == "create"]
 
 
-class Crash(Exception):
-    """The process died here (kill -9 between Twilio's answer and our commit)."""
+class Crash(BaseException):
+    """The process died here (kill -9 between Twilio's answer and our commit). A BaseException,
+    like SystemExit: the dispatcher's per-message error handling must not be able to catch it,
+    just as it cannot catch a kill."""
 
 
 # --- a. crash after Twilio accepted, before our commit --------------------------------------
