@@ -131,7 +131,8 @@ class Dispatcher:
     on_unsubscribed: UnsubscribedHook | None = None
     on_failed: FailedHook | None = None
     # Domain hook: a later moment a row must wait for (the recipient's quiet hours), or None.
-    hold: Callable[[Session, OutboxMessage, datetime], datetime | None] | None = None
+    # Called once per claimed batch: {row id: moment it must wait for}; rows absent go now.
+    hold: Callable[[Session, list[OutboxMessage], datetime], dict[int, datetime]] | None = None
     clock: Callable[[], datetime] = utcnow
     # Test seam: called after the provider accepted a message, before we record it.
     after_provider_accepted: Callable[[OutboxMessage], None] | None = None
@@ -164,8 +165,10 @@ class Dispatcher:
             ).all()
             claimed = []
             expired = 0
+            with session.no_autoflush:
+                holds = self.hold(session, list(rows), now) if self.hold is not None else {}
             for row in rows:
-                held = self.hold(session, row, now) if self.hold is not None else None
+                held = holds.get(row.id) if row.id is not None else None
                 if held is not None and held > now:
                     if row.expires_at is not None and held >= row.expires_at:
                         outbox.advance(

@@ -65,6 +65,9 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (
         # The dispatcher's claim: pending rows that are due, most urgent first.
         sa.Index("ix_outbox_due", "status", "not_before_at", "priority"),
+        # The claim's ORDER BY: PostgreSQL walks it in order and stops at the batch size, so a
+        # large due backlog (after an outage) is not read and sorted whole on every claim.
+        sa.Index("ix_outbox_claim_order", "status", "priority", "not_before_at", "id"),
         sa.Index("ix_outbox_participant", "participant_id", "created_at"),
         sa.Index("ix_outbox_ref", "ref"),
         sa.Index("ix_outbox_lease", "status", "lease_until_at"),

@@ -154,31 +154,41 @@ def on_send_failed(session: Session, message: OutboxMessage, now: datetime) -> N
         on_delivery_failed(session, row, now)
 
 
-def quiet_hours_hold(session: Session, message: OutboxMessage, now: datetime) -> datetime | None:
-    """When a participant message must wait for the end of their quiet hours (a backlog after an
-    outage must not go out at night). Staff messages are never held."""
-    if message.participant_id is None or message.staff_user_id is not None:
-        return None
-    if message.category not in (
-        MessageCategory.REMINDER,
-        MessageCategory.WELCOME,
-        MessageCategory.ACTIVATION,
-    ):
-        return None
-    participant = session.get(Participant, message.participant_id)
-    if participant is None:
-        return None
+def quiet_hours_hold(
+    session: Session, messages: list[OutboxMessage], now: datetime
+) -> dict[int, datetime]:
+    """Participant messages that must wait for the end of their quiet hours (a backlog after an
+    outage must not go out at night); staff messages never wait. One query per batch."""
     from zoneinfo import ZoneInfo
 
     from server.schedules.rules import defer_out_of_quiet_hours
 
-    resume = defer_out_of_quiet_hours(
-        now,
-        ZoneInfo(participant.timezone),
-        participant.quiet_hours_start,
-        participant.quiet_hours_end,
-    )
-    return resume if resume > now else None
+    held_kinds = (MessageCategory.REMINDER, MessageCategory.WELCOME, MessageCategory.ACTIVATION)
+    wanted = {
+        m.participant_id
+        for m in messages
+        if m.participant_id is not None and m.staff_user_id is None and m.category in held_kinds
+    }
+    if not wanted:
+        return {}
+    people = {
+        p.id: p
+        for p in session.exec(select(Participant).where(col(Participant.id).in_(wanted))).all()
+    }
+    holds: dict[int, datetime] = {}
+    for m in messages:
+        participant = people.get(m.participant_id) if m.category in held_kinds else None
+        if participant is None or m.staff_user_id is not None or m.id is None:
+            continue
+        resume = defer_out_of_quiet_hours(
+            now,
+            ZoneInfo(participant.timezone),
+            participant.quiet_hours_start,
+            participant.quiet_hours_end,
+        )
+        if resume > now:
+            holds[m.id] = resume
+    return holds
 
 
 def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:

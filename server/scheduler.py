@@ -59,7 +59,7 @@ def job_specs() -> list[JobSpec]:
         JobSpec(
             "reminders.materialize",
             300,
-            reminders.materialize,
+            reminders.materialize_job,
             "write participant reminders due in the next 48 hours to the outbox",
         ),
         JobSpec(

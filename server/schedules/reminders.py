@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from notifications import outbox
 from notifications.messages import MessageKind, render
-from notifications.models import PRIORITY_REMINDER, MessageCategory
+from notifications.models import PRIORITY_REMINDER, MessageCategory, OutboxMessage
 from server.participants.models import Participant
 from server.protocols.definition import Protocol, Reminder
 from server.schedules import rules
@@ -132,8 +132,10 @@ def enqueue_event_reminders(
     event: ScheduleEvent,
     now: datetime,
     horizon: timedelta = HORIZON,
+    known_keys: set[str] | None = None,
 ) -> int:
-    """Write the event's reminders that are due within the horizon and not yet expired."""
+    """Write the event's reminders that are due within the horizon and not yet expired
+    (`known_keys`: dedupe keys already in the outbox, skipped without rendering)."""
     if not (participant.has_sms_consent and participant.phone_e164):
         return 0
     created = 0
@@ -149,6 +151,8 @@ def enqueue_event_reminders(
             if resume > now:
                 not_before = resume
         if not_before > now + horizon or r.expires_at <= now or not_before >= r.expires_at:
+            continue
+        if known_keys is not None and _dedupe_key(participant, event, r.kind) in known_keys:
             continue
         params: dict[str, Any] = {
             "code": participant.study_code,
@@ -184,12 +188,17 @@ def materialize(
     now: datetime,
     horizon: timedelta = HORIZON,
     participant_id: int | None = None,
+    commit_every: int | None = None,
 ) -> dict[str, int]:
-    """Write reminders due in the next `horizon` (indexed on status and window opening)."""
+    """Write reminders due in the next `horizon` (indexed on status and window opening).
+
+    Works in chunks of events; the job commits after each (`commit_every`) so a large study never
+    holds the database's write lock for the whole run (SQLite has one writer at a time).
+    """
     from server.schedules.service import PLANNING_STATUSES, participant_protocol
 
     q = (
-        select(ScheduleEvent, Participant)
+        select(ScheduleEvent.id)
         .join(Participant, col(Participant.id) == col(ScheduleEvent.participant_id))
         .where(
             col(ScheduleEvent.status).in_(list(PENDING_STATUSES)),
@@ -203,22 +212,49 @@ def materialize(
     )
     if participant_id is not None:
         q = q.where(col(ScheduleEvent.participant_id) == participant_id)
-    created = events = 0
+    ids = list(session.exec(q).all())
+    created = 0
     protocols: dict[tuple[int, str | None], Protocol] = {}
-    for event, participant in session.exec(q):
-        events += 1
-        key = (participant.study_id, participant.protocol_version)
-        if key not in protocols:
-            protocols[key] = participant_protocol(session=session, participant=participant, now=now)
-        created += enqueue_event_reminders(
-            session,
-            protocol=protocols[key],
-            participant=participant,
-            event=event,
-            now=now,
-            horizon=horizon,
+    chunk = commit_every or 500
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        pairs = session.exec(
+            select(ScheduleEvent, Participant)
+            .join(Participant, col(Participant.id) == col(ScheduleEvent.participant_id))
+            .where(col(ScheduleEvent.id).in_(part))
+            .order_by(col(ScheduleEvent.id))
+        ).all()
+        # Reminders already written are skipped without rendering: most runs add only a few.
+        known = set(
+            session.exec(
+                select(OutboxMessage.dedupe_key).where(
+                    col(OutboxMessage.ref).in_([event_ref(i) for i in part])
+                )
+            ).all()
         )
-    return {"events": events, "created": created}
+        for event, participant in pairs:
+            key = (participant.study_id, participant.protocol_version)
+            if key not in protocols:
+                protocols[key] = participant_protocol(
+                    session=session, participant=participant, now=now
+                )
+            created += enqueue_event_reminders(
+                session,
+                protocol=protocols[key],
+                participant=participant,
+                event=event,
+                now=now,
+                horizon=horizon,
+                known_keys=known,
+            )
+        if commit_every:
+            session.commit()
+    return {"events": len(ids), "created": created}
+
+
+def materialize_job(*, session: Session, now: datetime) -> dict[str, int]:
+    """The scheduler's reminder job: every study, committing every 500 events."""
+    return materialize(session=session, now=now, commit_every=500)
 
 
 def cancel_for_events(
