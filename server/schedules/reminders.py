@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import current_app, has_app_context
 from sqlmodel import Session, col, select
 
 from notifications import outbox
@@ -105,12 +104,6 @@ def plan_event(
     return planned
 
 
-def _link() -> str | None:
-    if has_app_context():
-        return str(current_app.config.get("PUBLIC_BASE_URL") or "") + "/m"
-    return None
-
-
 def _dedupe_key(participant: Participant, event: ScheduleEvent, kind: str) -> str:
     # One reminder per (participant, event on its target day, kind, channel). The consent epoch
     # is part of it: reminders withdrawn at STOP come back after START, never twice before.
@@ -159,8 +152,6 @@ def enqueue_event_reminders(
             "when": event.target_at,
             "tz": participant.timezone,
         }
-        if r.message == MessageKind.REMINDER_QUESTIONNAIRE:
-            params["link"] = _link()
         body = render(r.message, participant.locale.value, **params)
         _, was_created = outbox.enqueue(
             session,
