@@ -494,7 +494,7 @@ class Item(_Node):
             try:
                 Phase(**{n: getattr(self, n) for n in shorthand})
             except ValidationError as exc:
-                path, message = _problems(exc)[0]
+                path, message = validation_problems(exc)[0]
                 raise FieldError(path, message) from None
         if self.reanchor and self.after_cycle is None:
             for i, phase in enumerate(self.timing_phases()):
@@ -933,11 +933,11 @@ def _unique(nodes: list[Any], where: str, attr: str) -> set[str]:
 # Loading
 
 
-class _StrictLoader(yaml.SafeLoader):
+class StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
 
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
@@ -949,7 +949,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
     return loader.construct_mapping(node, deep=True)
 
 
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -1002,7 +1002,7 @@ def _message(error: Any) -> str:
     return str(error["msg"])
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     out = []
     for error in exc.errors():
         path = _loc(tuple(error["loc"]))
@@ -1017,7 +1017,7 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
 def parse_protocol(text: str, *, file: str = "<protocol>", key: str = "") -> Protocol:
     """Parse and validate protocol YAML text; errors raise ProtocolError naming `file`."""
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
@@ -1028,7 +1028,7 @@ def parse_protocol(text: str, *, file: str = "<protocol>", key: str = "") -> Pro
     try:
         protocol = Protocol.model_validate(data)
     except ValidationError as exc:
-        raise ProtocolError(file, _problems(exc)) from None
+        raise ProtocolError(file, validation_problems(exc)) from None
     # Imported here: the engine imports this module, and its dry run belongs to loading.
     from server.protocols.rules import check_protocol
 

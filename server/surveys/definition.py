@@ -66,7 +66,7 @@ from pydantic import (
 )
 
 # The YAML loader and error formatting are shared with the protocol format.
-from server.protocols.definition import FieldError, Locale, _problems, _StrictLoader
+from server.protocols.definition import FieldError, Locale, StrictLoader, validation_problems
 
 LICENSED = "licensed"
 # Shown in place of a licensed item's text until the site supplies its licensed copy.
@@ -409,7 +409,7 @@ def parse_instrument(
     """Parse and validate instrument YAML text; errors raise InstrumentError naming `file`.
     With `key`, the file's `key` must equal it (the loader passes the file name)."""
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
@@ -423,7 +423,7 @@ def parse_instrument(
     try:
         instrument = Instrument.model_validate(data)
     except ValidationError as exc:
-        raise InstrumentError(file, _problems(exc)) from None
+        raise InstrumentError(file, validation_problems(exc)) from None
     if key is not None and instrument.key != key:
         raise InstrumentError(file, [("key", f"must match the file name ({key!r})")])
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
