@@ -1003,6 +1003,7 @@ def _message(error: Any) -> str:
 
 
 def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """pydantic errors as (field path, message) pairs for a definition-file error."""
     out = []
     for error in exc.errors():
         path = _loc(tuple(error["loc"]))
