@@ -15,6 +15,7 @@ from server import db
 from server.auth import web as auth_web
 from server.auth.web import authenticate_api_request
 from server.protocols import service as protocols
+from server.surveys import service as survey_service
 
 ROOT = Path(__file__).resolve().parent.parent
 csrf = CSRFProtect()
@@ -40,6 +41,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
 
     db.init_app(app)
     protocols.init_app(app)
+    survey_service.init_app(app)
     auth_web.init_app(app)
     csrf.init_app(app)
 
@@ -55,6 +57,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         participants,
         results,
         schedules,
+        surveys,
         twilio,
     )
 
@@ -68,6 +71,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         messages.blp,
         results.blp,
         alerts.blp,
+        surveys.blp,
     ):
         api.register_blueprint(blueprint)
         csrf.exempt(blueprint)  # bearer tokens: not exposed to CSRF

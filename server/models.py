@@ -8,6 +8,7 @@ from server.participants.models import Locale, Participant, ParticipantStatus, S
 from server.protocols.models import ProtocolVersion, Study
 from server.results.models import LabResult, PfsEvent
 from server.schedules.models import Decision, EventStatus, EventType, ScheduleEvent
+from server.surveys.models import SurveyAnswer, SurveyResponse, SurveyScore
 
 __all__ = [
     "Alert",
@@ -31,4 +32,7 @@ __all__ = [
     "SiteMembership",
     "StaffUser",
     "Study",
+    "SurveyAnswer",
+    "SurveyResponse",
+    "SurveyScore",
 ]
