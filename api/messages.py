@@ -87,3 +87,20 @@ def resend(args: dict[str, Any], participant_id: int, message_id: int) -> dict[s
     )
     commit()
     return _dict(user, copy, [])
+
+
+@blp.route("/participants/<int:participant_id>/activation", methods=["POST"])
+@blp.response(202)
+def send_activation(participant_id: int) -> dict[str, Any]:
+    """Send the participant a new one-time app activation code by SMS (earlier codes stop)."""
+    from server.participants.mobile import CODE_MINUTES, send_activation_code
+
+    user = require(Permission.PARTICIPANT_READ)
+    session = get_session()
+    participant = get_participant(session=session, user=user, participant_id=participant_id)
+    require(Permission.SCHEDULE_WRITE)
+    send_activation_code(
+        session=session, participant=participant, now=utcnow(), actor=actor_of(user)
+    )
+    commit()
+    return {"sent": True, "valid_minutes": CODE_MINUTES}

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 csrf = CSRFProtect()
 
 # API calls that need no token: (endpoint, method).
-PUBLIC_API_CALLS = {("auth.TokenView", "POST")}
+PUBLIC_API_CALLS = {("auth.TokenView", "POST"), ("mobile.activate", "POST")}
 
 
 def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
@@ -53,6 +53,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         errors,
         health,
         messages,
+        mobile,
         pages,
         participants,
         results,
@@ -72,6 +73,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         results.blp,
         alerts.blp,
         surveys.blp,
+        mobile.blp,
     ):
         api.register_blueprint(blueprint)
         csrf.exempt(blueprint)  # bearer tokens: not exposed to CSRF
@@ -87,6 +89,11 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         if not request.path.startswith("/api/v1/") or request.endpoint is None:
             return  # not the API, or an unknown route the 404 handler answers
         if (request.endpoint, request.method) in PUBLIC_API_CALLS:
+            return
+        if request.path.startswith("/api/v1/mobile/"):
+            from api.mobile import authenticate_participant
+
+            authenticate_participant()
             return
         authenticate_api_request()
 

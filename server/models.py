@@ -4,6 +4,7 @@ from notifications.models import MessageLog, OutboxMessage
 from server.alerts.models import Alert, AlertLog
 from server.audit import AuditEvent
 from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
+from server.participants.mobile import ActivationCode, ParticipantToken
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
 from server.protocols.models import ProtocolVersion, Study
 from server.results.models import LabResult, PfsEvent
@@ -11,6 +12,7 @@ from server.schedules.models import Decision, EventStatus, EventType, ScheduleEv
 from server.surveys.models import SurveyAnswer, SurveyResponse, SurveyScore
 
 __all__ = [
+    "ActivationCode",
     "Alert",
     "AlertLog",
     "ApiToken",
@@ -24,6 +26,7 @@ __all__ = [
     "OutboxMessage",
     "Participant",
     "ParticipantStatus",
+    "ParticipantToken",
     "PfsEvent",
     "ProtocolVersion",
     "Role",

@@ -14,7 +14,7 @@ from server.auth.rules import Permission, has_permission
 from server.auth.service import user_for_token
 from server.clock import utcnow
 from server.db import get_session
-from server.errors import DomainError, Forbidden
+from server.errors import DomainError, Forbidden, NotFound
 
 login_manager = LoginManager()
 login_manager.login_view = "pages.login"
@@ -81,6 +81,11 @@ def authenticate_api_request() -> tuple[StaffUser, ApiToken]:
     now = utcnow()
     found = user_for_token(session=session, token=token, now=now)
     if found is None:
+        from server.participants.mobile import is_participant_token
+
+        if is_participant_token(session=session, token=token):
+            # A participant's app token never reaches staff endpoints, and learns nothing there.
+            raise NotFound("not found")
         raise Unauthorized("the token is invalid, expired or revoked")
     user, row = found
     # Touch last_used_at at most once a minute to keep reads cheap.

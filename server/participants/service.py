@@ -160,6 +160,13 @@ def enroll(
         reason="enrolment",
     )
     queue_welcome(session=session, participant=participant, now=now)
+    if participant.has_sms_consent and participant.phone_e164:
+        from server.participants.mobile import send_activation_code
+
+        # The app's one-time code goes at enrolment (it expires; staff can send a new one).
+        send_activation_code(
+            session=session, participant=participant, now=now, actor=actor_of(user)
+        )
     return participant
 
 

@@ -145,7 +145,11 @@ def test_enrol_normalises_phone_and_audits(world, api_as, db):
     assert body["phone"] == "+33612345679"  # national format read with the site's country
     assert body["study"] == "HEROES" and body["site_code"] == "SITE-A"
     events = _audit(db, body["id"], prefix="")
-    assert [e.action for e in events] == ["participant.create", "schedule.planned"]
+    assert [e.action for e in events] == [
+        "participant.create",
+        "schedule.planned",
+        "participant.activation_code",
+    ]
     assert events[1].after["created"] > 10
     assert events[0].before is None
     assert events[0].after["study_code"] == "A-100"
@@ -326,9 +330,10 @@ def test_audit_endpoint_shows_before_and_after(world, api_as):
     assert actions == [
         "participant.create",
         "schedule.planned",
+        "participant.activation_code",
         "participant.update",
         "schedule.replanned",
     ]
-    assert events[2]["before"] == {"cohort": "stop"}
-    assert events[2]["after"] == {"cohort": "continue"}
-    assert events[2]["reason"] == "baseline positive"
+    assert events[3]["before"] == {"cohort": "stop"}
+    assert events[3]["after"] == {"cohort": "continue"}
+    assert events[3]["reason"] == "baseline positive"

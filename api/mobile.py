@@ -1,0 +1,258 @@
+"""The companion app's API: activate with the SMS code, then the participant's own schedule,
+open questionnaires, answers and message preferences. A participant token reaches nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask import g
+from flask_smorest import Blueprint
+from marshmallow import validate
+from sqlmodel import col, select
+
+from api.common import commit
+from server.auth.web import Unauthorized, bearer_token
+from server.clock import utcnow
+from server.db import get_session
+from server.errors import NotFound, field_error
+from server.participants import mobile
+from server.participants.models import Locale, Participant
+from server.schedules import service as schedules
+from server.schedules.models import PENDING_STATUSES, EventType, ScheduleEvent
+from server.surveys import service as surveys
+
+blp = Blueprint("mobile", __name__, url_prefix="/api/v1/mobile", description="Companion app")
+
+
+class ActivateSchema(ma.Schema):
+    study = ma.fields.String(load_default=None, validate=validate.Length(min=1, max=32))
+    study_code = ma.fields.String(required=True, validate=validate.Length(min=1, max=32))
+    code = ma.fields.String(required=True, validate=validate.Regexp(r"^\s*\d{6}\s*$"))
+
+
+class AnswersSchema(ma.Schema):
+    answers = ma.fields.Dict(
+        keys=ma.fields.String(), values=ma.fields.Integer(strict=True), required=True
+    )
+    submit = ma.fields.Boolean(load_default=False)
+
+
+class PreferencesSchema(ma.Schema):
+    quiet_hours_start = ma.fields.Time()
+    quiet_hours_end = ma.fields.Time()
+    locale = ma.fields.String(validate=validate.OneOf([loc.value for loc in Locale]))
+
+
+def authenticate_participant() -> Participant:
+    """The participant behind the app's bearer token, or 401."""
+    token = bearer_token()
+    if token is None:
+        raise Unauthorized("send 'Authorization: Bearer <token>' (POST /api/v1/mobile/activate)")
+    g.login_via_request = True
+    found = mobile.participant_for_token(session=get_session(), token=token, now=utcnow())
+    if found is None:
+        raise Unauthorized("the token is invalid, expired or revoked")
+    g.participant, g.participant_token = found
+    return found[0]
+
+
+def me() -> Participant:
+    participant = g.get("participant")
+    if participant is None:
+        raise Unauthorized("authentication required")
+    return participant  # type: ignore[no-any-return]
+
+
+@blp.route("/activate", methods=["POST"])
+@blp.arguments(ActivateSchema)
+@blp.response(201)
+@blp.doc(security=[])
+def activate(args: dict[str, Any]) -> dict[str, Any]:
+    """Exchange the one-time SMS code for the app's token (scoped to this participant)."""
+    session = get_session()
+    token, row, participant = mobile.activate(
+        session=session,
+        study_key=args.get("study"),
+        study_code=args["study_code"],
+        code=args["code"],
+        now=utcnow(),
+    )
+    commit()
+    return {
+        "token": token,
+        "token_type": "Bearer",
+        "expires_at": row.expires_at.isoformat(),
+        "participant": {
+            "study_code": participant.study_code,
+            "locale": participant.locale.value,
+            "timezone": participant.timezone,
+        },
+    }
+
+
+@blp.route("/token", methods=["DELETE"])
+@blp.response(204)
+def revoke() -> None:
+    """Sign this phone out (the token stops working)."""
+    me()
+    row = g.participant_token
+    row.revoked_at = utcnow()
+    get_session().add(row)
+    commit()
+
+
+@blp.route("/schedule")
+@blp.response(200)
+def schedule() -> list[dict[str, Any]]:
+    """My upcoming draws, scans, visits and questionnaires, in my local time."""
+    participant = me()
+    today = schedules.local_today(participant, utcnow())
+    events = (
+        get_session()
+        .exec(
+            select(ScheduleEvent)
+            .where(
+                ScheduleEvent.participant_id == participant.id,
+                col(ScheduleEvent.status).in_(list(PENDING_STATUSES)),
+                col(ScheduleEvent.window_close_date) >= today,
+                ScheduleEvent.event_type != EventType.DECISION_POINT,
+            )
+            .order_by(col(ScheduleEvent.target_at))
+        )
+        .all()
+    )
+    keep = (
+        "id",
+        "event_type",
+        "label",
+        "status",
+        "target_date",
+        "window_open_date",
+        "window_close_date",
+        "target_local",
+        "window_open_local",
+        "window_close_local",
+        "time_zone",
+        "instrument",
+    )
+    return [
+        {k: v for k, v in schedules.event_dict(e, participant.timezone).items() if k in keep}
+        for e in events
+    ]
+
+
+def _questionnaire(participant: Participant, event: ScheduleEvent) -> dict[str, Any]:
+    instrument = surveys.instrument_for(event)
+    locale = participant.locale.value
+    response = surveys._response(get_session(), participant, event)
+    return {
+        "event_id": event.id,
+        "instrument": instrument.key,
+        "title": instrument.title.get(locale) or instrument.title.get("en"),
+        "window_close_local": schedules.event_dict(event, participant.timezone)[
+            "window_close_local"
+        ],
+        "status": response.status.value if response else "not_started",
+        "answers": surveys.current_answers(get_session(), response),
+        "items": [
+            {
+                "id": item.id,
+                "number": item.number,
+                "text": item.text_in(locale),
+                "required": item.required,
+                "show_if": item.show_if.model_dump() if item.show_if else None,
+                "responses": instrument.answers_for(item.id).model_dump(mode="json"),
+            }
+            for item in instrument.items
+        ],
+    }
+
+
+@blp.route("/questionnaires")
+@blp.response(200)
+def questionnaires() -> list[dict[str, Any]]:
+    """My questionnaires open now, with their questions in my language and my saved answers."""
+    participant = me()
+    now = utcnow()
+    events = (
+        get_session()
+        .exec(
+            select(ScheduleEvent)
+            .where(
+                ScheduleEvent.participant_id == participant.id,
+                ScheduleEvent.event_type == EventType.QUESTIONNAIRE,
+                col(ScheduleEvent.status).in_(list(PENDING_STATUSES)),
+                col(ScheduleEvent.window_open_at) <= now,
+                col(ScheduleEvent.window_close_at) > now,
+            )
+            .order_by(col(ScheduleEvent.target_at))
+        )
+        .all()
+    )
+    return [_questionnaire(participant, e) for e in events]
+
+
+@blp.route("/questionnaires/<int:event_id>/answers", methods=["POST"])
+@blp.arguments(AnswersSchema)
+@blp.response(200)
+def answer(args: dict[str, Any], event_id: int) -> dict[str, Any]:
+    """Save answers (partial saves allowed); `submit: true` sends them (twice is one response)."""
+    participant = me()
+    session = get_session()
+    event = session.get(ScheduleEvent, event_id)
+    if event is None or event.participant_id != participant.id:
+        raise NotFound("questionnaire not found")
+    response = surveys.save(
+        session=session,
+        participant=participant,
+        event=event,
+        answers=args["answers"],
+        submit=args["submit"],
+        channel="app",
+        now=utcnow(),
+    )
+    commit()
+    return {"response_id": response.id, "status": response.status.value}
+
+
+@blp.route("/preferences", methods=["GET", "PATCH"])
+@blp.arguments(PreferencesSchema, location="json", required=False)
+@blp.response(200)
+def preferences(args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """My message preferences: quiet hours and language."""
+    from flask import request
+
+    participant = me()
+    if request.method == "PATCH" and args:
+        from server import audit
+
+        before = {k: audit.jsonable(getattr(participant, k)) for k in args}
+        for key, value in args.items():
+            setattr(participant, key, Locale(value) if key == "locale" else value)
+        if (
+            participant.quiet_hours_start == participant.quiet_hours_end
+            and ("quiet_hours_start" in args or "quiet_hours_end" in args)
+            and participant.quiet_hours_start.hour != 0
+        ):
+            raise field_error("quiet_hours_end", "must differ from the start")
+        participant.updated_at = utcnow()
+        get_session().add(participant)
+        audit.record(
+            session=get_session(),
+            actor=f"participant:{participant.id}",
+            action="participant.preferences",
+            entity="participant",
+            entity_id=participant.id,
+            site_id=participant.site_id,
+            now=utcnow(),
+            before=before,
+            after={k: audit.jsonable(v) for k, v in args.items()},
+        )
+        commit()
+    return {
+        "quiet_hours_start": participant.quiet_hours_start.strftime("%H:%M"),
+        "quiet_hours_end": participant.quiet_hours_end.strftime("%H:%M"),
+        "locale": participant.locale.value,
+        "timezone": participant.timezone,
+    }
