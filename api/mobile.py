@@ -3,6 +3,7 @@ open questionnaires, answers and message preferences. A participant token reache
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import marshmallow as ma
@@ -256,3 +257,68 @@ def preferences(args: dict[str, Any] | None = None) -> dict[str, Any]:
         "locale": participant.locale.value,
         "timezone": participant.timezone,
     }
+
+
+# Calendar entries show on lock screens and shared calendars: plain words, no clinical detail.
+CALENDAR_WORDS = {
+    "en": {
+        "draw": "Blood test",
+        "scan": "Imaging appointment",
+        "visit": "Clinic visit",
+        "questionnaire": "Questionnaire",
+    },
+    "fr": {
+        "draw": "Prise de sang",
+        "scan": "Rendez-vous d'imagerie",
+        "visit": "Consultation",
+        "questionnaire": "Questionnaire",
+    },
+    "zh": {"draw": "抽血", "scan": "影像检查预约", "visit": "门诊就诊", "questionnaire": "问卷"},
+}
+WORD_OF_TYPE = {
+    EventType.CTDNA_DRAW: "draw",
+    EventType.BLOOD_WORK: "draw",
+    EventType.TUMOR_MARKERS: "draw",
+    EventType.IMAGING: "scan",
+    EventType.CLINIC_VISIT: "visit",
+    EventType.TREATMENT_CYCLE: "visit",
+    EventType.QUESTIONNAIRE: "questionnaire",
+}
+
+
+@blp.route("/calendar.ics")
+def calendar() -> Any:
+    """My upcoming appointments as an iCalendar feed for the phone's calendar."""
+    from flask import Response
+    from icalendar import Calendar, Event
+
+    participant = me()
+    words = CALENDAR_WORDS.get(participant.locale.value, CALENDAR_WORDS["en"])
+    today = schedules.local_today(participant, utcnow())
+    events = (
+        get_session()
+        .exec(
+            select(ScheduleEvent)
+            .where(
+                ScheduleEvent.participant_id == participant.id,
+                col(ScheduleEvent.status).in_(list(PENDING_STATUSES)),
+                col(ScheduleEvent.window_close_date) >= today,
+                col(ScheduleEvent.event_type).in_(list(WORD_OF_TYPE)),
+            )
+            .order_by(col(ScheduleEvent.target_at))
+        )
+        .all()
+    )
+    cal = Calendar()
+    cal.add("prodid", "-//Stepdown//companion//EN")
+    cal.add("version", "2.0")
+    cal.add("x-wr-calname", f"Stepdown {participant.study_code}")
+    for event in events:
+        entry = Event()
+        entry.add("uid", f"stepdown-{participant.id}-{event.key}@stepdown")
+        entry.add("summary", f"{words[WORD_OF_TYPE[event.event_type]]} ({participant.study_code})")
+        entry.add("dtstart", event.target_at)
+        entry.add("dtend", event.target_at + timedelta(hours=1))
+        entry.add("dtstamp", utcnow())
+        cal.add_component(entry)
+    return Response(cal.to_ical(), mimetype="text/calendar")

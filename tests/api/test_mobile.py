@@ -131,3 +131,21 @@ def test_schedule_questionnaire_answers_and_preferences(client, db, world, api_a
     assert len(db.exec(select(SurveyResponse)).all()) == 1
     assert client.delete(f"{M}/token", headers=headers).status_code == 204
     assert client.get(f"{M}/schedule", headers=headers).status_code == 401
+
+
+def test_calendar_feed_lists_upcoming_appointments_in_plain_words(client, db, world, api_as):
+    from icalendar import Calendar
+
+    a1 = world.participants["A1"]
+    headers = _activate(client, db, api_as, a1)
+    with time_machine.travel(NOW, tick=False):
+        r = client.get(f"{M}/calendar.ics", headers=headers)
+    assert r.status_code == 200 and r.mimetype == "text/calendar"
+    cal = Calendar.from_ical(r.data)
+    events = [c for c in cal.walk() if c.name == "VEVENT"]
+    summaries = {str(e["summary"]) for e in events}
+    assert "Prise de sang (A-001)" in summaries  # A1 reads French
+    assert all("ctDNA" not in s and "Signatera" not in s for s in summaries)
+    first = min(events, key=lambda e: e["dtstart"].dt)
+    assert first["dtstart"].dt.astimezone(UTC) >= datetime(2027, 1, 4, tzinfo=UTC)
+    assert client.get(f"{M}/calendar.ics").status_code == 401
