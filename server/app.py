@@ -58,6 +58,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         participants,
         results,
         schedules,
+        survey_pages,
         surveys,
         twilio,
     )
@@ -81,6 +82,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(docs.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(twilio.bp)
+    app.register_blueprint(survey_pages.bp)
     csrf.exempt(twilio.bp)  # the Twilio signature is these endpoints' authentication
     errors.register(app)
 

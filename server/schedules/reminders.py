@@ -152,6 +152,10 @@ def enqueue_event_reminders(
             "when": event.target_at,
             "tz": participant.timezone,
         }
+        if r.message == MessageKind.REMINDER_QUESTIONNAIRE:
+            from server.surveys.service import survey_link
+
+            params["link"] = survey_link(participant, event)
         body = render(r.message, participant.locale.value, **params)
         _, was_created = outbox.enqueue(
             session,

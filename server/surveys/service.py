@@ -213,3 +213,44 @@ def scores_over_time(*, session: Session, participant: Participant) -> dict[str,
             }
         )
     return out
+
+
+def options_for(instrument: Instrument, item_id: str, locale: str) -> list[dict[str, Any]]:
+    """An item's answer choices as (value, label) in a language, for a form."""
+    responses = instrument.answers_for(item_id)
+    data = responses.model_dump(mode="json")
+    out = []
+    if data.get("options"):
+        for option in data["options"]:
+            label = option["label"]
+            out.append(
+                {
+                    "value": option["value"],
+                    "label": label.get(locale) or label.get("en")
+                    if isinstance(label, dict)
+                    else str(label),
+                }
+            )
+        return out
+    low, high = int(data["min"]), int(data["max"])
+    anchors = data.get("anchors") or {}
+    for value in range(low, high + 1):
+        anchor = anchors.get(str(value)) or anchors.get(value)
+        label = (anchor.get(locale) or anchor.get("en")) if isinstance(anchor, dict) else None
+        out.append({"value": value, "label": f"{value} – {label}" if label else str(value)})
+    return out
+
+
+def survey_link(participant: Participant, event: ScheduleEvent) -> str | None:
+    """The signed link of a questionnaire event (valid until its window closes)."""
+    if not has_app_context():
+        return None
+    from server.surveys.links import make_token
+
+    token = make_token(
+        current_app.config["SECRET_KEY"],
+        participant.id,  # type: ignore[arg-type]
+        event.id,  # type: ignore[arg-type]
+        event.window_close_at,
+    )
+    return f"{current_app.config['PUBLIC_BASE_URL']}/s/{token}"
