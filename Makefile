@@ -10,7 +10,7 @@ FAKE_TWILIO_PORT ?= 8010
 # PostgreSQL for the second test run (trust auth on this machine; a fresh database is made per run).
 TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: run test setup lint typecheck test-sqlite test-postgres migrate seed clean
+.PHONY: run test setup browser lint typecheck test-sqlite test-postgres migrate seed clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# The browser tests drive Debian's Chromium through Playwright (no browser download).
+browser:
+	@if [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null 2>&1; then :; \
+	else \
+		echo "installing Debian's chromium for the browser tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
+	fi
 
 migrate: setup
 	$(BIN)/stepdown db upgrade
@@ -44,11 +53,11 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy server api notifications config bench
 
-test-sqlite: setup
+test-sqlite: setup browser
 	$(BIN)/pytest -q
 
 # In CI (CI=true) PostgreSQL is required; on a laptop without it the run says so and skips it.
-test-postgres: setup
+test-postgres: setup browser
 	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect('$(TEST_PG_URL)', connect_timeout=3).close()" 2>/dev/null; then \
 		echo "== tests on PostgreSQL =="; \
 		STEPDOWN_TEST_DATABASE_URL=$(TEST_PG_URL) $(BIN)/pytest -q; \
@@ -65,4 +74,4 @@ test: lint typecheck
 	$(MAKE) --no-print-directory test-postgres
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache test-artifacts
