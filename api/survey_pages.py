@@ -73,15 +73,15 @@ def _problem(kind: str, lang: str, status: int) -> tuple[str, int]:
 def _load(token: str) -> tuple[Participant, ScheduleEvent] | tuple[str, int]:
     lang = request.accept_languages.best_match(["en", "fr", "zh"]) or "en"
     try:
-        participant_id, event_id = read_token(current_app.config["SECRET_KEY"], token, utcnow())
+        event_id = read_token(current_app.config["SECRET_KEY"], token, utcnow())
     except LinkExpired:
         return _problem("expired", lang, 410)
     except LinkInvalid:
         return _problem("invalid", lang, 404)
     session = get_session()
-    participant = session.get(Participant, participant_id)
     event = session.get(ScheduleEvent, event_id)
-    if participant is None or event is None or event.participant_id != participant.id:
+    participant = session.get(Participant, event.participant_id) if event else None
+    if participant is None or event is None:
         return _problem("invalid", lang, 404)
     return participant, event
 

@@ -249,7 +249,6 @@ def survey_link(participant: Participant, event: ScheduleEvent) -> str | None:
 
     token = make_token(
         current_app.config["SECRET_KEY"],
-        participant.id,  # type: ignore[arg-type]
         event.id,  # type: ignore[arg-type]
         event.window_close_at,
     )

@@ -46,9 +46,9 @@ def _link_from_sms(app, db, participant):
 
 
 def test_token_tampering_is_refused():
-    token = make_token("k", 1, 2, NOW + timedelta(days=1))
-    assert read_token("k", token, NOW) == (1, 2)
-    forged = token.replace(token.split("-")[0], "2", 1)
+    token = make_token("k", 2, NOW + timedelta(days=1))
+    assert read_token("k", token, NOW) == 2
+    forged = token.replace(token.split("-")[0], "3", 1)
     for bad in (forged, token[:-1] + ("0" if token[-1] != "0" else "1"), "nonsense"):
         try:
             read_token("k", bad, NOW)
@@ -91,4 +91,22 @@ def test_expired_link_gets_a_clear_page(app, client, db, world):
         r = client.get(f"/s/{token}", headers={"Accept-Language": "fr"})
     assert r.status_code == 410
     assert "expiré" in r.get_data(as_text=True)
-    assert client.get("/s/0-0-0-0").status_code == 404
+    assert client.get("/s/0-0-0").status_code == 404
+
+
+def test_the_link_fits_a_chinese_sms():
+    from notifications.messages import MessageKind, render
+
+    link = "https://stepdown.example-hospital.org/s/" + make_token(
+        "k" * 40, 1234567, datetime(2030, 1, 1, tzinfo=UTC)
+    )
+    for locale in ("en", "fr", "zh"):
+        text = render(
+            MessageKind.REMINDER_QUESTIONNAIRE,
+            locale,
+            code="HER-0001-XYZ",
+            when=NOW,
+            tz="Asia/Shanghai",
+            link=link,
+        )
+        assert link in text, locale
