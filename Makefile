@@ -36,15 +36,12 @@ seed: migrate
 	$(BIN)/stepdown seed-demo --if-empty
 
 ## make run: set up, migrate the SQLite database, seed the demo once, then serve on
-## http://127.0.0.1:8000 with the scheduler process beside the web server (Ctrl-C stops both).
+## http://127.0.0.1:8000 with the scheduler (and dispatcher) and the fake Twilio beside it; Ctrl-C
+## stops all three.
 run: seed
 	@echo "Stepdown on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/api/docs)"
 	@echo "Fake Twilio (what was sent): http://$(HOST):$(FAKE_TWILIO_PORT)/_fake/"
-	@trap 'kill 0' EXIT INT TERM; \
-	$(BIN)/python -m notifications.fake_twilio --host $(HOST) --port $(FAKE_TWILIO_PORT) --callback-delay 0.5 & \
-	TWILIO_BASE_URL=http://$(HOST):$(FAKE_TWILIO_PORT) PUBLIC_BASE_URL=http://$(HOST):$(PORT) $(BIN)/stepdown scheduler & \
-	TWILIO_BASE_URL=http://$(HOST):$(FAKE_TWILIO_PORT) PUBLIC_BASE_URL=http://$(HOST):$(PORT) $(BIN)/stepdown run --host $(HOST) --port $(PORT) & \
-	wait
+	HOST=$(HOST) PORT=$(PORT) FAKE_TWILIO_PORT=$(FAKE_TWILIO_PORT) $(BIN)/python -m server.devrun
 
 lint: setup
 	$(BIN)/ruff check .
