@@ -146,7 +146,7 @@ def schedule() -> list[dict[str, Any]]:
 def _questionnaire(participant: Participant, event: ScheduleEvent) -> dict[str, Any]:
     instrument = surveys.instrument_for(event)
     locale = participant.locale.value
-    response = surveys._response(get_session(), participant, event)
+    response = surveys.find_response(get_session(), participant, event)
     return {
         "event_id": event.id,
         "instrument": instrument.key,

@@ -127,7 +127,7 @@ def survey(token: str) -> Any:
     participant, event = loaded  # type: ignore[misc]
     session = get_session()
     lang = participant.locale.value
-    existing = surveys._response(session, participant, event)
+    existing = surveys.find_response(session, participant, event)
     if existing is not None and existing.status == ResponseStatus.SUBMITTED:
         return _problem("done", lang, 200)
     if request.method == "GET":

@@ -50,9 +50,10 @@ def instrument_for(event: ScheduleEvent) -> Instrument:
     return found
 
 
-def _response(
+def find_response(
     session: Session, participant: Participant, event: ScheduleEvent
 ) -> SurveyResponse | None:
+    """The participant's response to a questionnaire event (draft or submitted), if any."""
     return session.exec(
         select(SurveyResponse).where(
             SurveyResponse.participant_id == participant.id, SurveyResponse.event_id == event.id
@@ -83,7 +84,7 @@ def save(
     """Save answers (merged with earlier ones); with `submit`, check completeness, score, complete
     the event and alert on critical answers. Submitting again returns the submitted response."""
     instrument = instrument_for(event)
-    existing = _response(session, participant, event)
+    existing = find_response(session, participant, event)
     if existing is not None and existing.status == ResponseStatus.SUBMITTED:
         if submit:
             return existing  # a double submit is one response
