@@ -123,7 +123,7 @@ class StepdownApi(Api):
     def handle_http_exception(self, error: HTTPException) -> Any:
         """Render any HTTP error as the envelope (HTML pages keep Flask's default)."""
         if not wants_json():
-            return error
+            return _html_error(error)
         status = error.code or 500
         data = getattr(error, "data", None) or {}
         headers = data.get("headers") or {}
@@ -144,18 +144,48 @@ class StepdownApi(Api):
         return resp
 
 
+def _html_error(error: HTTPException) -> Any:
+    """A page's HTTP error as the HTML error page (redirects and the like pass through)."""
+    if error.code is None or error.code < 400 or error.code >= 500:
+        return error
+    from api.page_kit import error_page
+
+    if error.code == 400 and "CSRF" in (error.description or ""):
+        message = "The form expired or was sent from elsewhere: reload the page and try again."
+    elif error.code == 404:
+        message = "There is nothing here, or it is not one of your sites."
+    elif error.code == 403:
+        message = "Your role does not allow this."
+    else:
+        message = error.description or error.name
+    body, status = error_page(error.code, message)
+    resp = Response(body, status=status, mimetype="text/html")
+    for k, v in error.get_headers() or []:
+        if k.lower() not in ("content-type", "content-length"):
+            resp.headers[k] = v
+    return resp
+
+
 def register(app: Flask) -> None:
     """Map domain errors, integrity errors and crashes to the envelope."""
 
     @app.errorhandler(DomainError)
-    def _domain(error: DomainError) -> Response:
+    def _domain(error: DomainError) -> Any:
         _rollback()
+        if not wants_json():
+            from api.page_kit import error_page
+
+            return error_page(error.status, error.message, next(iter(error.fields), None))
         return envelope(error.status, error.message, error.fields, error.code)
 
     @app.errorhandler(IntegrityError)
-    def _integrity(error: IntegrityError) -> Response:
+    def _integrity(error: IntegrityError) -> Any:
         _rollback()
         log.info("integrity error: %s", error.orig)
+        if not wants_json():
+            from api.page_kit import error_page
+
+            return error_page(409, "the change conflicts with existing data: reload and retry")
         return envelope(409, "the change conflicts with existing data")
 
     @app.errorhandler(Exception)

@@ -46,6 +46,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
 
     from api import (
+        adherence_pages,
         admin,
         alerts,
         auth,
@@ -54,12 +55,16 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         health,
         messages,
         mobile,
+        page_kit,
         pages,
+        participant_page,
+        participant_pages,
         participants,
         results,
         schedules,
         survey_pages,
         surveys,
+        today_pages,
         twilio,
     )
 
@@ -81,6 +86,9 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(pages.bp)
+    for page_blueprint in (today_pages, participant_pages, participant_page, adherence_pages):
+        app.register_blueprint(page_blueprint.bp)
+    page_kit.init_app(app)
     app.register_blueprint(twilio.bp)
     app.register_blueprint(survey_pages.bp)
     csrf.exempt(twilio.bp)  # the Twilio signature is these endpoints' authentication

@@ -4,6 +4,7 @@ names a server), built by the real migrations, and one rolled-back transaction p
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -139,5 +140,53 @@ def api_as(client: FlaskClient, db: Session, world: factories.World) -> Any:
     def make(role: str, site: str = "A") -> Api:
         user = world.staff[(role, site)]
         return Api(client, factories.token_for(db, user))
+
+    return make
+
+
+class Web:
+    """A browser-like client for the care-team pages: logged in through the real form, sends
+    the CSRF token with every form post."""
+
+    CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+        self.csrf = ""
+
+    def login(self, email: str, password: str = factories.PASSWORD) -> Any:
+        page = self.client.get("/login")
+        self.csrf = self.CSRF.search(page.get_data(as_text=True)).group(1)  # type: ignore[union-attr]
+        resp = self.client.post(
+            "/login", data={"email": email, "password": password, "csrf_token": self.csrf}
+        )
+        # The session is new after login, and so is its CSRF token.
+        home = self.client.get("/")
+        found = self.CSRF.search(home.get_data(as_text=True))
+        self.csrf = found.group(1) if found else ""
+        return resp
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.client.get(path, **kw)
+
+    def text(self, path: str, status: int = 200) -> str:
+        """GET a page, check its status, return its HTML."""
+        resp = self.client.get(path)
+        assert resp.status_code == status, (path, resp.status_code, resp.get_data(as_text=True))
+        return resp.get_data(as_text=True)  # type: ignore[no-any-return]
+
+    def post(self, path: str, data: dict[str, Any] | None = None, **kw: Any) -> Any:
+        return self.client.post(path, data={**(data or {}), "csrf_token": self.csrf}, **kw)
+
+
+@pytest.fixture
+def web_as(app: Flask, db: Session, world: factories.World) -> Any:
+    """web_as("nurse", "A") → a page client logged in as that staff user (its own cookie jar)."""
+
+    def make(role: str, site: str = "A") -> Web:
+        web = Web(app.test_client())
+        resp = web.login(world.staff[(role, site)].email)
+        assert resp.status_code == 302, resp.get_data(as_text=True)
+        return web
 
     return make

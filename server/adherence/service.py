@@ -51,10 +51,8 @@ def _count(cond: Any) -> Any:
     return sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0)
 
 
-def aggregate(
-    *, session: Session, now: datetime, where: list[Any]
-) -> tuple[Figures, list[Figures]]:
-    """Adherence figures (total, per event type) for the events matching `where`."""
+def _measures(now: datetime) -> list[Any]:
+    """The adherence counts as labelled SQL aggregates (see the module docstring)."""
     e = ScheduleEvent
     status = col(e.status)
     closed = col(e.window_close_at) <= now
@@ -71,26 +69,71 @@ def aggregate(
     missed = sa.or_(status == EventStatus.MISSED, sa.and_(pending, closed))
     open_now = sa.and_(pending, col(e.window_open_at) <= now, col(e.window_close_at) > now)
     due = sa.and_(counted, sa.or_(completed, status == EventStatus.MISSED, closed))
+    return [
+        _count(due).label("due"),
+        _count(in_window).label("in_window"),
+        _count(early).label("early"),
+        _count(late).label("late"),
+        _count(missed).label("missed"),
+        _count(open_now).label("open"),
+        _count(completed).label("received"),
+    ]
+
+
+# Group keys for `grouped`: the event's type, its participant, and the month its window closes
+# (the month it fell due).
+BY_EVENT_TYPE = col(ScheduleEvent.event_type)
+BY_PARTICIPANT = col(ScheduleEvent.participant_id)
+BY_YEAR = sa.extract("year", col(ScheduleEvent.window_close_date))
+BY_MONTH = sa.extract("month", col(ScheduleEvent.window_close_date))
+
+
+def grouped(
+    *,
+    session: Session,
+    now: datetime,
+    where: list[Any],
+    by: list[Any],
+    event_type: str | None = None,
+) -> list[tuple[tuple[Any, ...], Figures]]:
+    """Adherence figures per group (`by`: BY_EVENT_TYPE, BY_PARTICIPANT, BY_YEAR/BY_MONTH...),
+    in one SQL aggregate over the events matching `where` (Participant is joined).
+
+    `event_type` labels the figures (it decides whether questionnaire compliance applies)."""
     q = (
-        sa.select(
-            col(e.event_type),
-            _count(due).label("due"),
-            _count(in_window).label("in_window"),
-            _count(early).label("early"),
-            _count(late).label("late"),
-            _count(missed).label("missed"),
-            _count(open_now).label("open"),
-            _count(completed).label("received"),
-        )
-        .select_from(e)
-        .join(Participant, col(Participant.id) == col(e.participant_id))
+        sa.select(*by, *_measures(now))
+        .select_from(ScheduleEvent)
+        .join(Participant, col(Participant.id) == col(ScheduleEvent.participant_id))
         .where(*where)
-        .group_by(col(e.event_type))
-        .order_by(col(e.event_type))
+        .group_by(*by)
+        .order_by(*by)
     )
-    rows = session.execute(q).all()
-    per_type = [_figures(str(getattr(r[0], "value", r[0])), r[1:]) for r in rows]
-    totals = [sum(int(r[i]) for r in rows) for i in range(1, 8)]
+    out = []
+    for row in session.execute(q).all():
+        key = tuple(getattr(k, "value", k) for k in row[: len(by)])
+        label = event_type or (str(key[0]) if by and by[0] is BY_EVENT_TYPE else "all")
+        out.append((key, _figures(label, row[len(by) :])))
+    return out
+
+
+def aggregate(
+    *, session: Session, now: datetime, where: list[Any]
+) -> tuple[Figures, list[Figures]]:
+    """Adherence figures (total, per event type) for the events matching `where`."""
+    rows = grouped(session=session, now=now, where=where, by=[BY_EVENT_TYPE])
+    per_type = [f for _, f in rows]
+    totals = [
+        sum(getattr(f, name) for f in per_type)
+        for name in (
+            "due",
+            "completed_in_window",
+            "completed_early",
+            "completed_late",
+            "missed",
+            "open",
+            "received",
+        )
+    ]
     total = _figures("all", totals)
     return total, per_type
 

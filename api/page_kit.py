@@ -1,0 +1,129 @@
+"""Shared pieces of the care-team pages: the current user, permissions, phone masking, local
+times, and refusals rendered as HTML pages (the JSON envelope is for the API).
+
+Pages call the same services as the API; a page view is thin: read the query or form, call a
+service, render a template.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Flask, abort, render_template, request
+from flask_login import current_user
+
+from server.auth.models import StaffUser
+from server.auth.rules import Permission, has_permission
+from server.participants.models import Participant
+from server.participants.rules import mask_phone
+
+
+class PageInputError(Exception):
+    """A query string or form a page cannot use: rendered as a 400/422 page naming the field."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+def staff() -> StaffUser:
+    """The logged-in staff user of this page request (use under @login_required)."""
+    return current_user.user  # type: ignore[no-any-return]
+
+
+def can(permission: str | Permission) -> bool:
+    """Whether the current user's role grants the permission (templates: `can('alert:ack')`)."""
+    if not current_user.is_authenticated:
+        return False
+    return has_permission(staff().role, Permission(permission))
+
+
+def require_page(permission: Permission) -> StaffUser:
+    """The current user if their role grants the permission, else a 403 page."""
+    if not can(permission):
+        abort(403)
+    return staff()
+
+
+def phone_for_display(value: Participant | str | None) -> str:
+    """A phone number as this user may see it: masked for roles that may not (monitors)."""
+    phone = value.phone_e164 if isinstance(value, Participant) else value
+    if not phone:
+        return "—"
+    return phone if can(Permission.SEE_PHONE_NUMBERS) else (mask_phone(phone) or "—")
+
+
+def local_time(value: datetime | None, tz: str | None = None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """A UTC datetime shown in a time zone (the participant's or site's), with its abbreviation."""
+    if value is None:
+        return "—"
+    zone = ZoneInfo(tz) if tz else ZoneInfo("UTC")
+    local = value.astimezone(zone)
+    return f"{local.strftime(fmt)} {local.tzname()}"
+
+
+def day(value: date | datetime | None) -> str:
+    """A date as YYYY-MM-DD (or a dash)."""
+    if value is None:
+        return "—"
+    return value.strftime("%Y-%m-%d")
+
+
+def query_int(name: str, default: int | None = None, *, lo: int = 0, hi: int = 10**9) -> int | None:
+    """An optional integer query parameter; anything else is a clear 400 page."""
+    raw = request.args.get(name, "").strip()
+    if raw == "":
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise PageInputError(name, f"must be a whole number from {lo} to {hi}")
+    return int(raw)
+
+
+def query_choice(name: str, choices: set[str] | list[str]) -> str | None:
+    """An optional query parameter that must be one of `choices`."""
+    raw = request.args.get(name, "").strip()
+    if raw == "":
+        return None
+    if raw not in choices:
+        raise PageInputError(name, "must be one of " + ", ".join(sorted(choices)))
+    return raw
+
+
+def error_page(status: int, message: str, field: str | None = None) -> tuple[str, int]:
+    """Render the HTML error page."""
+    titles = {
+        400: "This request cannot be used",
+        403: "Not allowed",
+        404: "Not found",
+        409: "Conflict",
+        422: "Please check the form",
+    }
+    return (
+        render_template(
+            "error.html",
+            status=status,
+            title=titles.get(status, "Error"),
+            message=message,
+            field=field,
+        ),
+        status,
+    )
+
+
+def init_app(app: Flask) -> None:
+    """Jinja globals and filters the page templates share."""
+    app.jinja_env.globals.update(can=can, phone_for_display=phone_for_display)
+    app.jinja_env.filters["local"] = local_time
+    app.jinja_env.filters["day"] = day
+    app.jinja_env.filters["words"] = lambda v: str(getattr(v, "value", v) or "").replace("_", " ")
+
+    @app.errorhandler(PageInputError)
+    def _page_input(error: PageInputError) -> Any:
+        from api.errors import _rollback
+
+        _rollback()
+        return error_page(error.status, error.message, error.field)
