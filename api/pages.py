@@ -9,7 +9,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.wrappers import Response
 
 from server.auth import service
-from server.auth.web import StaffPrincipal
+from server.auth.web import SESSION_KEY, StaffPrincipal
 from server.clock import utcnow
 from server.db import get_session
 
@@ -41,16 +41,21 @@ def login() -> str | Response | tuple[str, int]:
     except service.AuthError as exc:
         db.commit()
         return render_template("login.html", email=email, error=str(exc)), 401
+    token = service.start_session(session=db, user=user, now=utcnow())
     db.commit()
     session.clear()  # a new session on login (no fixation)
     session.permanent = True
+    session[SESSION_KEY] = token
     login_user(StaffPrincipal(user))
     return redirect(_safe_next(request.args.get("next")))
 
 
 @bp.post("/logout")
 def logout() -> Response:
-    """End the staff session."""
+    """End the staff session, server-side too: a copy of the cookie is worthless afterwards."""
+    db = get_session()
+    service.end_session(session=db, token=session.get(SESSION_KEY), reason="logout", now=utcnow())
+    db.commit()
     logout_user()
     session.clear()
     flash("You are logged out.", "info")
@@ -75,8 +80,10 @@ def change_password() -> str | Response | tuple[str, int]:
         )
     except service.AuthError as exc:
         return render_template("change_password.html", error=str(exc)), 422
+    # Every session of this user ended with the change; this one continues under a new id.
+    token = service.start_session(session=db, user=user, now=utcnow())
     db.commit()
-    # The session id embeds the password timestamp: log in again with the new one.
+    session[SESSION_KEY] = token
     login_user(StaffPrincipal(user))
     flash("Password changed.", "info")
     return redirect(url_for("today.today"))

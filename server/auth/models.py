@@ -66,3 +66,21 @@ class ApiToken(SQLModel, table=True):
     expires_at: datetime
     revoked_at: datetime | None = Field(default=None)
     last_used_at: datetime | None = Field(default=None)
+
+
+class StaffSession(SQLModel, table=True):
+    """A logged-in browser session, held server-side so that logging out, an idle timeout or a
+    password change ends it for good (a copied cookie is worthless afterwards).
+
+    The cookie carries an opaque id; only its SHA-256 is stored."""
+
+    __tablename__ = "staff_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="staff_user.id", index=True, ondelete="CASCADE")
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_seen_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = Field(default=None)
+    # logout, idle, expired, password_changed, deactivated
+    end_reason: str | None = Field(default=None, max_length=32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from datetime import datetime, timedelta
 
 from server.auth.models import Role
 
@@ -57,3 +58,19 @@ def lockout_delay_seconds(failed_attempts: int) -> int:
         return 0
     # 5 failures: 1 minute, doubling, capped at 1 hour (well under ASVS's 100 per hour).
     return int(min(3600, 60 * 2 ** (failed_attempts - 5)))
+
+
+def session_end_reason(
+    *,
+    created_at: datetime,
+    last_seen_at: datetime,
+    now: datetime,
+    idle_limit: timedelta,
+    absolute_limit: timedelta,
+) -> str | None:
+    """Why a browser session must end now ("idle", "expired"), or None if it may go on."""
+    if now - created_at >= absolute_limit:
+        return "expired"
+    if now - last_seen_at >= idle_limit:
+        return "idle"
+    return None

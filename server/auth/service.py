@@ -12,8 +12,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlmodel import Session, select
 
 from server import audit
-from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
-from server.auth.rules import lockout_delay_seconds
+from server.auth.models import ApiToken, Role, SiteMembership, StaffSession, StaffUser
+from server.auth.rules import lockout_delay_seconds, session_end_reason
 from server.participants.models import Site
 
 _hasher = PasswordHasher()
@@ -235,6 +235,9 @@ def update_user(
     session.flush()
     after = audit.snapshot(user, USER_AUDIT_FIELDS)
     after["site_ids"] = site_ids_of(session=session, user=user)
+    if before["role"] != after["role"] or (before["is_active"] and not after["is_active"]):
+        # A privilege change or a deactivation ends the user's browser sessions: log in again.
+        end_sessions(session=session, user=user, reason="privileges_changed", now=now)
     audit.record(
         session=session,
         actor=actor_of(actor),
@@ -260,6 +263,7 @@ def change_password(
     user.password_hash = hash_password(new)
     user.password_changed_at = now
     session.add(user)
+    end_sessions(session=session, user=user, reason="password_changed", now=now)
     # Every API token issued before the change stops working.
     for row in session.exec(
         select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))  # type: ignore[union-attr]
@@ -330,3 +334,106 @@ def update_site(
         after=audit.snapshot(site, SITE_AUDIT_FIELDS),
     )
     return site
+
+
+# --- browser sessions ------------------------------------------------------------------------
+
+
+def start_session(*, session: Session, user: StaffUser, now: datetime) -> str:
+    """Open a server-side browser session after a successful login; returns the opaque id for
+    the cookie (only its hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    assert user.id is not None
+    row = StaffSession(
+        user_id=user.id, token_hash=hash_token(token), created_at=now, last_seen_at=now
+    )
+    session.add(row)
+    audit.record(
+        session=session,
+        actor=actor_of(user),
+        actor_user_id=user.id,
+        action="auth.login",
+        entity="staff_user",
+        entity_id=user.id,
+        now=now,
+    )
+    session.flush()
+    return token
+
+
+def check_session(
+    *,
+    session: Session,
+    user_id: int,
+    token: str | None,
+    now: datetime,
+    idle_limit: timedelta,
+    absolute_limit: timedelta,
+) -> str | None:
+    """None if the browser session is live (and mark it seen), else why it is not: "missing",
+    "ended", "idle" or "expired" (an idle or expired session is ended here)."""
+    if not token:
+        return "missing"
+    row = session.exec(
+        select(StaffSession).where(
+            StaffSession.token_hash == hash_token(token), StaffSession.user_id == user_id
+        )
+    ).first()
+    if row is None:
+        return "missing"
+    if row.ended_at is not None:
+        return "ended"
+    reason = session_end_reason(
+        created_at=row.created_at,
+        last_seen_at=row.last_seen_at,
+        now=now,
+        idle_limit=idle_limit,
+        absolute_limit=absolute_limit,
+    )
+    if reason is not None:
+        row.ended_at = now
+        row.end_reason = reason
+        session.add(row)
+    elif now - row.last_seen_at >= timedelta(minutes=1):
+        # At most one write a minute per session: plenty for a 15-minute idle limit.
+        row.last_seen_at = now
+        session.add(row)
+    return reason
+
+
+def end_session(*, session: Session, token: str | None, reason: str, now: datetime) -> None:
+    """End one browser session (logout)."""
+    if not token:
+        return
+    row = session.exec(
+        select(StaffSession).where(StaffSession.token_hash == hash_token(token))
+    ).first()
+    if row is None or row.ended_at is not None:
+        return
+    row.ended_at = now
+    row.end_reason = reason
+    session.add(row)
+    audit.record(
+        session=session,
+        actor=f"staff:{row.user_id}",
+        actor_user_id=row.user_id,
+        action="auth.logout",
+        entity="staff_user",
+        entity_id=row.user_id,
+        now=now,
+    )
+
+
+def end_sessions(*, session: Session, user: StaffUser, reason: str, now: datetime) -> int:
+    """End every live browser session of a user (password change, deactivation)."""
+    rows = session.exec(
+        select(StaffSession).where(
+            StaffSession.user_id == user.id,
+            StaffSession.ended_at.is_(None),  # type: ignore[union-attr]
+        )
+    ).all()
+    for row in rows:
+        row.ended_at = now
+        row.end_reason = reason
+        session.add(row)
+    return len(rows)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, current_app, flash, g, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, UserMixin
 
 from server.auth.models import ApiToken, StaffUser
 from server.auth.rules import Permission, has_permission
-from server.auth.service import user_for_token
+from server.auth.service import check_session, user_for_token
 from server.clock import utcnow
 from server.db import get_session
 from server.errors import DomainError, Forbidden, NotFound
@@ -50,7 +50,47 @@ def _load_user(user_id: str) -> StaffPrincipal | None:
         return None
     if str(int(user.password_changed_at.timestamp())) != parts[2]:
         return None
+    # The server-side session: ended by logout, an idle timeout or the absolute limit.
+    db = get_session()
+    why = check_session(
+        session=db,
+        user_id=user.id,  # type: ignore[arg-type]
+        token=session.get(SESSION_KEY),
+        now=utcnow(),
+        idle_limit=timedelta(minutes=current_app.config["STAFF_SESSION_IDLE_MINUTES"]),
+        absolute_limit=timedelta(hours=current_app.config["STAFF_SESSION_MAX_HOURS"]),
+    )
+    db.commit()
+    if why is not None:
+        g.session_end_reason = why
+        session.pop(SESSION_KEY, None)
+        return None
     return StaffPrincipal(user)
+
+
+SESSION_KEY = "sid"
+
+_END_MESSAGES = {
+    "idle": "You were logged out after {idle} minutes without activity. Please log in again.",
+    "expired": "Your session reached its {hours}-hour limit. Please log in again.",
+    "ended": "This session has ended. Please log in again.",
+}
+
+
+@login_manager.unauthorized_handler
+def _unauthorized() -> Any:
+    """Pages send the user to the login form, saying why when a session just ended."""
+    reason = g.get("session_end_reason")
+    message = _END_MESSAGES.get(reason or "", "Please log in to see this page.")
+    flash(
+        message.format(
+            idle=current_app.config["STAFF_SESSION_IDLE_MINUTES"],
+            hours=current_app.config["STAFF_SESSION_MAX_HOURS"],
+        ),
+        "info",
+    )
+    target = request.full_path if request.method == "GET" else None
+    return redirect(url_for("pages.login", next=target.rstrip("?") if target else None))
 
 
 class ApiAwareSessionInterface(SecureCookieSessionInterface):
