@@ -11,18 +11,26 @@ Definitions (documented in the API too):
 - open: the window is open now and the event is not done;
 - in-window %: completed in window / due;
 - questionnaire compliance: questionnaires received (completed at any time) / questionnaires due.
+
+The care-team pages group the same counts by site × study, event type and month (the month the
+window closes, i.e. the month the event fell due), list the participants behind any count, and
+record every CSV export in the audit trail.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
+from server import audit
 from server.adherence.rules import percentage
+from server.auth.models import StaffUser
+from server.auth.service import actor_of
 from server.participants.models import Participant
 from server.schedules.models import EventStatus, EventType, ScheduleEvent
 
@@ -95,19 +103,26 @@ def grouped(
     where: list[Any],
     by: list[Any],
     event_type: str | None = None,
+    having: str | None = None,
 ) -> list[tuple[tuple[Any, ...], Figures]]:
     """Adherence figures per group (`by`: BY_EVENT_TYPE, BY_PARTICIPANT, BY_YEAR/BY_MONTH...),
     in one SQL aggregate over the events matching `where` (Participant is joined).
 
-    `event_type` labels the figures (it decides whether questionnaire compliance applies)."""
+    `event_type` labels the figures (it decides whether questionnaire compliance applies);
+    `having` (a measure: due, in_window, early, late, missed, open, received) keeps only the
+    groups where that count is above zero."""
+    measures = _measures(now)
     q = (
-        sa.select(*by, *_measures(now))
+        sa.select(*by, *measures)
         .select_from(ScheduleEvent)
         .join(Participant, col(Participant.id) == col(ScheduleEvent.participant_id))
         .where(*where)
         .group_by(*by)
         .order_by(*by)
     )
+    if having is not None:
+        # HAVING repeats the aggregate: PostgreSQL does not accept an output alias there.
+        q = q.having(next(m for m in measures if m.name == having).element > 0)
     out = []
     for row in session.execute(q).all():
         key = tuple(getattr(k, "value", k) for k in row[: len(by)])
@@ -195,3 +210,223 @@ def _result(session: Session, now: datetime, where: list[Any]) -> dict[str, Any]
             "pct": questionnaires.compliance_pct if questionnaires else None,
         },
     }
+
+
+# --- the care-team pages ----------------------------------------------------------------------
+
+# The counts a page can link to (name in the URL → attribute of Figures).
+MEASURES: dict[str, str] = {
+    "due": "due",
+    "in_window": "completed_in_window",
+    "early": "completed_early",
+    "late": "completed_late",
+    "missed": "missed",
+    "open": "open",
+    "received": "received",
+}
+
+# "How we count", in the words of the pages (the module docstring is the reference).
+DEFINITIONS: tuple[tuple[str, str], ...] = (
+    (
+        "Due",
+        "events whose window has closed, plus events already completed (early or on time); "
+        "cancelled and not-applicable events are never due.",
+    ),
+    (
+        "In window / early / late",
+        "completed on a local date inside / before / after the event's window.",
+    ),
+    (
+        "Missed",
+        "marked missed, or still planned or open although the window has closed.",
+    ),
+    ("Open", "the window is open now and the event is not done yet."),
+    ("In-window %", "completed in window ÷ due."),
+    (
+        "Questionnaire compliance",
+        "questionnaires received (completed at any time) ÷ questionnaires due.",
+    ),
+    (
+        "Month",
+        "the month the event's window closes, i.e. the month it fell due (an event open now "
+        "counts in the month its window will close).",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Adherence counts of one group over every event type, with questionnaire compliance.
+
+    Counts add up, so the pages' totals are sums of the groups (as `aggregate` does)."""
+
+    due: int = 0
+    in_window: int = 0
+    early: int = 0
+    late: int = 0
+    missed: int = 0
+    open: int = 0
+    received: int = 0
+    questionnaires_due: int = 0
+    questionnaires_received: int = 0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+    @classmethod
+    def of(cls, figures: Figures, event_type: str) -> Tally:
+        """The tally of one event type's figures."""
+        is_questionnaire = event_type == EventType.QUESTIONNAIRE.value
+        return cls(
+            **{name: getattr(figures, attr) for name, attr in MEASURES.items()},
+            questionnaires_due=figures.due if is_questionnaire else 0,
+            questionnaires_received=figures.received if is_questionnaire else 0,
+        )
+
+    def count(self, measure: str) -> int:
+        """The count of a measure (a key of MEASURES)."""
+        return int(getattr(self, measure))
+
+    @property
+    def in_window_pct(self) -> float | None:
+        return percentage(self.in_window, self.due)
+
+    @property
+    def compliance_pct(self) -> float | None:
+        return percentage(self.questionnaires_received, self.questionnaires_due)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Adherence of a selection of events, by site × study, by event type and by month."""
+
+    total: Tally
+    by_site_study: dict[tuple[int, int], Tally]
+    by_event_type: dict[str, Tally]
+    by_month: dict[tuple[int, int], Tally]
+
+
+def page_filters(
+    *,
+    site_ids: Any,
+    site_id: int | None = None,
+    study_id: int | None = None,
+    event_type: str | None = None,
+    closes_from: date | None = None,
+    closes_before: date | None = None,
+) -> list[Any]:
+    """The `where` of a page's selection: the user's sites (`site_ids`, a subquery), then
+    optionally one site, one study, one event type, windows closing in [from, before)."""
+    where: list[Any] = [col(Participant.site_id).in_(site_ids)]
+    if site_id is not None:
+        where.append(col(Participant.site_id) == site_id)
+    if study_id is not None:
+        where.append(col(Participant.study_id) == study_id)
+    if event_type is not None:
+        where.append(col(ScheduleEvent.event_type) == EventType(event_type))
+    if closes_from is not None:
+        where.append(col(ScheduleEvent.window_close_date) >= closes_from)
+    if closes_before is not None:
+        where.append(col(ScheduleEvent.window_close_date) < closes_before)
+    return where
+
+
+def report(*, session: Session, now: datetime, where: list[Any]) -> Report:
+    """Adherence by site × study, event type and month, from ONE SQL aggregate grouped by all
+    four; the tables are sums of its rows, so they always agree with each other."""
+    by = [col(Participant.site_id), col(Participant.study_id), BY_YEAR, BY_MONTH, BY_EVENT_TYPE]
+    total = Tally()
+    by_site_study: dict[tuple[int, int], Tally] = {}
+    by_event_type: dict[str, Tally] = {}
+    by_month: dict[tuple[int, int], Tally] = {}
+    for key, figures in grouped(session=session, now=now, where=where, by=by):
+        site_id, study_id, year, month, event_type = key
+        tally = Tally.of(figures, str(event_type))
+        total += tally
+        _add(by_site_study, (int(site_id), int(study_id)), tally)
+        _add(by_event_type, str(event_type), tally)
+        _add(by_month, (int(year), int(month)), tally)
+    return Report(
+        total=total,
+        by_site_study=dict(sorted(by_site_study.items())),
+        by_event_type=dict(sorted(by_event_type.items(), key=lambda kv: _type_order(kv[0]))),
+        by_month=dict(sorted(by_month.items())),
+    )
+
+
+def _add(table: dict[Any, Tally], key: Any, tally: Tally) -> None:
+    table[key] = table.get(key, Tally()) + tally
+
+
+def _type_order(event_type: str) -> int:
+    order = [t.value for t in EventType]
+    return order.index(event_type) if event_type in order else len(order)
+
+
+@dataclass(frozen=True)
+class ParticipantCount:
+    """One participant behind a count: their count for the measure, and their figures."""
+
+    participant_id: int
+    study_code: str
+    site_id: int
+    study_id: int
+    count: int
+    figures: Figures
+
+
+def participants_behind(
+    *, session: Session, now: datetime, where: list[Any], measure: str
+) -> list[ParticipantCount]:
+    """The participants whose count for `measure` is above zero among the events matching
+    `where` (one SQL aggregate per participant, HAVING count > 0), largest count first.
+
+    Their counts add up to the same measure's total over `where`."""
+    attr = MEASURES[measure]
+    by = [
+        BY_PARTICIPANT,
+        col(Participant.study_code),
+        col(Participant.site_id),
+        col(Participant.study_id),
+    ]
+    rows = [
+        ParticipantCount(
+            participant_id=int(pid),
+            study_code=str(code),
+            site_id=int(site_id),
+            study_id=int(study_id),
+            count=int(getattr(figures, attr)),
+            figures=figures,
+        )
+        for (pid, code, site_id, study_id), figures in grouped(
+            session=session, now=now, where=where, by=by, having=measure
+        )
+    ]
+    return sorted(rows, key=lambda r: (-r.count, r.study_code))
+
+
+def record_export(
+    *,
+    session: Session,
+    user: StaffUser,
+    view: str,
+    filters: dict[str, Any],
+    row_count: int,
+    now: datetime,
+    site_ids: Iterable[int] = (),
+) -> audit.AuditEvent:
+    """Audit one adherence CSV export: who, which view with which filters, how many rows."""
+    sites = sorted(set(site_ids))
+    return audit.record(
+        session=session,
+        actor=actor_of(user),
+        actor_user_id=user.id,
+        action="adherence.export",
+        entity="adherence",
+        entity_id=view,
+        site_id=sites[0] if len(sites) == 1 else None,
+        now=now,
+        after={"view": view, "filters": filters, "rows": row_count, "site_ids": sites},
+    )
