@@ -4,38 +4,25 @@ from __future__ import annotations
 
 import getpass
 import sys
-from datetime import date, timedelta
+from datetime import date
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 from sqlmodel import col, select
 
-from server import migrate
+from server import demo, migrate
 from server.auth import service as auth_service
-from server.auth.models import Role, SiteMembership, StaffUser
+from server.auth.models import Role, StaffUser
 from server.clock import utcnow
 from server.db import get_db
-from server.participants import service as participant_service
-from server.participants.models import Locale, ParticipantStatus, Site
+from server.demo import DEMO_PASSWORD
+from server.participants.models import Site
 from server.participants.rules import is_valid_timezone
 from server.protocols import service as protocols
 from server.protocols.models import Study
 
-DEMO_PASSWORD = "stepdown-demo-2026"
-
-DEMO_SITES = [
-    ("PARIS-01", "Institut d'oncologie (démo) Paris", "FR", "Europe/Paris"),
-    ("BOSTON-01", "Demo Cancer Center Boston", "US", "America/New_York"),
-]
-DEMO_STUDIES = [
-    ("HEROES", "HEROES — stopping anti-HER2 maintenance guided by ctDNA", "heroes"),
-    ("FREE-HER", "Free-HER — anti-HER2 therapy de-escalation with ctDNA monitoring", "free-her"),
-    ("STOP-HER2", "STOP-HER2 — stopping first-line anti-HER2 therapy", "stop-her2"),
-    ("NCT07239271", "ctDNA-adaptive neoadjuvant therapy for HER2+ breast cancer", "nct07239271"),
-]
-# Demo phone numbers: valid formats, in ranges no real subscriber should hold.
-DEMO_STAFF_PHONES = {"PARIS-01": "+3361000{:04d}", "BOSTON-01": "+1617555{:04d}"}
+__all__ = ["DEMO_PASSWORD", "main", "register"]
 
 
 def register(app: Flask) -> None:
@@ -119,156 +106,20 @@ def create_admin(
 @with_appcontext
 @click.option("--if-empty", is_flag=True, help="do nothing when any staff user exists")
 def seed_demo(if_empty: bool) -> None:
-    """Create demo sites, studies, one staff user per role per site and a few participants."""
-    with get_db().job_session() as session:
+    """Create the demo: two sites, four studies, one staff user per role per site, and six
+    participants with months of history (results, scans, questionnaires, alerts)."""
+    with demo.one_transaction(get_db()) as session:
         if session.exec(select(StaffUser)).first() is not None:
             if if_empty:
                 click.echo("demo data already present; logins:")
-                _print_logins(
-                    [u.email for u in session.exec(select(StaffUser).order_by(col(StaffUser.id)))]
-                )  # type: ignore[arg-type]
+                _print_logins(demo.staff_emails(session))
                 return
             raise click.UsageError("the database already has users; seed-demo wants an empty one")
-        now = utcnow()
-        sites = {
-            code: auth_service.create_site(
-                session=session,
-                actor=None,
-                code=code,
-                name=name,
-                country=country,
-                timezone=tz,
-                now=now,
-            )
-            for code, name, country, tz in DEMO_SITES
-        }
-        for key, title, protocol_key in DEMO_STUDIES:
-            session.add(Study(key=key, title=title, protocol_key=protocol_key, created_at=now))
-        session.flush()
-        emails = []
-        admin = auth_service.create_user(
-            session=session,
-            actor=None,
-            email="admin@demo.stepdown.test",
-            full_name="Demo Admin",
-            password=DEMO_PASSWORD,
-            role=Role.ADMIN,
-            site_ids=[s.id for s in sites.values() if s.id is not None],
-            phone_e164="+33610009999",
-            is_phone_verified=True,
-            now=now,
+        emails = demo.seed(
+            session=session, now=utcnow(), public_base_url=current_app.config["PUBLIC_BASE_URL"]
         )
-        emails.append(admin.email)
-        n = 0
-        for code, site in sites.items():
-            slug = code.split("-")[0].lower()
-            for role in (Role.INVESTIGATOR, Role.COORDINATOR, Role.NURSE, Role.MONITOR):
-                n += 1
-                user = auth_service.create_user(
-                    session=session,
-                    actor=None,
-                    email=f"{role.value}.{slug}@demo.stepdown.test",
-                    full_name=f"Demo {role.value.title()} {slug.title()}",
-                    password=DEMO_PASSWORD,
-                    role=role,
-                    site_ids=[site.id],  # type: ignore[list-item]
-                    phone_e164=DEMO_STAFF_PHONES[code].format(n) if role != Role.MONITOR else None,
-                    is_phone_verified=role != Role.MONITOR,
-                    now=now,
-                )
-                emails.append(user.email)
-                if role == Role.NURSE:
-                    # The demo nurse is on call: first tier of clinical alerts.
-                    membership = session.exec(
-                        select(SiteMembership).where(SiteMembership.user_id == user.id)
-                    ).one()
-                    membership.is_on_call = True
-                    session.add(membership)
-        today = now.date()
-        demo_participants = [
-            (
-                "HEROES",
-                "PARIS-01",
-                "HER-001",
-                "stop",
-                today - timedelta(days=30),
-                Locale.FR,
-                "+33612340001",
-            ),
-            (
-                "HEROES",
-                "PARIS-01",
-                "HER-002",
-                "stop",
-                today - timedelta(days=120),
-                Locale.FR,
-                "+33612340002",
-            ),
-            (
-                "STOP-HER2",
-                "BOSTON-01",
-                "SH2-001",
-                "stop",
-                today - timedelta(days=60),
-                Locale.EN,
-                "+16175550101",
-            ),
-            (
-                "STOP-HER2",
-                "BOSTON-01",
-                "SH2-002",
-                "continue",
-                today - timedelta(days=10),
-                Locale.EN,
-                "+16175550102",
-            ),
-            (
-                "FREE-HER",
-                "BOSTON-01",
-                "FH-001",
-                None,
-                today - timedelta(days=200),
-                Locale.EN,
-                "+16175550103",
-            ),
-            (
-                "NCT07239271",
-                "PARIS-01",
-                "NEO-001",
-                "adaptive",
-                today - timedelta(days=5),
-                Locale.ZH,
-                "+33612340003",
-            ),
-        ]
-        coordinators = {
-            code: session.exec(
-                select(StaffUser).where(
-                    StaffUser.email
-                    == f"coordinator.{code.split('-')[0].lower()}@demo.stepdown.test"
-                )
-            ).one()
-            for code in sites
-        }
-        for study, site_code, code, cohort, anchor, locale, phone in demo_participants:
-            participant_service.enroll(
-                session=session,
-                user=coordinators[site_code],
-                study=study,
-                site_id=sites[site_code].id,  # type: ignore[arg-type]
-                study_code=code,
-                timezone=None,  # type: ignore[arg-type]
-                cohort=cohort,
-                anchor_date=date.fromordinal(anchor.toordinal()),
-                status=ParticipantStatus.OFF_TREATMENT_MONITORING
-                if study != "NCT07239271"
-                else ParticipantStatus.ACTIVE,
-                locale=locale,
-                phone=phone,
-                has_sms_consent=True,
-                now=now,
-            )
     _print_logins(emails)
+    click.echo(demo.WHAT_TO_LOOK_AT)
 
 
 @click.group("protocol", cls=AppGroup, help="Trial protocols: list, preview, amend.")
