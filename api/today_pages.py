@@ -1,148 +1,345 @@
 """Today: what needs the care team now (alerts, overdue events and results, unreachable
-participants, decisions due, dead escalation routes), and the alert pages."""
+participants, decisions due, dead escalation routes), and the alert pages.
+
+Acknowledge and resolve are plain forms posted to the alert routes, which send the user back to
+the page they came from (`next`, same-site paths only) or re-render it with the error (422).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_login import login_required
+from sqlmodel import col, select
 from werkzeug.wrappers import Response
 
-from server.auth.scoping import sites_query
+from api.page_kit import query_choice, query_int, require_page, staff
+from notifications.models import OutboxMessage
+from server import worklist
+from server.alerts import service as alerts
+from server.alerts.models import Alert, AlertLog, AlertState
+from server.auth.models import StaffUser
+from server.auth.rules import Permission
+from server.auth.scoping import can_see_site, get_site, sites_query, visible_site_ids_subquery
 from server.clock import utcnow
 from server.db import get_session
+from server.errors import Conflict, NotFound, ValidationFailed
+from server.participants.models import Participant, Site
 
 bp = Blueprint("today", __name__)
 
-
-@bp.get("/")
-@login_required
-def today() -> str:
-    """The signed-in landing page: today's work for my sites."""
-    user = current_user.user
-    sites = get_session().exec(sites_query(user)).all()
-    return render_template("home.html", user=user, sites=sites, now=utcnow())
+ACK_NOTE_MAX = 1000
+# The note is also the audit row's reason, which holds 1,000 characters.
+RESOLVE_NOTE_MAX = 1000
 
 
-def _alert_for(alert_id: int) -> Any:
-    from sqlmodel import col, select
+@dataclass
+class FormError:
+    """A refused acknowledge/resolve form, shown next to its note field."""
 
-    from server.alerts.models import Alert
-    from server.auth.scoping import visible_site_ids_subquery
+    alert_id: int
+    form: str  # "ack" or "resolve"
+    message: str
+    value: str
 
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _safe_next(target: str | None, default: str) -> str:
+    """A same-site relative path to go back to, else `default` (no open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return default
+    # Browsers read "\" as "/" and drop tabs and newlines: "/\evil.example" is off-site.
+    if "\\" in target or any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
+
+
+def _site_param(user: StaffUser) -> int | None:
+    """The `site` filter: one of my sites (another site's id is 404)."""
+    site_id = query_int("site", lo=1)
+    if site_id is not None:
+        get_site(session=get_session(), user=user, site_id=site_id)
+    return site_id
+
+
+def _site_in(path: str, user: StaffUser) -> int | None:
+    """The `site` filter of a path we are sending the user back to (ignored if not theirs)."""
+    raw = (parse_qs(urlsplit(path).query).get("site") or [""])[0]
+    if raw.isdigit() and can_see_site(session=get_session(), user=user, site_id=int(raw)):
+        return int(raw)
+    return None
+
+
+def _alert_for(alert_id: int) -> Alert:
+    """An alert of my sites, else 404."""
     alert = (
         get_session()
         .exec(
             select(Alert).where(
                 Alert.id == alert_id,
-                col(Alert.site_id).in_(visible_site_ids_subquery(current_user.user)),
+                col(Alert.site_id).in_(visible_site_ids_subquery(staff())),
             )
         )
         .first()
     )
     if alert is None:
-        abort(404)
+        raise NotFound("alert not found")
     return alert
+
+
+def _code_of(alert: Alert) -> str:
+    participant = (
+        get_session().get(Participant, alert.participant_id) if alert.participant_id else None
+    )
+    if participant is not None:
+        return participant.study_code
+    site = get_session().get(Site, alert.site_id) if alert.site_id else None
+    return f"site {site.code}" if site else "the site"
+
+
+def _name_of(user_id: int | None) -> str:
+    user = get_session().get(StaffUser, user_id) if user_id else None
+    return user.full_name if user else "someone"
+
+
+# --- Today ---------------------------------------------------------------------------------------
+
+
+def _render_today(
+    user: StaffUser, site_id: int | None, form_error: FormError | None = None, status: int = 200
+) -> tuple[str, int]:
+    db = get_session()
+    now = utcnow()
+    scope: dict[str, Any] = {"session": db, "user": user, "site_id": site_id}
+    sites = db.exec(sites_query(user).order_by(col(Site.code))).all()
+    html = render_template(
+        "today.html",
+        user=user,
+        sites=sites,
+        site_id=site_id,
+        back_to=url_for("today.today", site=site_id),
+        open_alerts=worklist.alerts_in_state(**scope, state=AlertState.OPEN),
+        acked_alerts=worklist.alerts_in_state(**scope, state=AlertState.ACKNOWLEDGED),
+        events=worklist.overdue_events(**scope, now=now),
+        results=worklist.overdue_results(**scope, now=now),
+        unreachable=worklist.unreachable_participants(**scope, now=now),
+        decisions=worklist.decisions_due(**scope),
+        routes=worklist.route_problems(**scope),
+        form_error=form_error,
+        ack_note_max=ACK_NOTE_MAX,
+        resolve_note_max=RESOLVE_NOTE_MAX,
+    )
+    return html, status
+
+
+@bp.get("/")
+@login_required
+def today() -> tuple[str, int]:
+    """The signed-in landing page: today's work for my sites."""
+    user = staff()
+    return _render_today(user, _site_param(user))
+
+
+# --- alert pages ---------------------------------------------------------------------------------
 
 
 @bp.get("/alerts")
 @login_required
 def alerts_page() -> str:
-    """Open and acknowledged alerts of my sites (the link in alert SMS)."""
-    from sqlmodel import col, select
-
-    from server.alerts.models import Alert, AlertState
-    from server.auth.scoping import visible_site_ids_subquery
-    from server.participants.models import Participant
-
+    """Alerts of my sites: not resolved by default, or by state (the list of the SMS link's
+    page)."""
+    user = staff()
+    state = query_choice("state", set(worklist.ALERT_LIST_STATES))
+    site_id = _site_param(user)
+    page = query_int("page", 1, lo=1, hi=100_000) or 1
     db = get_session()
-    rows = db.exec(
-        select(Alert, Participant.study_code)
-        .join(Participant, col(Participant.id) == col(Alert.participant_id), isouter=True)
-        .where(
-            col(Alert.site_id).in_(visible_site_ids_subquery(current_user.user)),
-            col(Alert.state) != AlertState.RESOLVED,
-        )
-        .order_by(col(Alert.opened_at).desc())
+    found = worklist.alert_list(session=db, user=user, state=state, site_id=site_id, page=page)
+    pages = max(1, -(-found.total // worklist.LIMIT))
+    return render_template(
+        "alerts.html",
+        found=found,
+        state=state,
+        states=worklist.ALERT_LIST_STATES,
+        sites=db.exec(sites_query(user).order_by(col(Site.code))).all(),
+        site_id=site_id,
+        page=page,
+        pages=pages,
+    )
+
+
+def _staff_id(actor: str | None) -> int | None:
+    if actor and actor.startswith("staff:") and actor[6:].isdigit():
+        return int(actor[6:])
+    return None
+
+
+def _actor(actor: str | None, names: dict[int, str]) -> str:
+    """Who did it, by name for staff ("staff:12" → their name)."""
+    uid = _staff_id(actor)
+    return names.get(uid, actor or "") if uid is not None else (actor or "")
+
+
+def _detail(detail: dict[str, Any], names: dict[int, str]) -> str:
+    """A timeline entry's detail in words (note, channel, recipients, cancelled SMS, error)."""
+    parts = []
+    if detail.get("note"):
+        parts.append(f"“{detail['note']}”")
+    if detail.get("channel"):
+        parts.append(f"via {detail['channel']}")
+    recipients = detail.get("recipients")
+    if isinstance(recipients, list):
+        parts.append("to " + ", ".join(names.get(u, f"staff {u}") for u in recipients))
+    elif isinstance(recipients, str):
+        parts.append("nobody reachable in " + recipients.replace("_", " "))
+    if detail.get("cancelled_messages"):
+        parts.append(f"{detail['cancelled_messages']} pending SMS cancelled")
+    if detail.get("error_code"):
+        parts.append(f"error {detail['error_code']}")
+    return " · ".join(parts)
+
+
+def _render_alert(
+    alert: Alert, form_error: FormError | None = None, status: int = 200
+) -> tuple[str, int]:
+    db = get_session()
+    participant = db.get(Participant, alert.participant_id) if alert.participant_id else None
+    site = db.get(Site, alert.site_id)
+    timeline = db.exec(
+        select(AlertLog).where(AlertLog.alert_id == alert.id).order_by(col(AlertLog.id))
     ).all()
-    return render_template("alerts.html", rows=rows)
+    messages = db.exec(
+        select(OutboxMessage)
+        .where(OutboxMessage.ref == f"alert:{alert.id}")
+        .order_by(col(OutboxMessage.id))
+    ).all()
+    staff_ids = {_staff_id(e.actor) for e in timeline} - {None}
+    staff_ids |= {m.staff_user_id for m in messages if m.staff_user_id}
+    staff_ids |= {u for u in (alert.acknowledged_by_user_id, alert.resolved_by_user_id) if u}
+    for e in timeline:
+        recipients = (e.detail or {}).get("recipients")
+        if isinstance(recipients, list):
+            staff_ids |= {u for u in recipients if isinstance(u, int)}
+    names = worklist.staff_names(db, {u for u in staff_ids if u is not None})
+    html = render_template(
+        "alert.html",
+        alert=alert,
+        participant=participant,
+        site=site,
+        tz=site.timezone if site else "UTC",
+        timeline=timeline,
+        actors={e.id: _actor(e.actor, names) for e in timeline},
+        details={e.id: _detail(e.detail or {}, names) for e in timeline},
+        messages=messages,
+        names=names,
+        form_error=form_error,
+        back_to=url_for("today.alert_page", alert_id=alert.id),
+        ack_note_max=ACK_NOTE_MAX,
+        resolve_note_max=RESOLVE_NOTE_MAX,
+    )
+    return html, status
 
 
 @bp.get("/alerts/<int:alert_id>")
 @login_required
-def alert_page(alert_id: int) -> str:
-    """One alert: what it is about, its timeline, acknowledge and resolve."""
-    from sqlmodel import col, select
+def alert_page(alert_id: int) -> tuple[str, int]:
+    """One alert: what it is about, its timeline and messages, acknowledge and resolve (the
+    link in alert SMS)."""
+    return _render_alert(_alert_for(alert_id))
 
-    from server.alerts.models import AlertLog
-    from server.auth.rules import Permission, has_permission
-    from server.participants.models import Participant
 
-    alert = _alert_for(alert_id)
-    db = get_session()
-    participant = db.get(Participant, alert.participant_id) if alert.participant_id else None
-    timeline = db.exec(
-        select(AlertLog).where(AlertLog.alert_id == alert.id).order_by(col(AlertLog.id))
-    ).all()
-    return render_template(
-        "alert.html",
-        alert=alert,
-        participant=participant,
-        timeline=timeline,
-        can_act=has_permission(current_user.user.role, Permission.ALERT_ACK),
-    )
+def _refuse_form(alert: Alert, back: str, error: FormError) -> tuple[str, int]:
+    """Nothing changed: show the page the form was on again, with the error at the field."""
+    get_session().rollback()
+    if urlsplit(back).path == url_for("today.today"):
+        user = staff()
+        return _render_today(user, _site_in(back, user), form_error=error, status=422)
+    return _render_alert(alert, form_error=error, status=422)
 
 
 @bp.post("/alerts/<int:alert_id>/acknowledge")
 @login_required
-def alert_acknowledge(alert_id: int) -> Response:
-    """Acknowledge from the web page (one click)."""
-    from server.alerts import service as alerts
-    from server.auth.rules import Permission, has_permission
-
+def alert_acknowledge(alert_id: int) -> Response | tuple[str, int]:
+    """Acknowledge in one click (optional note); further tiers stop."""
     alert = _alert_for(alert_id)
-    if not has_permission(current_user.user.role, Permission.ALERT_ACK):
-        abort(403)
+    user = require_page(Permission.ALERT_ACK)
+    back = _safe_next(request.form.get("next"), url_for("today.alert_page", alert_id=alert_id))
+    note = (request.form.get("note") or "").strip()
+    if len(note) > ACK_NOTE_MAX:
+        return _refuse_form(
+            alert,
+            back,
+            FormError(alert_id, "ack", f"at most {ACK_NOTE_MAX} characters", note),
+        )
     db = get_session()
-    alerts.acknowledge(
-        session=db,
-        alert=alert,
-        user=current_user.user,
-        channel="web",
-        now=utcnow(),
-        note=request.form.get("note") or None,
+    done = alerts.acknowledge(
+        session=db, alert=alert, user=user, channel="web", now=utcnow(), note=note or None
     )
     db.commit()
-    flash("Alert acknowledged: further tiers stopped.", "info")
-    return redirect(url_for("today.alert_page", alert_id=alert_id))
+    code = _code_of(alert)
+    if done:
+        flash(f"Alert for {code} acknowledged: further tiers stopped.", "info")
+    elif alert.state == AlertState.RESOLVED:
+        flash(
+            f"The alert for {code} was already resolved by {_name_of(alert.resolved_by_user_id)}.",
+            "info",
+        )
+    else:
+        flash(
+            f"The alert for {code} was already acknowledged by "
+            f"{_name_of(alert.acknowledged_by_user_id)}.",
+            "info",
+        )
+    return redirect(back)
 
 
 @bp.post("/alerts/<int:alert_id>/resolve")
 @login_required
 def alert_resolve(alert_id: int) -> Response | tuple[str, int]:
-    """Resolve from the web page with a note."""
-    from server.alerts import service as alerts
-    from server.auth.rules import Permission, has_permission
-    from server.errors import DomainError
-
+    """Resolve with a note of what was done; optionally record that treatment resumed."""
     alert = _alert_for(alert_id)
-    if not has_permission(current_user.user.role, Permission.ALERT_ACK):
-        abort(403)
+    user = require_page(Permission.ALERT_ACK)
+    resume = request.form.get("resume_treatment") == "on"
+    if resume:
+        # Resuming treatment changes the participant's status: a participant write.
+        require_page(Permission.PARTICIPANT_WRITE)
+    back = _safe_next(request.form.get("next"), url_for("today.alert_page", alert_id=alert_id))
+    note = (request.form.get("note") or "").strip()
+    problem = (
+        "required: say what was done"
+        if not note
+        else (f"at most {RESOLVE_NOTE_MAX} characters" if len(note) > RESOLVE_NOTE_MAX else None)
+    )
+    if problem:
+        return _refuse_form(alert, back, FormError(alert_id, "resolve", problem, note))
     db = get_session()
     try:
         alerts.resolve(
             session=db,
             alert=alert,
-            user=current_user.user,
-            note=request.form.get("note", ""),
+            user=user,
+            note=note,
             now=utcnow(),
-            resume_treatment=request.form.get("resume_treatment") == "on",
+            resume_treatment=resume,
         )
-    except DomainError as exc:
+    except ValidationFailed as exc:
+        message = exc.fields["note"][0] if "note" in exc.fields else exc.message
+        return _refuse_form(alert, back, FormError(alert_id, "resolve", message, note))
+    except Conflict:
         db.rollback()
-        flash(exc.message, "error")
-        return redirect(url_for("today.alert_page", alert_id=alert_id))
+        flash(
+            f"The alert for {_code_of(alert)} was already resolved by "
+            f"{_name_of(alert.resolved_by_user_id)}.",
+            "info",
+        )
+        return redirect(back)
     db.commit()
-    flash("Alert resolved.", "info")
-    return redirect(url_for("today.alerts_page"))
+    flash(f"Alert for {_code_of(alert)} resolved.", "info")
+    return redirect(back)

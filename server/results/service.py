@@ -422,40 +422,83 @@ def _plan_redraw(
 # --- watchdogs -----------------------------------------------------------------------------------
 
 
-def overdue_results(*, session: Session, now: datetime) -> dict[str, int]:
-    """Draws and scans done longer ago than the assay's turnaround with no result: tell the
-    coordinator (once per event)."""
-    rows = session.exec(
+@dataclass
+class AwaitedResult:
+    """A completed draw or scan whose result is later than the assay's turnaround."""
+
+    event: ScheduleEvent
+    participant: Participant
+    turnaround_days: int
+    days_waiting: int
+
+
+# How far back a completed draw or scan is still watched for its result.
+AWAITED_RESULT_DAYS = 120
+
+
+def results_overdue(
+    *, session: Session, now: datetime, site_ids: Any = None
+) -> list[AwaitedResult]:
+    """Completed draws and scans of participants still followed, done in the last 120 days,
+    with no result after the assay's turnaround (in the participant's local days); optionally
+    only at `site_ids` (a list or a subquery). The watchdog job and the Today page share it."""
+    # Only apply() links a result to an event, and always to that event's participant: the
+    # participant column lets the lookup use the (participant_id, kind, ...) index.
+    has_result = (
+        select(LabResult.id)
+        .where(
+            col(LabResult.participant_id) == col(ScheduleEvent.participant_id),
+            col(LabResult.event_id) == col(ScheduleEvent.id),
+        )
+        .exists()
+    )
+    q = (
         select(ScheduleEvent, Participant)
         .join(Participant, col(Participant.id) == col(ScheduleEvent.participant_id))
         .where(
             ScheduleEvent.status == EventStatus.COMPLETED,
             col(ScheduleEvent.expects_result).is_not(None),
-            col(ScheduleEvent.completed_on) >= (now - timedelta(days=120)).date(),
+            col(ScheduleEvent.completed_on).is_not(None),
+            col(ScheduleEvent.completed_on) >= (now - timedelta(days=AWAITED_RESULT_DAYS)).date(),
             col(Participant.status).in_(
                 [ParticipantStatus.ACTIVE, ParticipantStatus.OFF_TREATMENT_MONITORING]
             ),
+            ~has_result,
         )
-    ).all()
-    with_result = set(
-        session.exec(select(LabResult.event_id).where(col(LabResult.event_id).is_not(None))).all()
+        .order_by(col(ScheduleEvent.completed_on), col(ScheduleEvent.id))
     )
+    if site_ids is not None:
+        q = q.where(col(Participant.site_id).in_(site_ids))
+    out = []
+    for event, participant in session.exec(q).all():
+        assert event.completed_on is not None
+        turnaround = event.result_turnaround_days or 14
+        today = schedules.local_today(participant, now)
+        if rules.is_result_overdue(
+            done_on=event.completed_on, turnaround_days=turnaround, today=today
+        ):
+            out.append(
+                AwaitedResult(
+                    event=event,
+                    participant=participant,
+                    turnaround_days=turnaround,
+                    days_waiting=(today - event.completed_on).days,
+                )
+            )
+    return out
+
+
+def overdue_results(*, session: Session, now: datetime) -> dict[str, int]:
+    """Draws and scans done longer ago than the assay's turnaround with no result: tell the
+    coordinator (once per event)."""
     opened = 0
     rules_by_study: dict[int, frozenset[str]] = {}
-    for event, participant in rows:
-        if event.id in with_result or event.completed_on is None:
-            continue
+    for item in results_overdue(session=session, now=now):
+        event, participant = item.event, item.participant
         if participant.study_id not in rules_by_study:
             _, protocol = protocol_of_study(session, participant.study_id)
             rules_by_study[participant.study_id] = frozenset(r.value for r in protocol.rules)
         if "result_overdue" not in rules_by_study[participant.study_id]:
-            continue
-        today = schedules.local_today(participant, now)
-        if not rules.is_result_overdue(
-            done_on=event.completed_on,
-            turnaround_days=event.result_turnaround_days or 14,
-            today=today,
-        ):
             continue
         _, created = alerts.open_alert(
             session=session,
