@@ -457,7 +457,7 @@ class AcknowledgeSchema(ma.Schema):
 
 
 class ResolveSchema(ma.Schema):
-    note = ma.fields.String(required=True, validate=validate.Length(min=1, max=2000))
+    note = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
     resume_treatment = ma.fields.Boolean(load_default=False)
     resumed_on = ma.fields.Date(load_default=None)
 

@@ -26,7 +26,8 @@ from server import audit
 from server.alerts import rules
 from server.alerts.models import Alert, AlertKind, AlertLog, AlertState, Severity
 from server.auth.models import Role, SiteMembership, StaffUser
-from server.errors import Conflict, field_error
+from server.auth.rules import Permission, has_permission
+from server.errors import Conflict, Forbidden, field_error
 from server.participants.models import Participant, Site
 
 OPEN_STATES = (AlertState.OPEN,)
@@ -407,6 +408,10 @@ def acknowledge(
     return True
 
 
+# The note is also the audit row's reason (1,000 characters).
+MAX_NOTE = 1000
+
+
 def resolve(
     *,
     session: Session,
@@ -420,6 +425,11 @@ def resolve(
     """Resolve with a note; optionally record that treatment resumed (the schedule re-plans)."""
     if not note.strip():
         raise field_error("note", "required")
+    if len(note) > MAX_NOTE:
+        raise field_error("note", f"at most {MAX_NOTE} characters")
+    if resume_treatment and not has_permission(user.role, Permission.PARTICIPANT_WRITE):
+        # Resuming treatment changes the participant's status: trial data, not an alert action.
+        raise Forbidden(f"your role ({user.role.value}) may not change a participant's status")
     session.refresh(alert, with_for_update=True)
     if alert.state == AlertState.RESOLVED:
         raise Conflict("the alert is already resolved")

@@ -199,14 +199,27 @@ def test_a_failed_delivery_moves_to_the_next_tier_at_once(world, db, api_as, car
     assert alert.next_tier_at == T0 + timedelta(minutes=1) + timedelta(minutes=30)
 
 
-def test_resolve_with_resumed_treatment_replans(world, db, api_as, care_team):
+def test_resolve_with_resumed_treatment_replans_and_needs_participant_write(
+    world, db, api_as, care_team
+):
     lab = api_as("coordinator", "A")
     with at(T0):
         post_negative_baseline(lab)
         alert_id = lab.post("/api/v1/results/ctdna", json=ctdna()).get_json()["alert_id"]
         nurse = api_as("nurse", "A")
         assert nurse.post(f"/api/v1/alerts/{alert_id}/resolve", json={}).status_code == 422
-        r = nurse.post(
+        # The note becomes the audit reason: too long is a 422, not a database error.
+        long_note = nurse.post(f"/api/v1/alerts/{alert_id}/resolve", json={"note": "x" * 1001})
+        assert long_note.status_code == 422 and "note" in long_note.get_json()["error"]["fields"]
+        # Resuming treatment changes the participant's status: a nurse may resolve, not that.
+        refused = nurse.post(
+            f"/api/v1/alerts/{alert_id}/resolve",
+            json={"note": "anti-HER2 resumed", "resume_treatment": True},
+        )
+        assert refused.status_code == 403
+        assert db.get(Alert, alert_id).state != AlertState.RESOLVED
+        coordinator = api_as("coordinator", "A")
+        r = coordinator.post(
             f"/api/v1/alerts/{alert_id}/resolve",
             json={
                 "note": "anti-HER2 resumed",
