@@ -436,6 +436,10 @@ class AwaitedResult:
 AWAITED_RESULT_DAYS = 120
 
 
+# Outcome fields that carry the result itself (a ctDNA call, a RECIST response).
+RESULT_OUTCOMES = frozenset({"ctdna", "recist"})
+
+
 def results_overdue(
     *, session: Session, now: datetime, site_ids: Any = None
 ) -> list[AwaitedResult]:
@@ -472,6 +476,8 @@ def results_overdue(
     out = []
     for event, participant in session.exec(q).all():
         assert event.completed_on is not None
+        if RESULT_OUTCOMES & set(event.outcome or {}):
+            continue  # the team recorded the result with the completion: nothing is awaited
         turnaround = event.result_turnaround_days or 14
         today = schedules.local_today(participant, now)
         if rules.is_result_overdue(

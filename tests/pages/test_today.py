@@ -480,6 +480,25 @@ def test_the_results_watchdog_still_opens_one_alert_per_overdue_draw(world, db):
     assert alert.summary == "no ctdna result 14 days after ctdna:1"
 
 
+def test_a_draw_completed_with_its_result_recorded_by_hand_awaits_nothing(world, db, web_as):
+    a1 = world.participants["A1"]
+    with at("2027-03-30T10:00:00"):
+        schedules.complete_event(
+            session=db,
+            participant=a1,
+            event=events_of(db, a1.id)["ctdna:1"],
+            completed_on=date(2027, 3, 29),
+            outcome={"ctdna": "negative"},
+            now=now(),
+            actor="test",
+        )
+        db.commit()
+    with at("2027-04-14T10:00:00"):
+        assert results.overdue_results(session=db, now=now()) == {"opened": 0}
+        html = section(web_as("nurse", "A").text("/"), "overdue-results")
+    assert count(html) == 0
+
+
 # --- unreachable by SMS --------------------------------------------------------------------------
 
 
