@@ -224,21 +224,27 @@ def _fulfils(session: Session, result: LabResult, participant: Participant) -> S
             )
         ).all()
     )
-    inside = [
+    free = [e for e in candidates if e.id not in taken]
+    # 1. A draw or scan recorded as done that very day (even late, outside its window).
+    done_that_day = [e for e in free if e.status == EventStatus.COMPLETED and e.completed_on == day]
+    # 2. An event whose window holds the day.
+    inside = [e for e in free if e.window_open_date <= day <= e.window_close_date]
+    # 3. The nearest event within two weeks that still awaits its sample or its result.
+    near = [
         e
-        for e in candidates
-        if e.window_open_date <= day <= e.window_close_date and e.id not in taken
+        for e in free
+        if abs((e.target_date - day).days) <= 14
+        and (
+            e.status in (EventStatus.PLANNED, EventStatus.OPEN, EventStatus.MISSED)
+            or (e.status == EventStatus.COMPLETED and e.expects_result is not None)
+        )
     ]
-    pool = inside or [
-        e
-        for e in candidates
-        if e.id not in taken
-        and abs((e.target_date - day).days) <= 14
-        and e.status in (EventStatus.PLANNED, EventStatus.OPEN, EventStatus.MISSED)
-    ]
+    pool = done_that_day or inside or near
     if not pool:
         return None
-    return min(pool, key=lambda e: abs((e.target_date - day).days))
+    rank = {t: i for i, t in enumerate(EVENT_TYPES[result.kind])}
+    # The assay's own event type first (tumour markers before routine bloods), then the nearest.
+    return min(pool, key=lambda e: (rank[e.event_type], abs((e.target_date - day).days)))
 
 
 def apply(

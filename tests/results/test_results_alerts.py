@@ -3,7 +3,7 @@ clock; quarantine; the CSV import."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import time_machine
@@ -395,3 +395,70 @@ def test_csv_import_with_one_bad_row_imports_nothing(world, db, app, tmp_path, c
     rows = db.exec(select(LabResult)).all()
     assert {r.accession_id for r in rows} == {"CSV-1", "CSV-2"}
     assert all(r.status == ResultStatus.ACCEPTED for r in rows)
+
+
+def test_a_tumour_marker_result_joins_the_draw_done_that_day_not_the_research_blood(
+    world, db, api_as
+):
+    """Both draws share their windows (STOP-HER2); the marker draw was recorded done late: its
+    result must complete nothing else."""
+    from server.participants import service as participants
+    from server.participants.models import ParticipantStatus
+    from server.schedules import service as schedules
+    from tests.factories import make_study
+
+    make_study(db, "STOP-HER2", "stop-her2")
+    with at(T0):
+        p = participants.enroll(
+            session=db,
+            user=world.staff[("coordinator", "A")],
+            study="STOP-HER2",
+            site_id=world.sites["A"].id,
+            study_code="SH-900",
+            timezone="Europe/Paris",
+            cohort="stop",
+            anchor_date=date(2027, 1, 4),
+            status=ParticipantStatus.OFF_TREATMENT_MONITORING,
+            now=T0,
+        )
+        db.commit()
+        events = {
+            e.key: e
+            for e in db.exec(select(ScheduleEvent).where(ScheduleEvent.participant_id == p.id))
+        }
+        markers = next(e for k, e in sorted(events.items()) if k.startswith("tumor_markers"))
+        research = next(
+            e
+            for e in events.values()
+            if e.key.startswith("research_blood") and e.target_date == markers.target_date
+        )
+        late_day = markers.window_close_date + timedelta(days=2)
+    with at(datetime.combine(late_day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=15)):
+        schedules.complete_event(
+            session=db,
+            participant=p,
+            event=markers,
+            completed_on=late_day,
+            reason="came in two days late",
+            now=datetime.now(UTC),
+            actor="test",
+        )
+        db.commit()
+        r = api_as("coordinator", "A").post(
+            "/api/v1/results/tumor-markers",
+            json={
+                "lab": "cerba",
+                "study": "STOP-HER2",
+                "study_code": "SH-900",
+                "accession_id": "TM-1",
+                "collected_at": f"{late_day.isoformat()}T09:00:00+01:00",
+                "marker": "CA15-3",
+                "value": 21.0,
+                "unit": "U/mL",
+            },
+        )
+        assert r.status_code == 201, r.get_json()
+    db.expire_all()
+    result = db.exec(select(LabResult).where(LabResult.accession_id == "TM-1")).one()
+    assert result.event_id == markers.id
+    assert db.get(ScheduleEvent, research.id).status != EventStatus.COMPLETED
