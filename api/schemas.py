@@ -258,10 +258,14 @@ class EventSchema(ma.Schema):
     outcome = ma.fields.Dict(allow_none=True)
 
 
+# An event's reason is stored in schedule_event.status_reason (500 characters).
+EVENT_REASON_MAX = 500
+
+
 class CompleteEventSchema(ma.Schema):
     completed_on = ma.fields.Date(required=True, metadata={"description": "local date it happened"})
     reason = ma.fields.String(
-        validate=validate.Length(max=1000),
+        validate=validate.Length(max=EVENT_REASON_MAX),
         load_default=None,
         metadata={"description": "required when the date is outside the window"},
     )
@@ -277,11 +281,11 @@ class CompleteEventSchema(ma.Schema):
 
 class RescheduleEventSchema(ma.Schema):
     target_date = ma.fields.Date(required=True)
-    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=EVENT_REASON_MAX))
 
 
 class CancelEventSchema(ma.Schema):
-    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=EVENT_REASON_MAX))
     not_applicable = ma.fields.Boolean(load_default=False)
 
 

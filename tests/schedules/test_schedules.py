@@ -121,6 +121,18 @@ def test_complete_in_and_out_of_window(world, db, api_as):
         )
         assert late.status_code == 422
         assert "reason" in late.get_json()["error"]["fields"]
+        # The reason fits its column: longer is a 422 naming it, never a database error.
+        for action, body in (
+            ("complete", {"completed_on": "2027-01-19"}),
+            ("reschedule", {"target_date": "2027-02-01"}),
+            ("cancel", {}),
+        ):
+            too_long = api.post(
+                f"{P}/{a1.id}/events/{events['qol:1'].id}/{action}",
+                json={**body, "reason": "x" * 501},
+            )
+            assert too_long.status_code == 422, (action, too_long.get_json())
+            assert "reason" in too_long.get_json()["error"]["fields"]
         late = api.post(
             f"{P}/{a1.id}/events/{events['qol:1'].id}/complete",
             json={"completed_on": "2027-01-19", "reason": "phone was lost"},
