@@ -7,22 +7,27 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
 from notifications import outbox
 from notifications.messages import MessageKind, render
 from notifications.models import PRIORITY_PARTICIPANT, MessageCategory, MessageStatus
 from server import audit
+from server.adherence import service as adherence
+from server.alerts.models import Alert, AlertState
 from server.auth.models import StaffUser
 from server.auth.scoping import can_see_site, participants_query
 from server.auth.service import actor_of
-from server.errors import Conflict, ValidationFailed, field_error
+from server.errors import Conflict, DomainError, ValidationFailed, field_error
 from server.participants import rules
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
+from server.protocols.definition import Protocol
 from server.protocols.models import Study
 from server.protocols.service import protocol_of_study
 from server.schedules import reminders
 from server.schedules import service as schedules
+from server.schedules.models import PENDING_STATUSES, ScheduleEvent
 from server.schedules.rules import defer_out_of_quiet_hours
 
 AUDIT_FIELDS = (
@@ -356,6 +361,10 @@ def withdraw(
     return participant
 
 
+# The list's orders: enrolment order (the API's), or by study code (the page's).
+LIST_ORDERS = ("id", "study_code")
+
+
 def list_participants(
     *,
     session: Session,
@@ -367,8 +376,17 @@ def list_participants(
     status: ParticipantStatus | None = None,
     cohort: str | None = None,
     search: str | None = None,
+    adherence_below: int | None = None,
+    now: datetime | None = None,
+    order: str = "id",
 ) -> Page:
-    """A page of the user's participants, filtered."""
+    """A page of the user's participants, filtered.
+
+    `search` is a case-insensitive part of the study code. `adherence_below` (0–100, needs
+    `now`) keeps the participants whose in-window % is under it, in SQL so that totals and
+    pages are right; a participant with nothing due yet has no % and is never under."""
+    if order not in LIST_ORDERS:
+        raise ValueError(f"order must be one of {', '.join(LIST_ORDERS)}")
     q = participants_query(user)
     if study is not None:
         q = q.join(Study, Study.id == Participant.study_id).where(Study.key == study)  # type: ignore[arg-type]
@@ -379,12 +397,191 @@ def list_participants(
     if cohort is not None:
         q = q.where(Participant.cohort == cohort)
     if search:
-        q = q.where(Participant.study_code.contains(search, autoescape=True))  # type: ignore[attr-defined]
+        q = q.where(col(Participant.study_code).icontains(search, autoescape=True))
+    if adherence_below is not None:
+        if now is None:
+            raise ValueError("adherence_below needs now")
+        q = q.where(col(Participant.id).in_(_adherence_below(now, adherence_below)))
     total = session.exec(select(func.count()).select_from(q.subquery())).one()
+    ordering = (
+        [col(Participant.study_code), col(Participant.id)]
+        if order == "study_code"
+        else [col(Participant.id)]
+    )
     items = session.exec(
-        q.order_by(col(Participant.id)).offset((page - 1) * page_size).limit(page_size)
+        q.order_by(*ordering).offset((page - 1) * page_size).limit(page_size)
     ).all()
     return Page(items=list(items), total=int(total), page=page, page_size=page_size)
+
+
+def _adherence_below(now: datetime, percent: int) -> Any:
+    """SELECT the ids of participants whose in-window % is under `percent`.
+
+    The counts are the adherence module's own SQL measures; the comparison stays in integers
+    (100 × in window < percent × due) so no rounding decides who is listed."""
+    figures = (
+        sa.select(adherence.BY_PARTICIPANT.label("participant_id"), *adherence._measures(now))
+        .select_from(ScheduleEvent)
+        .group_by(adherence.BY_PARTICIPANT)
+        .subquery()
+    )
+    return sa.select(figures.c.participant_id).where(
+        figures.c.due > 0, figures.c.in_window * 100 < figures.c.due * percent
+    )
+
+
+@dataclass(frozen=True)
+class ListDetails:
+    """What the participants list shows next to each participant besides its own columns."""
+
+    figures: adherence.Figures | None
+    next_event: ScheduleEvent | None
+    open_alerts: int
+    unacknowledged_alerts: int
+
+
+def list_details(
+    *, session: Session, participants: list[Participant], now: datetime
+) -> dict[int, ListDetails]:
+    """Adherence, next event and unresolved alerts of a page of participants (three queries)."""
+    ids = [p.id for p in participants if p.id is not None]
+    if not ids:
+        return {}
+    figures = {
+        int(key[0]): f
+        for key, f in adherence.grouped(
+            session=session,
+            now=now,
+            where=[col(Participant.id).in_(ids)],
+            by=[adherence.BY_PARTICIPANT],
+        )
+    }
+    # The next event: the earliest pending one whose window has not closed yet.
+    rank = (
+        sa.func.row_number()
+        .over(
+            partition_by=col(ScheduleEvent.participant_id),
+            order_by=(col(ScheduleEvent.target_at), col(ScheduleEvent.id)),
+        )
+        .label("rank")
+    )
+    pending = (
+        sa.select(col(ScheduleEvent.id).label("event_id"), rank)
+        .where(
+            col(ScheduleEvent.participant_id).in_(ids),
+            col(ScheduleEvent.status).in_(PENDING_STATUSES),
+            col(ScheduleEvent.window_close_at) > now,
+        )
+        .subquery()
+    )
+    next_events = {
+        e.participant_id: e
+        for e in session.exec(
+            select(ScheduleEvent).where(
+                col(ScheduleEvent.id).in_(sa.select(pending.c.event_id).where(pending.c.rank == 1))
+            )
+        )
+    }
+    alerts: dict[int, tuple[int, int]] = {}
+    rows = session.execute(
+        sa.select(
+            col(Alert.participant_id),
+            sa.func.count(),
+            sa.func.coalesce(
+                sa.func.sum(sa.case((col(Alert.state) == AlertState.OPEN, 1), else_=0)), 0
+            ),
+        )
+        .where(col(Alert.participant_id).in_(ids), col(Alert.state) != AlertState.RESOLVED)
+        .group_by(col(Alert.participant_id))
+    ).all()
+    for pid, unresolved, unacknowledged in rows:
+        alerts[int(pid)] = (int(unresolved), int(unacknowledged))
+    return {
+        pid: ListDetails(
+            figures=figures.get(pid),
+            next_event=next_events.get(pid),
+            open_alerts=alerts.get(pid, (0, 0))[0],
+            unacknowledged_alerts=alerts.get(pid, (0, 0))[1],
+        )
+        for pid in ids
+    }
+
+
+@dataclass(frozen=True)
+class EnrollmentCheck:
+    """Enrolment values as `enroll` would store them: the site's zone filled in, the phone in
+    E.164, the cohort resolved against the study's current protocol."""
+
+    study: Study
+    site: Site
+    protocol: Protocol
+    timezone: str
+    phone_e164: str | None
+    cohort: str | None
+
+
+def check_enrollment(
+    *,
+    session: Session,
+    user: StaffUser,
+    study: str,
+    site_id: int,
+    study_code: str,
+    timezone: str | None,
+    cohort: str | None,
+    anchor_date: date | None,
+    status: ParticipantStatus,
+    phone: str | None,
+    has_sms_consent: bool,
+) -> EnrollmentCheck:
+    """Run the checks `enroll` runs, with its helpers, and save nothing (the dry run before
+    an enrolment). Raises ValidationFailed naming every field at fault, not just the first."""
+    errors: dict[str, list[str]] = {}
+
+    def attempt(check: Any) -> Any:
+        try:
+            return check()
+        except DomainError as exc:
+            for name, messages in (exc.fields or {"_form": [exc.message]}).items():
+                errors.setdefault(name, []).extend(messages)
+            return None
+
+    site = attempt(lambda: _site_for(session=session, user=user, site_id=site_id))
+    study_row = attempt(lambda: _study_by_key(session, study))
+    tz = timezone or (site.timezone if site is not None else None)
+    if tz is not None:
+        attempt(lambda: _check_timezone(tz))
+    phone_e164 = attempt(lambda: _phone(phone, site)) if site is not None else None
+    if has_sms_consent and not phone and "phone" not in errors:
+        errors["phone"] = ["SMS consent needs a phone number"]
+    protocol = None
+    resolved = None
+    if study_row is not None:
+        attempt(lambda: _ensure_code_free(session, study_row.id, study_code, None))
+        try:
+            _, protocol = protocol_of_study(session, study_row.id)
+        except DomainError as exc:
+            errors.setdefault("study", []).append(exc.message)
+        else:
+            resolved = attempt(
+                lambda: schedules.resolve_cohort(
+                    protocol, cohort, required=status in schedules.PLANNING_STATUSES
+                )
+            )
+    if status in schedules.PLANNING_STATUSES and anchor_date is None:
+        errors.setdefault("anchor_date", []).append(f"required when the status is {status.value}")
+    if errors:
+        summary = " | ".join(f"{k}: {'; '.join(v)}" for k, v in sorted(errors.items()))
+        raise ValidationFailed(summary, errors)
+    assert site is not None and study_row is not None and protocol is not None and tz is not None
+    return EnrollmentCheck(
+        study=study_row,
+        site=site,
+        protocol=protocol,
+        timezone=tz,
+        phone_e164=phone_e164,
+        cohort=resolved,
+    )
 
 
 def audit_history(*, session: Session, participant: Participant) -> list[audit.AuditEvent]:
