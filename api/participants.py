@@ -50,6 +50,8 @@ class ParticipantsView(MethodView):
             status=ParticipantStatus(args["status"]) if "status" in args else None,
             cohort=args.get("cohort"),
             search=args.get("search"),
+            adherence_below=args.get("adherence_below"),
+            now=utcnow(),
         )
         return {
             "items": participant_dicts(session, user, page.items),

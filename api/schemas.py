@@ -121,6 +121,13 @@ class ParticipantListArgs(ma.Schema):
     search = ma.fields.String(
         validate=validate.Length(min=1, max=32), metadata={"description": "part of a study code"}
     )
+    adherence_below = ma.fields.Integer(
+        validate=validate.Range(min=0, max=100),
+        metadata={
+            "description": "only participants whose in-window adherence is under this % "
+            "(participants with nothing due yet are never under)"
+        },
+    )
     page = ma.fields.Integer(load_default=1, validate=validate.Range(min=1))
     page_size = ma.fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 

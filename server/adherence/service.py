@@ -59,7 +59,7 @@ def _count(cond: Any) -> Any:
     return sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0)
 
 
-def _measures(now: datetime) -> list[Any]:
+def measures(now: datetime) -> list[Any]:
     """The adherence counts as labelled SQL aggregates (see the module docstring)."""
     e = ScheduleEvent
     status = col(e.status)
@@ -111,9 +111,9 @@ def grouped(
     `event_type` labels the figures (it decides whether questionnaire compliance applies);
     `having` (a measure: due, in_window, early, late, missed, open, received) keeps only the
     groups where that count is above zero."""
-    measures = _measures(now)
+    measured = measures(now)
     q = (
-        sa.select(*by, *measures)
+        sa.select(*by, *measured)
         .select_from(ScheduleEvent)
         .join(Participant, col(Participant.id) == col(ScheduleEvent.participant_id))
         .where(*where)
@@ -122,7 +122,7 @@ def grouped(
     )
     if having is not None:
         # HAVING repeats the aggregate: PostgreSQL does not accept an output alias there.
-        q = q.having(next(m for m in measures if m.name == having).element > 0)
+        q = q.having(next(m for m in measured if m.name == having).element > 0)
     out = []
     for row in session.execute(q).all():
         key = tuple(getattr(k, "value", k) for k in row[: len(by)])

@@ -112,21 +112,23 @@ def enroll(
     phone: str | None = None,
     has_sms_consent: bool = False,
 ) -> Participant:
-    """Enrol a participant at one of the user's sites."""
-    site = _site_for(session=session, user=user, site_id=site_id)
-    study_row = _study_by_key(session, study)
-    tz = timezone or site.timezone
-    _check_timezone(tz)
-    phone_e164 = _phone(phone, site)
-    if has_sms_consent and phone_e164 is None:
-        raise field_error("phone", "SMS consent needs a phone number")
-    _ensure_code_free(session, study_row.id, study_code, None)  # type: ignore[arg-type]
-    _, protocol = protocol_of_study(session, study_row.id)  # type: ignore[arg-type]
-    cohort = schedules.resolve_cohort(
-        protocol, cohort, required=status in schedules.PLANNING_STATUSES
+    """Enrol a participant at one of the user's sites (checked by `check_enrollment`, the same
+    checks the enrolment form's dry run shows)."""
+    checked = check_enrollment(
+        session=session,
+        user=user,
+        study=study,
+        site_id=site_id,
+        study_code=study_code,
+        timezone=timezone,
+        cohort=cohort,
+        anchor_date=anchor_date,
+        status=status,
+        phone=phone,
+        has_sms_consent=has_sms_consent,
     )
-    if status in schedules.PLANNING_STATUSES and anchor_date is None:
-        raise field_error("anchor_date", f"required when the status is {status.value}")
+    site, study_row, tz = checked.site, checked.study, checked.timezone
+    phone_e164, cohort = checked.phone_e164, checked.cohort
     participant = Participant(
         study_id=study_row.id,  # type: ignore[arg-type]
         site_id=site.id,  # type: ignore[arg-type]
@@ -420,7 +422,7 @@ def _adherence_below(now: datetime, percent: int) -> Any:
     The counts are the adherence module's own SQL measures; the comparison stays in integers
     (100 × in window < percent × due) so no rounding decides who is listed."""
     figures = (
-        sa.select(adherence.BY_PARTICIPANT.label("participant_id"), *adherence._measures(now))
+        sa.select(adherence.BY_PARTICIPANT.label("participant_id"), *adherence.measures(now))
         .select_from(ScheduleEvent)
         .group_by(adherence.BY_PARTICIPANT)
         .subquery()
@@ -537,11 +539,14 @@ def check_enrollment(
     """Run the checks `enroll` runs, with its helpers, and save nothing (the dry run before
     an enrolment). Raises ValidationFailed naming every field at fault, not just the first."""
     errors: dict[str, list[str]] = {}
+    conflicts: list[Conflict] = []
 
     def attempt(check: Any) -> Any:
         try:
             return check()
         except DomainError as exc:
+            if isinstance(exc, Conflict):
+                conflicts.append(exc)
             for name, messages in (exc.fields or {"_form": [exc.message]}).items():
                 errors.setdefault(name, []).extend(messages)
             return None
@@ -572,7 +577,8 @@ def check_enrollment(
         errors.setdefault("anchor_date", []).append(f"required when the status is {status.value}")
     if errors:
         summary = " | ".join(f"{k}: {'; '.join(v)}" for k, v in sorted(errors.items()))
-        raise ValidationFailed(summary, errors)
+        # A study code already taken is a conflict (409), whatever else is wrong with the form.
+        raise (Conflict if conflicts else ValidationFailed)(summary, errors)
     assert site is not None and study_row is not None and protocol is not None and tz is not None
     return EnrollmentCheck(
         study=study_row,

@@ -204,7 +204,7 @@ def _complete(db: Session, participant: Participant, events: list[ScheduleEvent]
         )
 
 
-def test_adherence_under_n_percent_is_counted_in_sql_with_missed_events(web_as, world, db):
+def test_adherence_under_n_percent_is_counted_in_sql_with_missed_events(web_as, api_as, world, db):
     a1, a2 = world.participants["A1"], world.participants["A2"]
     coordinator = world.staff[("coordinator", "A")]
     # Anchored after "now" (her baseline draw's window is still open): nothing of hers is due
@@ -248,6 +248,12 @@ def test_adherence_under_n_percent_is_counted_in_sql_with_missed_events(web_as, 
         assert listed(web.text(f"{LIST}?adherence_below=0")) == []
         # Combined with another filter, in the same query.
         assert listed(web.text(f"{LIST}?adherence_below=100&search=001")) == ["A-001"]
+        # The JSON API offers the same filter, answering the same participants.
+        api = api_as("coordinator", "A")
+        body = api.get(f"/api/v1/participants?adherence_below={int(pct)}").get_json()
+        assert [p["study_code"] for p in body["items"]] == ["A-002"] and body["total"] == 1
+        bad = api.get("/api/v1/participants?adherence_below=101")
+        assert bad.status_code == 422 and "adherence_below" in bad.get_json()["error"]["fields"]
 
 
 def test_open_alerts_are_counted(web_as, world, db):
