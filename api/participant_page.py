@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import login_required
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
 
 from api.page_kit import can, query_choice, require_page
@@ -275,36 +275,6 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def _audit(
-    session: Session,
-    participant: Participant,
-    about: dict[tuple[str, str], str],
-) -> list[AuditEvent]:
-    """The participant's own audit rows (the service's) and those about its events, decisions,
-    results, alerts and messages (`about` keys), newest first."""
-    own = participants.audit_history(session=session, participant=participant)
-    by_entity: dict[str, list[str]] = {}
-    for entity, entity_id in about:
-        if entity != "participant":  # the service's rows above
-            by_entity.setdefault(entity, []).append(entity_id)
-    related: list[AuditEvent] = []
-    if by_entity:
-        related = list(
-            session.exec(
-                select(AuditEvent).where(
-                    or_(
-                        *(
-                            (col(AuditEvent.entity) == entity) & col(AuditEvent.entity_id).in_(ids)
-                            for entity, ids in by_entity.items()
-                        )
-                    )
-                )
-            ).all()
-        )
-    unique = {a.id: a for a in [*own, *related]}
-    return sorted(unique.values(), key=lambda a: a.id or 0, reverse=True)
-
-
 def _shown(value: Any) -> str:
     """An audit value in a table cell."""
     if value is None:
@@ -404,7 +374,13 @@ def _page(
     )
     about.update({("alert", str(a.id)): f"alert #{a.id}" for a in alerts})
     about.update({("outbox_message", str(m.id)): f"message #{m.id}" for m, _ in messages})
-    audit_rows = _audit(session, participant, about)
+    audit_rows = list(
+        reversed(
+            participants.audit_history(
+                session=session, participant=participant, include_related=True
+            )
+        )
+    )
     names = _names(
         session,
         {a.acknowledged_by_user_id for a in alerts}

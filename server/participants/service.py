@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -177,6 +177,9 @@ def enroll(
     return participant
 
 
+WELCOME_VALID_FOR = timedelta(days=3)
+
+
 def queue_welcome(*, session: Session, participant: Participant, now: datetime) -> None:
     """The one welcome SMS (outside quiet hours) once a participant consents to SMS."""
     if not (participant.has_sms_consent and participant.phone_e164):
@@ -198,6 +201,8 @@ def queue_welcome(*, session: Session, participant: Participant, now: datetime) 
         priority=PRIORITY_PARTICIPANT,
         intended_at=now,
         not_before_at=due,
+        # A welcome that could not go out within days (an outage) is stale: never send it late.
+        expires_at=due + WELCOME_VALID_FOR,
         participant_id=participant.id,
         now=now,
     )
@@ -590,14 +595,31 @@ def check_enrollment(
     )
 
 
-def audit_history(*, session: Session, participant: Participant) -> list[audit.AuditEvent]:
-    """The audit events about one participant, oldest first."""
-    q = (
-        select(audit.AuditEvent)
-        .where(
-            audit.AuditEvent.entity == "participant",
-            audit.AuditEvent.entity_id == str(participant.id),
-        )
-        .order_by(audit.AuditEvent.id)  # type: ignore[arg-type]
-    )
+def audit_history(
+    *, session: Session, participant: Participant, include_related: bool = False
+) -> list[audit.AuditEvent]:
+    """The audit events about one participant, oldest first; with `include_related`, also
+    those about its events, decisions, results, alerts, messages and questionnaire answers."""
+    from notifications.models import OutboxMessage
+    from server.results.models import LabResult
+    from server.schedules.models import Decision
+    from server.surveys.models import SurveyResponse
+
+    e = audit.AuditEvent
+    about = [sa.and_(col(e.entity) == "participant", col(e.entity_id) == str(participant.id))]
+    if include_related:
+        for entity, model in (
+            ("schedule_event", ScheduleEvent),
+            ("decision", Decision),
+            ("lab_result", LabResult),
+            ("alert", Alert),
+            ("outbox_message", OutboxMessage),
+            ("survey_response", SurveyResponse),
+        ):
+            table: Any = model
+            ids = sa.select(sa.cast(table.id, sa.String)).where(
+                table.participant_id == participant.id
+            )
+            about.append(sa.and_(col(e.entity) == entity, col(e.entity_id).in_(ids)))
+    q = select(e).where(sa.or_(*about)).order_by(col(e.id))
     return list(session.exec(q).all())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import time_machine
 from sqlmodel import select
 
 from notifications import outbox
 from notifications.models import MessageStatus, OutboxMessage
+from server import messaging
 from server.audit import AuditEvent
 from server.schedules import reminders
 
@@ -37,6 +38,12 @@ def test_enrolment_with_consent_queues_one_welcome(world, db):
     assert [r.kind for r in rows] == ["welcome", "activation_code"]
     assert "A-001" in rows[0].body
     assert rows[0].to_e164 == "+33612345678" and rows[0].locale == "fr"
+    # A welcome not sent within three days (an outage) expires rather than arriving late.
+    assert rows[0].expires_at == rows[0].not_before_at + timedelta(days=3)
+    messaging.expire_stale(session=db, now=rows[0].not_before_at + timedelta(days=2))
+    assert rows[0].status == MessageStatus.PENDING
+    messaging.expire_stale(session=db, now=rows[0].not_before_at + timedelta(days=3, minutes=1))
+    assert rows[0].status == MessageStatus.EXPIRED
     # A2 has no phone and no consent: nothing.
     assert not db.exec(
         select(OutboxMessage).where(OutboxMessage.participant_id == world.participants["A2"].id)
