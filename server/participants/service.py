@@ -408,7 +408,10 @@ def list_participants(
     if adherence_below is not None:
         if now is None:
             raise ValueError("adherence_below needs now")
-        q = q.where(col(Participant.id).in_(_adherence_below(now, adherence_below)))
+        # Counted only over the participants the other filters leave (the user's sites at
+        # most), not over every event of every site.
+        candidates = q.with_only_columns(col(Participant.id)).order_by(None)
+        q = q.where(col(Participant.id).in_(_adherence_below(now, adherence_below, candidates)))
     total = session.exec(select(func.count()).select_from(q.subquery())).one()
     ordering = (
         [col(Participant.study_code), col(Participant.id)]
@@ -421,14 +424,16 @@ def list_participants(
     return Page(items=list(items), total=int(total), page=page, page_size=page_size)
 
 
-def _adherence_below(now: datetime, percent: int) -> Any:
-    """SELECT the ids of participants whose in-window % is under `percent`.
+def _adherence_below(now: datetime, percent: int, candidates: Any) -> Any:
+    """SELECT the ids of participants (among `candidates`, a SELECT of ids) whose in-window %
+    is under `percent`.
 
     The counts are the adherence module's own SQL measures; the comparison stays in integers
     (100 × in window < percent × due) so no rounding decides who is listed."""
     figures = (
         sa.select(adherence.BY_PARTICIPANT.label("participant_id"), *adherence.measures(now))
         .select_from(ScheduleEvent)
+        .where(adherence.BY_PARTICIPANT.in_(candidates))
         .group_by(adherence.BY_PARTICIPANT)
         .subquery()
     )

@@ -37,6 +37,15 @@ class ScheduleEvent(SQLModel, table=True):
         sa.Index("ix_schedule_event_status_open", "status", "window_open_at"),
         sa.Index("ix_schedule_event_status_close", "status", "window_close_at"),
         sa.Index("ix_schedule_event_participant_target", "participant_id", "target_at"),
+        # A page of participants' next pending events (the participants list).
+        sa.Index(
+            "ix_schedule_event_participant_status_close",
+            "participant_id",
+            "status",
+            "window_close_at",
+        ),
+        # Draws and scans done lately that may await a result (Today, the results watchdog).
+        sa.Index("ix_schedule_event_status_completed", "status", "completed_on"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
