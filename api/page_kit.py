@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from flask import Flask, abort, render_template, request
@@ -71,6 +72,20 @@ def day(value: date | datetime | None) -> str:
     if value is None:
         return "—"
     return value.strftime("%Y-%m-%d")
+
+
+def safe_next(target: str | None, default: str) -> str:
+    """A same-site relative path to go back to, else `default` (no open redirect: an
+    off-site redirect from a trusted login page would help phishing)."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return default
+    # Browsers read "\" as "/" and drop tabs and newlines: "/\evil.example" is off-site.
+    if "\\" in target or any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
 
 
 def query_int(name: str, default: int | None = None, *, lo: int = 0, hi: int = 10**9) -> int | None:

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.wrappers import Response
 
+from api.page_kit import safe_next
 from server.auth import service
 from server.auth.web import SESSION_KEY, StaffPrincipal
 from server.clock import utcnow
 from server.db import get_session
 
 bp = Blueprint("pages", __name__)
-
-
-def _safe_next(target: str | None) -> str:
-    # Only same-site relative paths: an open redirect would help phishing.
-    if (
-        target
-        and target.startswith("/")
-        and not target.startswith("//")
-        and not urlsplit(target).netloc
-    ):
-        return target
-    return url_for("today.today")
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -47,7 +34,7 @@ def login() -> str | Response | tuple[str, int]:
     session.permanent = True
     session[SESSION_KEY] = token
     login_user(StaffPrincipal(user))
-    return redirect(_safe_next(request.args.get("next")))
+    return redirect(safe_next(request.args.get("next"), url_for("today.today")))
 
 
 @bp.post("/logout")

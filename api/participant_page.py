@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import login_required
@@ -21,6 +20,7 @@ from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
 
 from api.page_kit import can, query_choice, require_page
+from server import worklist
 from server.adherence import service as adherence
 from server.alerts.models import Alert
 from server.audit import AuditEvent
@@ -28,7 +28,7 @@ from server.auth.models import StaffUser
 from server.auth.rules import Permission
 from server.auth.scoping import get_participant
 from server.auth.service import actor_of
-from server.clock import utcnow
+from server.clock import local_date, utcnow
 from server.db import get_session
 from server.errors import Conflict, NotFound, ValidationFailed
 from server.participants import messages as participant_messages
@@ -163,12 +163,8 @@ def _timeline(
     }
 
 
-def _local_day(moment: datetime | None, tz: str) -> date | None:
-    return moment.astimezone(ZoneInfo(tz)).date() if moment else None
-
-
 def _result_day(r: LabResult, tz: str) -> date | None:
-    return r.performed_on or _local_day(r.collected_at, tz) or _local_day(r.reported_at, tz)
+    return r.performed_on or local_date(r.collected_at, tz) or local_date(r.reported_at, tz)
 
 
 def _results(session: Session, participant: Participant) -> dict[str, Any]:
@@ -239,7 +235,7 @@ def _qol(session: Session, participant: Participant) -> list[dict[str, Any]]:
             {(p["submitted_at"] or "", p["event_id"]) for ps in scales.values() for p in ps}
         )
         days = [
-            _local_day(datetime.fromisoformat(at), participant.timezone) if at else None
+            local_date(datetime.fromisoformat(at), participant.timezone) if at else None
             for at, _ in points
         ]
         rows = []
@@ -312,14 +308,6 @@ def _audit_rows(
     return out
 
 
-def _names(session: Session, ids: set[int | None]) -> dict[int, str]:
-    wanted = [i for i in ids if i is not None]
-    if not wanted:
-        return {}
-    rows = session.exec(select(StaffUser).where(col(StaffUser.id).in_(wanted))).all()
-    return {u.id: u.full_name for u in rows if u.id is not None}
-
-
 def _decisions(
     session: Session, participant: Participant, now: datetime
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
@@ -381,7 +369,7 @@ def _page(
             )
         )
     )
-    names = _names(
+    names = worklist.staff_names(
         session,
         {a.acknowledged_by_user_id for a in alerts}
         | {a.resolved_by_user_id for a in alerts}

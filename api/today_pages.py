@@ -16,7 +16,7 @@ from flask_login import login_required
 from sqlmodel import col, select
 from werkzeug.wrappers import Response
 
-from api.page_kit import query_choice, query_int, require_page, staff
+from api.page_kit import query_choice, query_int, require_page, safe_next, staff
 from notifications.models import OutboxMessage
 from server import worklist
 from server.alerts import service as alerts
@@ -47,19 +47,6 @@ class FormError:
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _safe_next(target: str | None, default: str) -> str:
-    """A same-site relative path to go back to, else `default` (no open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//"):
-        return default
-    # Browsers read "\" as "/" and drop tabs and newlines: "/\evil.example" is off-site.
-    if "\\" in target or any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
-        return default
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc:
-        return default
-    return target
 
 
 def _site_param(user: StaffUser) -> int | None:
@@ -227,7 +214,7 @@ def _render_alert(
         recipients = (e.detail or {}).get("recipients")
         if isinstance(recipients, list):
             staff_ids |= {u for u in recipients if isinstance(u, int)}
-    names = worklist.staff_names(db, {u for u in staff_ids if u is not None})
+    names = worklist.staff_names(db, set(staff_ids))
     html = render_template(
         "alert.html",
         alert=alert,
@@ -270,7 +257,7 @@ def alert_acknowledge(alert_id: int) -> Response | tuple[str, int]:
     """Acknowledge in one click (optional note); further tiers stop."""
     alert = _alert_for(alert_id)
     user = require_page(Permission.ALERT_ACK)
-    back = _safe_next(request.form.get("next"), url_for("today.alert_page", alert_id=alert_id))
+    back = safe_next(request.form.get("next"), url_for("today.alert_page", alert_id=alert_id))
     note = (request.form.get("note") or "").strip()
     if len(note) > ACK_NOTE_MAX:
         return _refuse_form(
@@ -310,7 +297,7 @@ def alert_resolve(alert_id: int) -> Response | tuple[str, int]:
     if resume:
         # Resuming treatment changes the participant's status: a participant write.
         require_page(Permission.PARTICIPANT_WRITE)
-    back = _safe_next(request.form.get("next"), url_for("today.alert_page", alert_id=alert_id))
+    back = safe_next(request.form.get("next"), url_for("today.alert_page", alert_id=alert_id))
     note = (request.form.get("note") or "").strip()
     problem = (
         "required: say what was done"

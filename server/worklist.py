@@ -8,9 +8,8 @@ here writes: acting on a row goes through the domain services.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.orm import aliased
@@ -20,6 +19,7 @@ from notifications.models import MessageStatus, OutboxMessage
 from server.alerts import service as alerts
 from server.alerts.models import Alert, AlertState, Severity
 from server.auth.models import Role, SiteMembership, StaffUser
+from server.clock import local_date
 from server.errors import NotFound
 from server.participants.models import Participant, ParticipantStatus, Site
 from server.protocols import service as protocols
@@ -294,20 +294,16 @@ def unreachable_participants(
         if not participant.phone_e164:
             reasons.append("no phone number")
         elif not participant.has_sms_consent:
-            since = _local_day(participant.sms_consent_changed_at, participant.timezone)
+            since = local_date(participant.sms_consent_changed_at, participant.timezone)
             reasons.append(f"SMS consent withdrawn on {since}" if since else "no SMS consent")
         if status is not None and MessageStatus(status) in NOT_DELIVERED:
             code = f", error {error_code}" if error_code else ""
             reasons.append(
                 f"last SMS {MessageStatus(status).value}{code} "
-                f"on {_local_day(at, participant.timezone)}"
+                f"on {local_date(at, participant.timezone)}"
             )
         out.append(UnreachableRow(participant, reasons))
     return Section(out, total)
-
-
-def _local_day(value: datetime | None, tz: str) -> date | None:
-    return value.astimezone(ZoneInfo(tz)).date() if value else None
 
 
 # --- decisions -----------------------------------------------------------------------------------
@@ -461,11 +457,12 @@ def alert_list(
     return Section([AlertRow(a, s, code, by) for a, s, code, by in rows], int(total))
 
 
-def staff_names(session: Session, user_ids: set[int]) -> dict[int, str]:
-    """Full names of staff users by id (for timelines)."""
-    if not user_ids:
+def staff_names(session: Session, user_ids: set[int | None]) -> dict[int, str]:
+    """Full names of staff users by id (for timelines); None ids are ignored."""
+    wanted = [i for i in user_ids if i is not None]
+    if not wanted:
         return {}
     rows = session.exec(
-        select(StaffUser.id, StaffUser.full_name).where(col(StaffUser.id).in_(user_ids))
+        select(StaffUser.id, StaffUser.full_name).where(col(StaffUser.id).in_(wanted))
     ).all()
     return {uid: name for uid, name in rows if uid is not None}

@@ -60,7 +60,10 @@ def _load_user(user_id: str) -> StaffPrincipal | None:
         idle_limit=timedelta(minutes=current_app.config["STAFF_SESSION_IDLE_MINUTES"]),
         absolute_limit=timedelta(hours=current_app.config["STAFF_SESSION_MAX_HOURS"]),
     )
-    db.commit()
+    if db.dirty:
+        # Only when the session was touched (at most once a minute) or ended: most page views
+        # write nothing here and go on in the same transaction.
+        db.commit()
     if why is not None:
         g.session_end_reason = why
         session.pop(SESSION_KEY, None)

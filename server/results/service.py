@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from server import audit
 from server.alerts import service as alerts
 from server.alerts.models import AlertKind
+from server.clock import local_date
 from server.errors import Conflict
 from server.participants.models import Participant, ParticipantStatus
 from server.protocols.models import Study
@@ -199,9 +200,7 @@ def _columns(kind: ResultKind, f: dict[str, Any], *, quarantined: bool) -> dict[
 def _local_day(result: LabResult, tz: str) -> date | None:
     if result.performed_on is not None:
         return result.performed_on
-    if result.collected_at is not None:
-        return result.collected_at.astimezone(ZoneInfo(tz)).date()
-    return None
+    return local_date(result.collected_at, tz)
 
 
 def _fulfils(session: Session, result: LabResult, participant: Participant) -> ScheduleEvent | None:
