@@ -10,7 +10,7 @@ FAKE_TWILIO_PORT ?= 8010
 # PostgreSQL for the second test run (trust auth on this machine; a fresh database is made per run).
 TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: run test setup browser lint typecheck test-sqlite test-postgres migrate seed clean
+.PHONY: run test setup browser lint typecheck test-sqlite test-postgres test-shifted migrate seed clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,11 +64,24 @@ test-postgres: setup browser
 		echo "!! PostgreSQL at $(TEST_PG_URL) unreachable: skipped the PostgreSQL run (CI runs it)"; \
 	fi
 
+# The suite runs frozen at one instant (tests/clock.py). CI runs the SQLite pass a second time with
+# that instant moved 400 days on and to 23:30 UTC, so a test that depends on the date fails now.
+TEST_NOW_SHIFTED ?= 2028-01-05T23:30:00Z
+
+test-shifted: setup browser
+	@echo "== tests on SQLite, clock moved to $(TEST_NOW_SHIFTED) =="
+	STEPDOWN_TEST_NOW=$(TEST_NOW_SHIFTED) $(BIN)/pytest -q
+
 ## make test: install what tests need, lint, type-check, run the suite on SQLite then PostgreSQL
+## (and, in CI, on SQLite again with the clock moved); every pass runs, any failure fails.
 test: lint typecheck
-	@echo "== tests on SQLite =="
-	$(MAKE) --no-print-directory test-sqlite
-	$(MAKE) --no-print-directory test-postgres
+	@status=0; \
+	echo "== tests on SQLite =="; \
+	$(MAKE) --no-print-directory test-sqlite || status=1; \
+	$(MAKE) --no-print-directory test-postgres || status=1; \
+	if [ "$${CI:-}" = "true" ]; then $(MAKE) --no-print-directory test-shifted || status=1; fi; \
+	if [ $$status -ne 0 ]; then echo "!! at least one test pass failed (see above)" >&2; fi; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import time_machine
 from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
@@ -21,7 +22,7 @@ from server import migrate
 from server.app import create_app
 from server.auth import service as auth_service
 from server.db import Database, get_db, make_engine, normalise_url
-from tests import factories
+from tests import clock, factories
 
 
 def _fresh_postgres(server_url: str) -> tuple[str, str]:
@@ -40,6 +41,13 @@ def _drop_postgres(server_url: str, name: str) -> None:
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock() -> Iterator[time_machine.Traveller]:
+    """Every test, and every fixture that builds its data, runs frozen at tests.clock.NOW."""
+    with time_machine.travel(clock.NOW, tick=False) as traveller:
+        yield traveller
 
 
 @pytest.fixture(scope="session")

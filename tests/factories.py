@@ -67,6 +67,7 @@ def make_participant(
     params: dict[str, object] = {
         "timezone": None,
         "cohort": "stop",
+        # Fixed, not relative to the clock: tests check this calendar (DST, weekdays) exactly.
         "anchor_date": date(2027, 1, 4),
         "status": ParticipantStatus.OFF_TREATMENT_MONITORING,
         "locale": Locale.FR,

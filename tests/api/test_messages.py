@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+import pytest
 import time_machine
 from sqlmodel import select
 
@@ -12,15 +13,35 @@ from notifications.models import MessageStatus, OutboxMessage
 from server import messaging
 from server.audit import AuditEvent
 from server.schedules import reminders
+from tests import clock, factories
 
 P = "/api/v1/participants"
+PHONE = "+33612340101"
+
+
+@pytest.fixture
+def a1(world, db):
+    """Like the world's A1 but anchored relative to the clock: enrolled now, its baseline draw
+    window opens six days later (Paris), so its "window soon" reminder is due in three days."""
+    p = factories.make_participant(
+        db,
+        world.staff[("coordinator", "A")],
+        world.sites["A"],
+        world.study,
+        "A-101",
+        anchor_date=clock.day("2027-01-04"),
+        phone=PHONE,
+        has_sms_consent=True,
+    )
+    db.commit()
+    return p
 
 
 def _reminders_soon(db, participant_id):
-    # A1's baseline draw window opens 2026-12-07 (Paris): its "window soon" reminder is on 12-04.
+    # The baseline draw window opens on day 6 (Paris): its "window soon" reminder is on day 3.
     db.expire_all()  # see what the API requests committed
-    with time_machine.travel(datetime(2026, 12, 3, 12, 0, tzinfo=UTC), tick=False):
-        reminders.materialize(session=db, now=datetime.now(UTC), participant_id=participant_id)
+    with time_machine.travel(clock.moment("2026-12-03T12:00"), tick=False):
+        reminders.materialize(session=db, now=clock.utcnow(), participant_id=participant_id)
     db.commit()
     rows = db.exec(
         select(OutboxMessage)
@@ -31,13 +52,11 @@ def _reminders_soon(db, participant_id):
     return [r for r in rows if r.kind != "activation_code"]
 
 
-def test_enrolment_with_consent_queues_one_welcome(world, db):
-    rows = db.exec(
-        select(OutboxMessage).where(OutboxMessage.participant_id == world.participants["A1"].id)
-    ).all()
+def test_enrolment_with_consent_queues_one_welcome(world, db, a1):
+    rows = db.exec(select(OutboxMessage).where(OutboxMessage.participant_id == a1.id)).all()
     assert [r.kind for r in rows] == ["welcome", "activation_code"]
-    assert "A-001" in rows[0].body
-    assert rows[0].to_e164 == "+33612345678" and rows[0].locale == "fr"
+    assert "A-101" in rows[0].body
+    assert rows[0].to_e164 == PHONE and rows[0].locale == "fr"
     # A welcome not sent within three days (an outage) expires rather than arriving late.
     assert rows[0].expires_at == rows[0].not_before_at + timedelta(days=3)
     messaging.expire_stale(session=db, now=rows[0].not_before_at + timedelta(days=2))
@@ -50,47 +69,43 @@ def test_enrolment_with_consent_queues_one_welcome(world, db):
     ).all()
 
 
-def test_history_shows_intended_and_trail(world, db, api_as):
-    a1 = world.participants["A1"]
+def test_history_shows_intended_and_trail(world, db, api_as, a1):
     rows = _reminders_soon(db, a1.id)
     kinds = [r.kind for r in rows]
     assert kinds == ["welcome", "reminder_blood_draw"]
     reminder = rows[1]
-    # 3 days before the window opens, at 09:00 Paris (08:00 UTC in December).
-    assert reminder.not_before_at == datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
+    # 3 days before the window opens, at 09:00 Paris.
+    assert reminder.not_before_at == clock.local(clock.day("2026-12-04"), "09:00")
     body = api_as("nurse", "A").get(f"{P}/{a1.id}/messages").get_json()
     assert [m["kind"] for m in body] == ["reminder_blood_draw", "activation_code", "welcome"]
     assert body[0]["status"] == "pending"
     assert [e["status"] for e in body[0]["log"]] == ["pending"]
-    assert body[0]["to"] == "+33612345678"
+    assert body[0]["to"] == PHONE
     monitor = api_as("monitor", "A").get(f"{P}/{a1.id}/messages").get_json()
-    assert "345" not in monitor[0]["to"]
+    assert monitor[0]["to"] == "+33•••••••01"
 
 
-def test_materialize_twice_writes_nothing_new(world, db):
-    a1 = world.participants["A1"]
+def test_materialize_twice_writes_nothing_new(world, db, a1):
     first = _reminders_soon(db, a1.id)
     second = _reminders_soon(db, a1.id)
     assert [r.id for r in first] == [r.id for r in second]
 
 
-def test_completing_the_event_cancels_its_reminders(world, db, api_as):
-    a1 = world.participants["A1"]
+def test_completing_the_event_cancels_its_reminders(world, db, api_as, a1):
     rows = _reminders_soon(db, a1.id)
     reminder = rows[1]
     event_id = int(reminder.ref.split(":")[1])
-    with time_machine.travel(datetime(2026, 12, 3, 12, 0, tzinfo=UTC), tick=False):
+    with time_machine.travel(clock.moment("2026-12-03T12:00"), tick=False):
         resp = api_as("nurse", "A").post(
             f"{P}/{a1.id}/events/{event_id}/complete",
-            json={"completed_on": "2026-12-03", "reason": "drawn early at the clinic"},
+            json={"completed_on": clock.day("2026-12-03").isoformat(), "reason": "drawn early"},
         )
     assert resp.status_code == 200, resp.get_json()
     db.expire_all()
     assert db.get(OutboxMessage, reminder.id).status == MessageStatus.CANCELLED
 
 
-def test_cancel_and_resend(world, db, api_as):
-    a1 = world.participants["A1"]
+def test_cancel_and_resend(world, db, api_as, a1):
     reminder = _reminders_soon(db, a1.id)[1]
     api = api_as("coordinator", "A")
     url = f"{P}/{a1.id}/messages/{reminder.id}"
@@ -109,10 +124,9 @@ def test_cancel_and_resend(world, db, api_as):
     assert actions == ["message.cancel", "message.resend"]
 
 
-def test_a_sent_message_cannot_be_cancelled(world, db, api_as):
-    a1 = world.participants["A1"]
+def test_a_sent_message_cannot_be_cancelled(world, db, api_as, a1):
     welcome = _reminders_soon(db, a1.id)[0]
-    outbox.advance(db, welcome, MessageStatus.SENDING, source="test", now=datetime.now(UTC))
+    outbox.advance(db, welcome, MessageStatus.SENDING, source="test", now=clock.utcnow())
     db.commit()
     resp = api_as("coordinator", "A").post(
         f"{P}/{a1.id}/messages/{welcome.id}/cancel", json={"reason": "too late"}
@@ -120,8 +134,8 @@ def test_a_sent_message_cannot_be_cancelled(world, db, api_as):
     assert resp.status_code == 409
 
 
-def test_messages_are_scoped_and_role_gated(world, db, api_as):
-    a1, b1 = world.participants["A1"], world.participants["B1"]
+def test_messages_are_scoped_and_role_gated(world, db, api_as, a1):
+    b1 = world.participants["B1"]
     reminder = _reminders_soon(db, a1.id)[1]
     assert api_as("nurse", "B").get(f"{P}/{a1.id}/messages").status_code == 404
     # Someone else's message through one's own participant: 404.
@@ -137,8 +151,7 @@ def test_messages_are_scoped_and_role_gated(world, db, api_as):
     assert db.get(OutboxMessage, reminder.id).status == MessageStatus.PENDING
 
 
-def test_quiet_hours_are_per_participant(world, db, api_as):
-    a1 = world.participants["A1"]
+def test_quiet_hours_are_per_participant(world, db, api_as, a1):
     resp = api_as("coordinator", "A").patch(
         f"{P}/{a1.id}", json={"quiet_hours_start": "20:00", "quiet_hours_end": "10:00"}
     )
@@ -146,5 +159,5 @@ def test_quiet_hours_are_per_participant(world, db, api_as):
     assert resp.get_json()["quiet_hours_end"] == "10:00:00"
     rows = _reminders_soon(db, a1.id)
     # 09:00 falls in the participant's quiet hours now: deferred to 10:00 Paris, not dropped.
-    assert rows[1].not_before_at == datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
-    assert rows[1].intended_at == datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
+    assert rows[1].not_before_at == clock.local(clock.day("2026-12-04"), "10:00")
+    assert rows[1].intended_at == clock.local(clock.day("2026-12-04"), "09:00")

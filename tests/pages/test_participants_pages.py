@@ -5,7 +5,7 @@ what was previewed; field errors; who may enroll)."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ from server.protocols import rules as engine
 from server.protocols.service import find_protocol
 from server.schedules import service as schedules
 from server.schedules.models import EventType, ScheduleEvent
-from tests import factories
+from tests import clock, factories
 from tests.conftest import Web
 
 LIST = "/participants"
@@ -57,8 +57,17 @@ def count(db: Session, model: Any) -> int:
 
 def test_the_list_shows_my_sites_participants_with_their_columns(web_as, world, db):
     a1 = world.participants["A1"]
+    later = factories.make_participant(
+        db,
+        world.staff[("coordinator", "A")],
+        world.sites["A"],
+        world.study,
+        "A-003",
+        anchor_date=clock.today() + timedelta(days=60),
+    )
+    db.commit()
     html = web_as("coordinator", "A").text(LIST)
-    assert listed(html) == ["A-001", "A-002"]  # never B-001 (site B)
+    assert listed(html) == ["A-001", "A-002", "A-003"]  # never B-001 (site B)
     assert "B-001" not in html
     row = row_of(html, "A-001")
     assert f'href="/participants/{a1.id}"' in row
@@ -68,17 +77,18 @@ def test_the_list_shows_my_sites_participants_with_their_columns(web_as, world, 
     assert "off treatment monitoring" in row
     assert "2027-01-04" in row
     assert "+33612345678" in row  # a coordinator sees the number
-    # Nothing due yet (anchor in 2027): no percentage, no missed event.
+    # Anchored two months from now: nothing due yet, no percentage, no missed event; the next
+    # event is the first one planned, with its label and local target date.
+    row = row_of(html, later.study_code)
     assert re.search(r'class="num adherence">.*nothing due yet', row)
-    # The next event is the first one planned: its label and local target date.
     first = db.exec(
         select(ScheduleEvent)
-        .where(ScheduleEvent.participant_id == a1.id)
+        .where(ScheduleEvent.participant_id == later.id)
         .order_by(col(ScheduleEvent.target_at), col(ScheduleEvent.id))
     ).first()
     assert first is not None
     assert f"{first.label}<br>" in row and first.target_date.isoformat() in row
-    assert "2 participants." in html
+    assert "3 participants." in html
 
 
 def test_the_other_site_sees_only_its_own(web_as, world):
@@ -561,5 +571,8 @@ def test_the_timeline_says_types_in_words_and_warns_of_closed_windows(web_as, wo
         rf'id="timeline-past">{n} events? ha(s|ve) a window that has already closed', html
     )
     # Anchored in the future: no such warning.
-    html = web_as("coordinator", "A").post(NEW, data={**form(world), "action": "preview"})
+    future = (clock.today() + timedelta(days=60)).isoformat()
+    html = web_as("coordinator", "A").post(
+        NEW, data={**form(world, anchor_date=future), "action": "preview"}
+    )
     assert 'id="timeline-past"' not in html.get_data(as_text=True)
