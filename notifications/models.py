@@ -84,7 +84,12 @@ class OutboxMessage(SQLModel, table=True):
     to_e164: str = Field(max_length=20)
     sender: str | None = Field(default=None, max_length=40)
     locale: str = Field(max_length=8)
+    # What goes to the recipient. When it carries a bearer secret (an activation code, a survey
+    # link, an acknowledgement code), `redacted_body` holds the same text with each secret
+    # replaced by a marker, and `body` is overwritten with it once the message leaves
+    # pending/sending: the provider has it, or it will never go. None: nothing to hide.
     body: str = Field(max_length=1600)
+    redacted_body: str | None = Field(default=None, max_length=1600)
     segments: int = Field(default=1)
     priority: int = Field(default=PRIORITY_REMINDER)
     intended_at: datetime

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 
+import time_machine
 from sqlmodel import Session
 
 from server.auth import service as auth_service
@@ -84,6 +85,30 @@ def make_participant(
         now=utcnow(),
         **params,  # type: ignore[arg-type]
     )
+
+
+# When the world's calendar (anchor 2027-01-04, baseline draw window from 2026-12-07) has its
+# participants enrolled: a few days before their first window opens.
+SCENARIO_ENROLLED_AT = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+
+
+def a1_in_scenario(
+    db: Session, world: World, code: str = "A-901", phone: str = "+33612340901", **kw: object
+) -> Participant:
+    """Like the world's A1 (HEROES stop, anchor 2027-01-04, Paris, French, SMS consent), enrolled at
+    SCENARIO_ENROLLED_AT whatever tests.clock.NOW is: for tests that check that calendar exactly
+    (DST, windows, reminders on given days) and travel to its dates."""
+    with time_machine.travel(SCENARIO_ENROLLED_AT, tick=False):
+        participant = make_participant(
+            db,
+            world.staff[("coordinator", "A")],
+            world.sites["A"],
+            world.study,  # type: ignore[arg-type]
+            code,
+            **{"phone": phone, "has_sms_consent": True, **kw},  # type: ignore[arg-type]
+        )
+        db.commit()
+    return participant
 
 
 def token_for(db: Session, user: StaffUser) -> str:

@@ -246,7 +246,7 @@ def with_reminders(protocol: Any, *specs: dict[str, str]) -> Any:
 def test_reminder_due_at_2230_waits_until_0800_next_morning(
     app: Flask, db: Session, world: factories.World, provider: RecordingProvider
 ) -> None:
-    a1 = world.participants["A1"]  # default quiet hours 21:00-08:00, Paris
+    a1 = factories.a1_in_scenario(db, world)  # default quiet hours 21:00-08:00, Paris
     ev = event(db, a1.id, "ctdna:1")  # 2027-03-29 09:00 CEST
     now = utc("2027-03-27T12:00:00")
     protocol = with_reminders(
@@ -317,7 +317,7 @@ def test_per_participant_quiet_hours_are_honoured(db: Session, world: factories.
 def test_expired_reminder_is_expired_by_the_dispatcher_not_sent(
     app: Flask, db: Session, world: factories.World, provider: RecordingProvider
 ) -> None:
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     ev = event(db, a1.id, "ctdna:1")  # the draw is on Monday 2027-03-29
     now = utc("2027-03-27T12:00:00")
     with frozen(now.isoformat()):
@@ -348,7 +348,7 @@ def test_expired_reminder_is_expired_by_the_dispatcher_not_sent(
 
 def test_no_reminder_for_yesterdays_draw(db: Session, world: factories.World) -> None:
     """The reminder job catching up after the draw day writes no reminder about it."""
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     ev = event(db, a1.id, "ctdna:1")
     now = utc("2027-03-29T22:00:00")  # midnight in Paris: the draw day is over
     with frozen(now.isoformat()):
@@ -363,7 +363,7 @@ def test_a_late_reminder_still_waits_for_the_end_of_quiet_hours(
     """The reminder job catches up at 23:30 Paris (it was down, or consent just came back): the
     day_before reminder's moment (09:00) has passed but the draw is tomorrow, so it still makes
     sense, yet not in the middle of the night: it goes at 08:00."""
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     ev = event(db, a1.id, "ctdna:1")  # Monday 2027-03-29 09:00 CEST
     now = utc("2027-03-28T21:30:00")  # Sunday 23:30 CEST
     with frozen(now.isoformat()):

@@ -45,7 +45,7 @@ def at(iso: str):
 
 
 def test_enrolment_plans_the_whole_protocol_in_local_time(world, db, api_as):
-    a1 = world.participants["A1"]  # HEROES, stop cohort, anchor 2027-01-04, Europe/Paris
+    a1 = factories.a1_in_scenario(db, world)  # HEROES, stop cohort, anchor 2027-01-04, Europe/Paris
     events = _events(db, a1.id)
     assert len(events) > 30
     baseline = events["ctdna_baseline:1"]
@@ -64,8 +64,8 @@ def test_enrolment_plans_the_whole_protocol_in_local_time(world, db, api_as):
     assert all(e["status"] == "planned" for e in body)
 
 
-def test_schedule_filters(world, api_as):
-    a1 = world.participants["A1"]
+def test_schedule_filters(world, api_as, db):
+    a1 = factories.a1_in_scenario(db, world)
     api = api_as("nurse", "A")
     q = api.get(f"{P}/{a1.id}/schedule?type=questionnaire&from=2027-01-01&to=2027-12-31")
     keys = [e["key"] for e in q.get_json()]
@@ -105,7 +105,7 @@ def test_cohort_must_belong_to_the_protocol(world, api_as):
 
 
 def test_complete_in_and_out_of_window(world, db, api_as):
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     events = _events(db, a1.id)
     api = api_as("nurse", "A")
     with at("2027-01-20T10:00:00"):
@@ -155,7 +155,7 @@ def test_complete_in_and_out_of_window(world, db, api_as):
 
 
 def test_reschedule_and_cancel_need_reasons_and_are_audited(world, db, api_as):
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     events = _events(db, a1.id)
     api = api_as("coordinator", "A")
     scan = events["imaging:1"]
@@ -192,7 +192,7 @@ def test_reschedule_and_cancel_need_reasons_and_are_audited(world, db, api_as):
 
 def test_event_routes_are_scoped_and_role_gated(world, db, api_as):
     b1 = world.participants["B1"]
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     b_event = next(iter(_events(db, b1.id).values()))
     a_event = next(iter(_events(db, a1.id).values()))
     nurse_a = api_as("nurse", "A")
@@ -259,7 +259,7 @@ def test_a_scan_done_ten_days_late_moves_the_next_scans(world, db, api_as):
 
 
 def test_job_opens_windows_and_marks_closed_ones_missed(world, db, app):
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     baseline = _events(db, a1.id)["ctdna_baseline:1"]
     # Window 2026-12-07 → 2026-12-21 in Paris: opens 2026-12-06T23:00Z, closes 2026-12-21T23:00Z.
     with at("2026-12-06T22:59:59"):
@@ -306,7 +306,7 @@ def test_scheduler_registers_jobs_under_stable_ids(app):
 
 
 def test_resumed_treatment_ends_pending_events_history_stays(world, db, api_as):
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     events = _events(db, a1.id)
     api = api_as("coordinator", "A")
     with at("2027-04-01T10:00:00"):
@@ -328,7 +328,7 @@ def test_resumed_treatment_ends_pending_events_history_stays(world, db, api_as):
 
 
 def test_withdrawal_ends_pending_events(world, db, api_as):
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     api_as("investigator", "A").post(f"{P}/{a1.id}/withdraw", json={"reason": "moved abroad"})
     statuses = {e.status for e in _events(db, a1.id).values()}
     assert statuses == {EventStatus.CANCELLED}
@@ -338,7 +338,7 @@ def test_withdrawal_ends_pending_events(world, db, api_as):
 
 
 def test_amendment_replans_only_future_untouched_events(world, db, api_as, app):
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     api = api_as("coordinator", "A")
     events = _events(db, a1.id)
     with at("2027-04-20T10:00:00"):
@@ -370,7 +370,7 @@ def test_amendment_replans_only_future_untouched_events(world, db, api_as, app):
                     "amend",
                     "HEROES",
                     "--participant",
-                    "A-001",
+                    a1.study_code,
                     "--reason",
                     "amendment 2: ctDNA every 8 weeks",
                 ]
@@ -599,7 +599,7 @@ def test_cli_preview(app):
 
 
 def test_adherence_for_a_hand_built_history(world, db, api_as):
-    a1 = world.participants["A1"]  # HEROES stop, anchor 2027-01-04, Paris
+    a1 = factories.a1_in_scenario(db, world)  # HEROES stop, anchor 2027-01-04, Paris
     ev = _events(db, a1.id)
     api = api_as("coordinator", "A")
     with at("2027-04-20T10:00:00"):
@@ -648,12 +648,13 @@ def test_adherence_for_a_hand_built_history(world, db, api_as):
         total["open"],
         total["in_window_pct"],
     ) == (5, 3, 1, 1, 0, 60.0)
-    # Site and study figures include this participant and A2 (nothing done: 2 missed draws...).
+    # Site and study figures include this participant, and the world's A1 and A2 (same calendar,
+    # nothing done: 5 due each).
     with at("2027-04-20T10:00:00"):
         site = api.get(f"/api/v1/sites/{world.sites['A'].id}/adherence?study=HEROES").get_json()
         study = api.get("/api/v1/studies/HEROES/adherence").get_json()
         other = api.get(f"/api/v1/sites/{world.sites['B'].id}/adherence")
-    assert site["total"]["due"] == 10
+    assert site["total"]["due"] == 15
     assert site["total"]["completed_in_window"] == 3
     # The study view counts only the caller's sites (B1 is at site B).
     assert study["total"] == site["total"]

@@ -14,6 +14,7 @@ from server.schedules import reminders
 from server.schedules.models import EventStatus, ScheduleEvent
 from server.surveys.links import LinkInvalid, make_token, read_token
 from server.surveys.models import SurveyResponse
+from tests import factories
 
 NOW = datetime(2027, 1, 5, 10, 0, tzinfo=UTC)
 
@@ -58,7 +59,7 @@ def test_token_tampering_is_refused():
 
 
 def test_answer_from_the_sms_link_then_the_link_is_used(app, client, db, world):
-    a1 = world.participants["A1"]  # reads French
+    a1 = factories.a1_in_scenario(db, world)  # reads French
     token, body = _link_from_sms(app, db, a1)
     assert "cancer" not in body.lower()
     with time_machine.travel(NOW, tick=False):
@@ -85,7 +86,7 @@ def test_answer_from_the_sms_link_then_the_link_is_used(app, client, db, world):
 
 
 def test_expired_link_gets_a_clear_page(app, client, db, world):
-    a1 = world.participants["A1"]
+    a1 = factories.a1_in_scenario(db, world)
     token, _ = _link_from_sms(app, db, a1)
     with time_machine.travel(datetime(2027, 2, 1, tzinfo=UTC), tick=False):  # window closed
         r = client.get(f"/s/{token}", headers={"Accept-Language": "fr"})
