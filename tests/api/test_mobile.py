@@ -11,6 +11,7 @@ from sqlmodel import select
 
 from notifications.models import OutboxMessage
 from server.surveys.models import SurveyResponse
+from tests import factories
 
 M = "/api/v1/mobile"
 NOW = datetime(2027, 1, 5, 10, 0, tzinfo=UTC)  # A1's first questionnaire (qol:1) is open
@@ -27,11 +28,15 @@ def _code(db, participant_id):
     return re.search(r"\b(\d{6})\b", rows[-1].body).group(1)
 
 
-def _activate(client, db, api_as, participant, code="A-001"):
+def _activate(client, db, api_as, participant, code=None):
     api_as("coordinator", "A").post(f"/api/v1/participants/{participant.id}/activation")
     r = client.post(
         f"{M}/activate",
-        json={"study": "HEROES", "study_code": code, "code": _code(db, participant.id)},
+        json={
+            "study": "HEROES",
+            "study_code": code or participant.study_code,
+            "code": _code(db, participant.id),
+        },
     )
     assert r.status_code == 201, r.get_json()
     assert "Set-Cookie" not in r.headers
@@ -103,9 +108,9 @@ def api_as_b(api_as):
 
 
 def test_schedule_questionnaire_answers_and_preferences(client, db, world, api_as):
-    a1 = world.participants["A1"]
-    headers = _activate(client, db, api_as, a1)
+    a1 = factories.a1_in_scenario(db, world)
     with time_machine.travel(NOW, tick=False):
+        headers = _activate(client, db, api_as, a1)
         schedule = client.get(f"{M}/schedule", headers=headers).get_json()
         assert schedule[0]["target_local"].endswith("+01:00")  # Paris time
         open_ = client.get(f"{M}/questionnaires", headers=headers).get_json()
@@ -129,22 +134,23 @@ def test_schedule_questionnaire_answers_and_preferences(client, db, world, api_a
         assert prefs.get_json()["quiet_hours_start"] == "22:00"
         assert prefs.get_json()["locale"] == "en"
     assert len(db.exec(select(SurveyResponse)).all()) == 1
-    assert client.delete(f"{M}/token", headers=headers).status_code == 204
-    assert client.get(f"{M}/schedule", headers=headers).status_code == 401
+    with time_machine.travel(NOW, tick=False):
+        assert client.delete(f"{M}/token", headers=headers).status_code == 204
+        assert client.get(f"{M}/schedule", headers=headers).status_code == 401
 
 
 def test_calendar_feed_lists_upcoming_appointments_in_plain_words(client, db, world, api_as):
     from icalendar import Calendar
 
-    a1 = world.participants["A1"]
-    headers = _activate(client, db, api_as, a1)
+    a1 = factories.a1_in_scenario(db, world)
     with time_machine.travel(NOW, tick=False):
+        headers = _activate(client, db, api_as, a1)
         r = client.get(f"{M}/calendar.ics", headers=headers)
     assert r.status_code == 200 and r.mimetype == "text/calendar"
     cal = Calendar.from_ical(r.data)
     events = [c for c in cal.walk() if c.name == "VEVENT"]
     summaries = {str(e["summary"]) for e in events}
-    assert "Prise de sang (A-001)" in summaries  # A1 reads French
+    assert f"Prise de sang ({a1.study_code})" in summaries  # A1 reads French
     assert all("ctDNA" not in s and "Signatera" not in s for s in summaries)
     first = min(events, key=lambda e: e["dtstart"].dt)
     assert first["dtstart"].dt.astimezone(UTC) >= datetime(2027, 1, 4, tzinfo=UTC)
