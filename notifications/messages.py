@@ -157,8 +157,9 @@ KIND_SPECS: Mapping[MessageKind, KindSpec] = {
 _HIDDEN_PARAMS = frozenset({"tz", "items"})
 _TEXT_PARAMS = frozenset({"code", "link", "site_phone", "site_code", "activation_code"})
 _COUNT_PARAMS = frozenset({"tier", "minutes_valid"})
-# The inbound parser matches "ACK" and exactly four digits; anything else would break the loop.
-_ACK_CODE = re.compile(r"[0-9]{4}")
+# The inbound parser reads "ACK" and six digits (four for alerts opened before six); anything else
+# would break the loop.
+_ACK_CODE = re.compile(r"[0-9]{6}|[0-9]{4}")
 
 
 class MessageParameterError(ValueError):
@@ -407,7 +408,7 @@ def _text_param(name: str, value: object) -> str:
 
 def _ack_param(name: str, value: object) -> str:
     if not isinstance(value, str) or not _ACK_CODE.fullmatch(value):
-        raise MessageParameterError(name, f"parameter {name!r} must be a string of 4 digits")
+        raise MessageParameterError(name, f"parameter {name!r} must be a string of 6 digits")
     return value
 
 

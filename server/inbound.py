@@ -7,16 +7,24 @@ not know. Replies are outbox rows like every other message (nothing is sent insi
 from __future__ import annotations
 
 import enum
+import logging
 from datetime import datetime
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from notifications import outbox
 from notifications.messages import MessageKind, render
-from notifications.models import PRIORITY_PARTICIPANT, PRIORITY_STAFF_ALERT, MessageCategory
-from server.alerts.rules import looks_like_ack, parse_ack
-from server.alerts.service import acknowledge_by_sms
+from notifications.models import (
+    PRIORITY_PARTICIPANT,
+    PRIORITY_STAFF_ALERT,
+    MessageCategory,
+    OutboxMessage,
+)
+from server.alerts.rules import ACK_UNKNOWN_REPLIES_PER_DAY, looks_like_ack, parse_ack
+from server.alerts.service import SmsAckOutcome, acknowledge_by_sms
 from server.messaging import participants_with_phone, set_sms_consent
+
+log = logging.getLogger("stepdown.inbound")
 
 # Twilio's default opt-out and opt-in keywords (whole body, case-insensitive), plus common French
 # and Chinese ones so participants can answer in their language.
@@ -54,42 +62,50 @@ class Keyword(enum.StrEnum):
 def _staff_ack(
     session: Session, message_sid: str, from_number: str, body: str, now: datetime
 ) -> Keyword | None:
-    """A nurse's "ACK 4821": acknowledge that alert (once). A wrong code changes nothing and gets
-    a short answer. None when the number is not a staff member's."""
-    code = parse_ack(body)
-    alert, user = (
-        acknowledge_by_sms(session=session, from_number=from_number, code=code, now=now)
-        if code
-        else (None, None)
+    """A nurse's "ACK 482113": acknowledge that alert if its code was sent to this phone. Anything
+    else from a staff phone changes nothing and gets the answer an unknown code gets (it must not
+    tell that the alert exists). None when the number is no staff member's."""
+    done = acknowledge_by_sms(
+        session=session,
+        from_number=from_number,
+        code=parse_ack(body),
+        now=now,
+        message_sid=message_sid,
     )
-    if alert is not None:
+    if done.outcome == SmsAckOutcome.NOT_STAFF:
+        return None  # treat as any other inbound message
+    if done.outcome in (SmsAckOutcome.ACKNOWLEDGED, SmsAckOutcome.ALREADY_ACKNOWLEDGED):
         return Keyword.ACK
-    if user is None and code:
-        return None  # not staff: treat as any other inbound message
-    if user is None:
-        from sqlmodel import col, select
+    if done.outcome == SmsAckOutcome.REFUSED:
+        _answer_unknown_code(session, from_number, now)
+    return Keyword.ACK_UNKNOWN
 
-        from server.auth.models import StaffUser
 
-        known = session.exec(
-            select(StaffUser.id).where(
-                StaffUser.phone_e164 == from_number, col(StaffUser.is_active).is_(True)
+def _answer_unknown_code(session: Session, to: str, now: datetime) -> None:
+    """The neutral answer, at most ACK_UNKNOWN_REPLIES_PER_DAY a day per phone (numbered keys:
+    two replies racing for the same number are one row), so nobody can make us send SMS."""
+    prefix = f"ack-unknown:{to}:{now.date().isoformat()}:"
+    sent = len(
+        session.exec(
+            select(OutboxMessage.id).where(
+                col(OutboxMessage.dedupe_key).startswith(prefix, autoescape=True)
             )
-        ).first()
-        if known is None:
-            return None
+        ).all()
+    )
+    if sent >= ACK_UNKNOWN_REPLIES_PER_DAY:
+        log.warning("refused ACK not answered: %s answers to this phone today already", sent)
+        return
     outbox.enqueue(
         session,
-        dedupe_key=f"reply:{message_sid}",
+        dedupe_key=f"{prefix}{sent + 1}",
         category=MessageCategory.STAFF_NOTICE,
         kind=MessageKind.ACK_CODE_UNKNOWN.value,
-        to=from_number,
+        to=to,
         locale="en",
         body=render(MessageKind.ACK_CODE_UNKNOWN, "en"),
         priority=PRIORITY_STAFF_ALERT,
         now=now,
     )
-    return Keyword.ACK_UNKNOWN
 
 
 def classify(body: str, opt_out_type: str | None) -> Keyword:

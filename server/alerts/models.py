@@ -56,7 +56,8 @@ class Alert(SQLModel, table=True):
     site_id: int | None = Field(default=None, foreign_key="site.id")
     result_id: int | None = Field(default=None, foreign_key="lab_result.id")
     event_id: int | None = Field(default=None, foreign_key="schedule_event.id")
-    # The 4 digits staff reply with ("ACK 4821"); unique among open alerts.
+    # The 6 digits staff reply with ("ACK 482113"), counted only from a phone they were sent to;
+    # unique among open alerts (alerts opened before the upgrade keep their 4 digits).
     ack_code: str = Field(max_length=8, index=True)
     summary: str = Field(max_length=300)
     # Escalation state: the tier last notified, when the next one is due (None: no more).

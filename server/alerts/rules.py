@@ -3,7 +3,10 @@ acknowledgement codes and SMS replies."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -132,17 +135,80 @@ def next_business_moment(moment: datetime, zone: ZoneInfo, hours: dict[str, Any]
     return moment
 
 
-_ACK_RE = re.compile(r"^\s*(?:ack|ok|accuse|确认)?\s*[:#]?\s*(\d{4})\s*[.!]?\s*$", re.IGNORECASE)
+# --- acknowledgement codes -----------------------------------------------------------------------
+#
+# Six digits, 100000-999999 (no leading zero to lose): short to type, 900,000 values. A code counts
+# only from a phone it was sent to (service.acknowledge_by_sms), so a guess has to come from a
+# recipient's own number, and it can only hit an open alert sent to that number; even ignoring
+# that, one guess names one of a site's N open alerts with probability N / 900,000 (2 in 100,000
+# for 20 open alerts), and a phone gets SMS_ACK_REFUSALS_PER_DAY tries a day: 10 * 20 / 900,000 =
+# 0.02 % a day for a site with 20 open alerts, against 0.2 % per single guess with four digits.
+ACK_CODE_LOW = 100_000
+ACK_CODE_SPACE = 900_000
+# A Feistel network over 949 x 949 = 900,601 >= 900,000 values, walked back into range.
+_FEISTEL_HALF = 949
+_FEISTEL_ROUNDS = 8
+
+# A phone that sent this many refused ACKs in 24 hours is not believed for the rest of that
+# window, even with a right code: a guesser gets ten tries a day, not thousands. Escalation goes
+# on and the web page still acknowledges, so the cost of a false stop is more people paged, never
+# a silenced alert. A nurse who mistypes a code twice is far from it.
+SMS_ACK_REFUSALS_PER_DAY = 10
+# Answers to refused or unreadable ACKs per phone per day: we cannot be made to send SMS at will.
+ACK_UNKNOWN_REPLIES_PER_DAY = 5
+
+
+def _feistel_round(key: bytes, round_: int, value: int) -> int:
+    digest = hmac.new(key, f"{round_}:{value}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") % _FEISTEL_HALF
+
+
+def permute_code_index(key: bytes, index: int) -> int:
+    """A keyed permutation of range(900,000): distinct indexes give distinct values, and without
+    the key the value of one index says nothing about another's."""
+    value = index % ACK_CODE_SPACE
+    while True:
+        left, right = divmod(value, _FEISTEL_HALF)
+        for round_ in range(_FEISTEL_ROUNDS):
+            left, right = right, (left + _feistel_round(key, round_, right)) % _FEISTEL_HALF
+        value = left * _FEISTEL_HALF + right
+        # Cycle-walking: the permutation of 900,601 values, re-applied until it lands in range,
+        # is a permutation of the first 900,000 (it terminates: the cycle returns to its start).
+        if value < ACK_CODE_SPACE:
+            return value
+
+
+def ack_code(key: bytes, alert_id: int, step: int = 0) -> str:
+    """The six-digit acknowledgement code of an alert id (`step` > 0: the next candidates, when
+    an alert 900,000 ids older is still open with the same code)."""
+    return f"{ACK_CODE_LOW + permute_code_index(key, alert_id + step)}"
+
+
+_ACK_RE = re.compile(
+    r"^\s*(?:ack|ok|accuse|确认)?\s*[:#]?\s*"
+    r"(?:(?P<a>[0-9]{3})[ .-]?(?P<b>[0-9]{3})|(?P<legacy>[0-9]{4}))"
+    r"\s*[.!]?\s*$",
+    re.IGNORECASE,
+)
+
+
+def _normal(body: str) -> str:
+    # Full-width digits and letters (a Chinese or Japanese keyboard) read as ASCII ones.
+    return unicodedata.normalize("NFKC", body)
 
 
 def parse_ack(body: str) -> str | None:
-    """The 4-digit code of an acknowledgement reply ("ACK 4821", "ack4821", "4821"), or None."""
-    match = _ACK_RE.match(body)
-    return match.group(1) if match else None
+    """The code of an acknowledgement reply ("ACK 482113", "ack482113", "482 113", "482113"; the
+    four digits of an older alert), or None."""
+    match = _ACK_RE.match(_normal(body))
+    if not match:
+        return None
+    return match["legacy"] or f"{match['a']}{match['b']}"
 
 
 def looks_like_ack(body: str) -> bool:
     """Whether a reply tries to acknowledge (so a wrong code gets an answer, not silence)."""
-    return bool(re.match(r"^\s*(ack|ok|accuse|确认)\b", body, re.IGNORECASE)) or bool(
-        re.match(r"^\s*\d{3,6}\s*$", body)
+    text = _normal(body)
+    return bool(re.match(r"^\s*(ack|ok|accuse|确认)\b", text, re.IGNORECASE)) or bool(
+        re.match(r"^\s*[0-9][0-9 .-]{1,8}[0-9]\s*$", text)
     )

@@ -7,7 +7,14 @@ out yet. A tier with nobody reachable is skipped at once (and logged), never wai
 
 from __future__ import annotations
 
-from datetime import date, datetime
+import enum
+import functools
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -129,12 +136,31 @@ def route_health(session: Session, site: Site) -> list[dict[str, Any]]:
 # --- opening -------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _process_code_key() -> bytes:
+    # Outside an app (a script, a unit test) there is no secret: a key of this process only.
+    # Codes are stored with their alert, so nothing ever needs to compute one again.
+    return secrets.token_bytes(32)
+
+
+def _code_key() -> bytes:
+    """The key of the code permutation, derived from the app's SECRET_KEY (one key for every
+    process of an installation, so concurrent alerts never meet on a code)."""
+    secret = current_app.config.get("SECRET_KEY") if has_app_context() else None
+    if not secret:
+        return _process_code_key()
+    return hmac.new(str(secret).encode(), b"stepdown:alert-ack-code:v1", hashlib.sha256).digest()
+
+
 def _ack_code(session: Session, alert_id: int) -> str:
-    """A 4-digit code from the alert id: 7919 is prime to 9000, so 9,000 consecutive alerts get
-    9,000 different codes (concurrent transactions cannot pick the same one, as random picks
-    could). An old alert still open with the same code pushes to the next free one."""
-    for step in range(9000):
-        code = f"{1000 + (alert_id * 7919 + step) % 9000}"
+    """A 6-digit code: a keyed permutation of the alert id (rules.ack_code). Distinct ids give
+    distinct codes, so concurrent transactions cannot pick the same one (random picks could:
+    neither sees the other's uncommitted row, and no unique index covers open alerts only);
+    without the key, seeing alert ids and their codes says nothing about another alert's code.
+    An alert 900,000 ids older still open with the same code pushes to the next free one."""
+    key = _code_key()
+    for step in range(rules.ACK_CODE_SPACE):
+        code = rules.ack_code(key, alert_id, step)
         taken = session.exec(
             select(Alert.id).where(
                 Alert.ack_code == code,
@@ -480,47 +506,217 @@ def resolve(
     return alert
 
 
+class SmsAckOutcome(enum.StrEnum):
+    """What an "ACK <code>" SMS did."""
+
+    ACKNOWLEDGED = "acknowledged"
+    ALREADY_ACKNOWLEDGED = "already_acknowledged"  # a recipient again: nothing to answer
+    REFUSED = "refused"  # changed nothing, recorded; answer as for an unknown code
+    RETRIED = "retried"  # Twilio delivered this refused SMS again: recorded once, answered once
+    NOT_STAFF = "not_staff"  # no active staff member has this number: the generic answer
+
+
+# Why an SMS acknowledgement was refused, as recorded (never the code: to anyone but its
+# recipients it is a secret, and six digits hashed are found again in a millisecond).
+REFUSAL_REASONS = {
+    "unreadable": "no code could be read in the reply",
+    "unknown_code": "no open or acknowledged alert has this code",
+    "not_a_recipient": "the code was never sent to this phone",
+    "may_not_acknowledge": "sent to this phone, but its owner may not acknowledge this alert",
+    "too_many_refusals": f"{rules.SMS_ACK_REFUSALS_PER_DAY} refused ACKs from this phone in "
+    "24 hours: SMS acknowledgement from it is paused",
+}
+
+# An SMS counts as sent to a phone once the provider has taken it. Not 'sending': the row is
+# claimed but the provider may still refuse it (a bad number fails at once), and the moment
+# between its acceptance and our record is one HTTP response, while a person needs far longer to
+# read and answer; if the dispatcher dies in between, Twilio's status callback records it.
+# Not 'undelivered' or 'failed': the carrier says the phone never had it.
+_ACCEPTED_BY_PROVIDER = (MessageStatus.SENT, MessageStatus.DELIVERED)
+_REFUSED_ACTION = "alert.sms_ack_refused"
+
+_sms_log = logging.getLogger("stepdown.alerts.sms_ack")
+
+
+@dataclass(frozen=True)
+class SmsAck:
+    """The outcome of an SMS acknowledgement; `alert` only when it was acknowledged (now or
+    before) by this phone's owner, so nothing downstream can tell a refusal's alert."""
+
+    outcome: SmsAckOutcome
+    user: StaffUser | None = None
+    alert: Alert | None = None
+    reason: str | None = None
+
+
 def acknowledge_by_sms(
-    *, session: Session, from_number: str, code: str, now: datetime
-) -> tuple[Alert | None, StaffUser | None]:
-    """An "ACK 4821" reply from a staff phone: the open alert with that code at one of their
-    sites. Returns (alert, user) when acknowledged; (None, user) for a wrong code."""
-    users = session.exec(
-        select(StaffUser).where(
-            StaffUser.phone_e164 == from_number, col(StaffUser.is_active).is_(True)
-        )
-    ).all()
+    *,
+    session: Session,
+    from_number: str,
+    code: str | None,
+    now: datetime,
+    message_sid: str | None = None,
+) -> SmsAck:
+    """An "ACK 482113" reply. It acknowledges only an alert whose code was sent to this very
+    phone (an SMS of that alert, alone or in a bundle, addressed to it and taken by the
+    provider), for an active staff member with this verified phone, at the alert's site, whose
+    role may acknowledge. Anything else changes nothing and is recorded (who, which alert if the
+    code named one, why; never the code), and gets the same answer as an unknown code."""
+    users = list(
+        session.exec(
+            select(StaffUser)
+            .where(StaffUser.phone_e164 == from_number, col(StaffUser.is_active).is_(True))
+            .order_by(col(StaffUser.id))
+        ).all()
+    )
     if not users:
-        return None, None
-    for user in users:
-        site_ids = select(SiteMembership.site_id).where(SiteMembership.user_id == user.id)
-        alert = session.exec(
+        _sms_log.info("ACK from a number of no active staff member: the generic answer")
+        return SmsAck(SmsAckOutcome.NOT_STAFF)
+    if message_sid and _refused_before(session, message_sid):
+        return SmsAck(SmsAckOutcome.RETRIED, user=users[0])
+    if _refusals_in_a_day(session, users, now) >= rules.SMS_ACK_REFUSALS_PER_DAY:
+        return _refuse(session, users, "too_many_refusals", None, now, message_sid)
+    if not code:
+        return _refuse(session, users, "unreadable", None, now, message_sid)
+    candidates = sorted(
+        session.exec(
             select(Alert).where(
                 Alert.ack_code == code,
                 col(Alert.state).in_([AlertState.OPEN, AlertState.ACKNOWLEDGED]),
-                col(Alert.site_id).in_(site_ids),
+            )
+        ).all(),
+        # Codes are unique among open alerts only: the open one first, then the latest.
+        key=lambda a: (a.state != AlertState.OPEN, -(a.id or 0)),
+    )
+    reason, about = "unknown_code", None
+    for alert in candidates:
+        received = _sent_to_phone(session, alert, from_number)
+        if not received:
+            if about is None:
+                reason, about = "not_a_recipient", alert
+            continue
+        user = _sms_acknowledger(session, alert, users, received)
+        if user is None:
+            reason, about = "may_not_acknowledge", alert
+            continue
+        if not acknowledge(session=session, alert=alert, user=user, channel="sms", now=now):
+            return SmsAck(SmsAckOutcome.ALREADY_ACKNOWLEDGED, user=user, alert=alert)
+        outbox.enqueue(
+            session,
+            dedupe_key=f"ack-confirm:{alert.id}:{user.id}",
+            category=MessageCategory.STAFF_NOTICE,
+            kind=MessageKind.ALERT_ACK_CONFIRMED.value,
+            to=from_number,
+            locale="en",
+            body=render(
+                MessageKind.ALERT_ACK_CONFIRMED,
+                "en",
+                code=_participant_code(session, alert),
+            ),
+            priority=PRIORITY_STAFF_ALERT,
+            staff_user_id=user.id,
+            now=now,
+        )
+        return SmsAck(SmsAckOutcome.ACKNOWLEDGED, user=user, alert=alert)
+    return _refuse(session, users, reason, about, now, message_sid)
+
+
+def _sent_to_phone(session: Session, alert: Alert, phone: str) -> set[int | None]:
+    """The staff each of this alert's SMS to `phone` that the provider took was addressed to
+    (a bundle's other alerts have rows of their own that follow the bundle's status)."""
+    return set(
+        session.exec(
+            select(OutboxMessage.staff_user_id).where(
+                OutboxMessage.ref == f"alert:{alert.id}",
+                OutboxMessage.to_e164 == phone,
+                col(OutboxMessage.status).in_(_ACCEPTED_BY_PROVIDER),
+            )
+        ).all()
+    )
+
+
+def _sms_acknowledger(
+    session: Session, alert: Alert, users: list[StaffUser], received: set[int | None]
+) -> StaffUser | None:
+    """Who acknowledges from this phone: a staff member with it verified, whose role may
+    acknowledge, at the alert's site today; the one the SMS was addressed to first (a shared
+    on-call phone may have changed hands since: the phone received the code)."""
+    members = (
+        set(
+            session.exec(
+                select(SiteMembership.user_id).where(
+                    SiteMembership.site_id == alert.site_id,
+                    col(SiteMembership.user_id).in_([u.id for u in users]),
+                )
+            ).all()
+        )
+        if alert.site_id is not None
+        else {u.id for u in users}
+    )
+    able = [
+        u
+        for u in users
+        if u.is_phone_verified
+        and has_permission(u.role, Permission.ALERT_ACK)
+        and u.id in members
+    ]
+    able.sort(key=lambda u: u.id not in received)
+    return able[0] if able else None
+
+
+def _refused_before(session: Session, message_sid: str) -> bool:
+    return (
+        session.exec(
+            select(audit.AuditEvent.id).where(
+                audit.AuditEvent.entity == "inbound_sms",
+                audit.AuditEvent.entity_id == message_sid,
+                audit.AuditEvent.action == _REFUSED_ACTION,
             )
         ).first()
-        if alert is not None:
-            if acknowledge(session=session, alert=alert, user=user, channel="sms", now=now):
-                outbox.enqueue(
-                    session,
-                    dedupe_key=f"ack-confirm:{alert.id}:{user.id}",
-                    category=MessageCategory.STAFF_NOTICE,
-                    kind=MessageKind.ALERT_ACK_CONFIRMED.value,
-                    to=from_number,
-                    locale="en",
-                    body=render(
-                        MessageKind.ALERT_ACK_CONFIRMED,
-                        "en",
-                        code=_participant_code(session, alert),
-                    ),
-                    priority=PRIORITY_STAFF_ALERT,
-                    staff_user_id=user.id,
-                    now=now,
-                )
-            return alert, user
-    return None, users[0]
+        is not None
+    )
+
+
+def _refusals_in_a_day(session: Session, users: list[StaffUser], now: datetime) -> int:
+    return len(
+        session.exec(
+            select(audit.AuditEvent.id).where(
+                audit.AuditEvent.action == _REFUSED_ACTION,
+                col(audit.AuditEvent.actor_user_id).in_([u.id for u in users]),
+                col(audit.AuditEvent.at) > now - timedelta(days=1),
+            )
+        ).all()
+    )
+
+
+def _refuse(
+    session: Session,
+    users: list[StaffUser],
+    reason: str,
+    about: Alert | None,
+    now: datetime,
+    message_sid: str | None,
+) -> SmsAck:
+    """Record a refused SMS acknowledgement: an audit row (who, from which inbound SMS, which
+    alert the code named if any, why) and a line on that alert's timeline."""
+    user = users[0]
+    detail = {"reason": reason, "alert_id": about.id if about else None}
+    audit.record(
+        session=session,
+        actor=f"staff:{user.id}",
+        actor_user_id=user.id,
+        action=_REFUSED_ACTION,
+        entity="inbound_sms",
+        entity_id=message_sid or "-",
+        site_id=about.site_id if about else None,
+        now=now,
+        after={**detail, "channel": "sms", "staff_user_ids": [u.id for u in users]},
+        reason=REFUSAL_REASONS[reason],
+    )
+    if about is not None:
+        log(session, about, "sms_ack_refused", now, actor=f"staff:{user.id}", detail=detail)
+    _sms_log.warning("SMS acknowledgement refused: staff %s, %s", user.id, detail)
+    return SmsAck(SmsAckOutcome.REFUSED, user=user, reason=reason)
 
 
 def _participant_code(session: Session, alert: Alert) -> str:

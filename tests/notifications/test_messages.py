@@ -77,7 +77,7 @@ REMINDERS = [
 
 def _bundle_items(n: int, *, long: bool = False) -> list[tuple[str, str]]:
     prefix = "ABCDEFGH-" if long else "HER-"
-    return [(f"{prefix}{i:03d}", f"{4000 + i}") for i in range(1, n + 1)]
+    return [(f"{prefix}{i:03d}", f"{482100 + i}") for i in range(1, n + 1)]
 
 
 def _params(kind: MessageKind, *, full: bool = False, long: bool = False) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def _params(kind: MessageKind, *, full: bool = False, long: bool = False) -> dic
         "site_phone": SITE_PHONE,
         "activation_code": "12345678" if long else "482193",
         "minutes_valid": 120 if long else 10,
-        "ack_code": "4821",
+        "ack_code": "482113",
         "tier": 3,
         "site_code": "FR-PARIS-001" if long else "FR-01",
         "items": _bundle_items(3, long=long),
@@ -280,7 +280,7 @@ def test_render_refuses_a_name_passed_as_a_parameter() -> None:
 
 def test_render_refuses_a_health_word_from_a_parameter() -> None:
     with pytest.raises(ValueError, match="'cancer'"):
-        render(MessageKind.ALERT_NEW, "en", code="X", ack_code="4821", link=LINK + "/cancer")
+        render(MessageKind.ALERT_NEW, "en", code="X", ack_code="482113", link=LINK + "/cancer")
 
 
 def test_render_checks_its_output_even_if_a_catalog_slipped_through(
@@ -409,7 +409,7 @@ def test_alert_bundle_fits_keeps_the_first_alert_and_counts_the_rest(
 
 def test_alert_bundle_lists_several_alerts_when_they_fit() -> None:
     text = render(MessageKind.ALERT_BUNDLE, "en", items=_bundle_items(40), link=LINK)
-    assert text.startswith("40 Stepdown alerts need attention: HER-001 (ACK 4001), HER-002")
+    assert text.startswith("40 Stepdown alerts need attention: HER-001 (ACK 482101), HER-002")
     assert text.count("(ACK ") >= 5
 
 
@@ -515,9 +515,9 @@ def test_participant_messages_end_with_the_opt_out_hint_and_staff_messages_never
 def test_alerts_carry_the_code_ack_and_link(locale: str) -> None:
     for kind in (MessageKind.ALERT_NEW, MessageKind.ALERT_ESCALATED):
         text = render(kind, locale, **_params(kind))
-        assert CODE in text and "ACK 4821" in text and text.endswith(LINK)
+        assert CODE in text and "ACK 482113" in text and text.endswith(LINK)
     escalated = render(MessageKind.ALERT_ESCALATED, locale, **_params(MessageKind.ALERT_ESCALATED))
-    assert "3" in escalated.replace("4821", "")
+    assert "3" in escalated.replace("482113", "")
 
 
 # --- parameter errors -----------------------------------------------------------------------------
@@ -548,6 +548,8 @@ def test_a_missing_parameter_is_named(kind: MessageKind, name: str) -> None:
         (MessageKind.ALERT_NEW, {"ack_code": "48a1"}, "ack_code"),
         (MessageKind.ALERT_NEW, {"ack_code": 4821}, "ack_code"),
         (MessageKind.ALERT_NEW, {"ack_code": "48210"}, "ack_code"),
+        (MessageKind.ALERT_NEW, {"ack_code": "4821134"}, "ack_code"),
+        (MessageKind.ALERT_NEW, {"ack_code": "482 113"}, "ack_code"),
         (MessageKind.ALERT_ESCALATED, {"tier": 0}, "tier"),
         (MessageKind.ALERT_ESCALATED, {"tier": True}, "tier"),
         (MessageKind.ACTIVATION_CODE, {"minutes_valid": "10"}, "minutes_valid"),

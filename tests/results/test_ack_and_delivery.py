@@ -11,7 +11,14 @@ from sqlmodel import select
 from notifications.models import MessageStatus, OutboxMessage
 from server.alerts.models import Alert, AlertState
 from tests.notifications.test_webhooks import post_signed, status_params
-from tests.results.test_results_alerts import T0, at, care_team, ctdna, post_negative_baseline
+from tests.results.test_results_alerts import (
+    T0,
+    at,
+    care_team,
+    ctdna,
+    post_negative_baseline,
+    send_staff_sms,
+)
 
 __all__ = ["care_team"]  # the fixture, imported for use here
 
@@ -37,6 +44,8 @@ def _open_alert(api_as):
 def test_ack_reply_acknowledges_once_and_stops_tiers(app, client, db, world, api_as, care_team):
     alert_id = _open_alert(api_as)
     alert = db.get(Alert, alert_id)
+    with at(T0 + timedelta(minutes=1)):
+        send_staff_sms(app)
     with at(T0 + timedelta(minutes=3)):
         r = post_signed(
             app,
@@ -69,7 +78,9 @@ def test_ack_reply_acknowledges_once_and_stops_tiers(app, client, db, world, api
 def test_wrong_code_changes_nothing_and_says_so(app, client, db, world, api_as, care_team):
     alert_id = _open_alert(api_as)
     alert = db.get(Alert, alert_id)
-    wrong = "1000" if alert.ack_code != "1000" else "1001"
+    with at(T0 + timedelta(minutes=1)):
+        send_staff_sms(app)
+    wrong = "100000" if alert.ack_code != "100000" else "100001"
     with at(T0 + timedelta(minutes=3)):
         post_signed(
             app, client, "/twilio/inbound", _inbound(care_team["nurse"], f"ACK {wrong}", "SMwrong1")

@@ -192,7 +192,7 @@ def test_200_positives_posted_3_times_concurrently(fresh_app):
         dispatcher.run_once()
     received: Counter[tuple[str, str]] = Counter()
     for send in provider.sent:
-        for ack in re.findall(r"ACK (\d{4})", send.body):
+        for ack in re.findall(r"ACK (\d{6})", send.body):
             received[(ack, send.to)] += 1
     assert set(received) == {(c, n) for c in codes_by_alert for n in NURSES}
     assert max(received.values()) == 1  # no code twice to the same nurse

@@ -68,6 +68,19 @@ def staff_sms(db, alert_id=None):
     return db.exec(q.order_by(OutboxMessage.id)).all()
 
 
+def send_staff_sms(app, provider=None):
+    """One dispatcher pass against a recording provider (inside the test's transaction): the
+    alert SMS due now are handed over and recorded as sent. Returns what the phones received in
+    this pass (give the same provider to every pass of a test: its message ids are its own)."""
+    from notifications.providers import RecordingProvider
+    from server.messaging import build_dispatcher
+
+    provider = provider or RecordingProvider()
+    before = len(provider.sent)
+    build_dispatcher(app, provider=provider, rate_per_second=0).run_once()
+    return provider.sent[before:]
+
+
 def post_negative_baseline(api):
     r = api.post(
         "/api/v1/results/ctdna",
@@ -153,30 +166,39 @@ def test_acknowledged_at_14_59_means_no_tier_2(world, db, api_as, care_team):
 
 
 def test_sms_reply_with_the_code_acknowledges_and_a_wrong_code_changes_nothing(
-    world, db, api_as, care_team
+    app, world, db, api_as, care_team
 ):
     lab = api_as("coordinator", "A")
     with at(T0):
         post_negative_baseline(lab)
         alert_id = lab.post("/api/v1/results/ctdna", json=ctdna()).get_json()["alert_id"]
         alert = db.get(Alert, alert_id)
-        wrong = "0000" if alert.ack_code != "0000" else "1111"
-        found, user = alerts.acknowledge_by_sms(
+        # Not yet handed to the provider: the nurse's phone has not received the code.
+        early = alerts.acknowledge_by_sms(
+            session=db, from_number=care_team["nurse"], code=alert.ack_code, now=datetime.now(UTC)
+        )
+        assert early.outcome == alerts.SmsAckOutcome.REFUSED and early.alert is None
+        assert early.reason == "not_a_recipient"
+        [sms] = send_staff_sms(app)
+        assert sms.to == care_team["nurse"] and f"ACK {alert.ack_code}" in sms.body
+        wrong = "100000" if alert.ack_code != "100000" else "100001"
+        refused = alerts.acknowledge_by_sms(
             session=db, from_number=care_team["nurse"], code=wrong, now=datetime.now(UTC)
         )
-        assert found is None and user is not None
+        assert refused.outcome == alerts.SmsAckOutcome.REFUSED and refused.alert is None
+        assert refused.user is not None and refused.reason == "unknown_code"
         db.expire_all()
         assert db.get(Alert, alert_id).state == AlertState.OPEN
         # A stranger's number with the right code changes nothing either.
-        found, user = alerts.acknowledge_by_sms(
+        stranger = alerts.acknowledge_by_sms(
             session=db, from_number="+33699999999", code=alert.ack_code, now=datetime.now(UTC)
         )
-        assert found is None and user is None
-        found, user = alerts.acknowledge_by_sms(
+        assert stranger.outcome == alerts.SmsAckOutcome.NOT_STAFF and stranger.user is None
+        done = alerts.acknowledge_by_sms(
             session=db, from_number=care_team["nurse"], code=alert.ack_code, now=datetime.now(UTC)
         )
         db.commit()
-    assert found.id == alert_id
+    assert done.outcome == alerts.SmsAckOutcome.ACKNOWLEDGED and done.alert.id == alert_id
     db.expire_all()
     acked = db.get(Alert, alert_id)
     assert acked.state == AlertState.ACKNOWLEDGED and acked.ack_channel == "sms"

@@ -113,12 +113,23 @@ def test_escalation_steps_then_repeats_then_stops():
 @pytest.mark.parametrize(
     ("body", "code"),
     [
+        ("ACK 482113", "482113"),
+        ("ack482113", "482113"),
+        (" 482113 ", "482113"),
+        ("482 113", "482113"),
+        ("ACK 482-113", "482113"),
+        ("ACK: 482113!", "482113"),
+        ("Ok 123456.", "123456"),
+        ("ＡＣＫ　４８２１１３", "482113"),  # a full-width keyboard
+        ("确认482113", "482113"),
+        # Alerts opened before six digits keep their four.
         ("ACK 4821", "4821"),
         ("ack4821", "4821"),
-        (" 4821 ", "4821"),
-        ("Ok 1234.", "1234"),
         ("ACK", None),
         ("ACK 48211", None),
+        ("ACK 4821134", None),
+        ("ACK 48 21 13", None),
+        ("ACK 4821 13", None),
         ("yes", None),
         ("ACK 12", None),
     ],
