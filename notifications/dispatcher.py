@@ -246,10 +246,11 @@ class Dispatcher:
             if len(group) < 2:
                 continue
             items = [(r.bundle_item["code"], r.bundle_item["ack"]) for r in group]  # type: ignore[index]
-            text, shown = bundle_prefix(group[0].locale, items, f"{self.callback_base_url}/alerts")
+            sms, shown = bundle_prefix(group[0].locale, items, f"{self.callback_base_url}/alerts")
             leader = group[0]
-            leader.body = text
-            leader.segments = count_segments(text).segments
+            leader.body = sms.text
+            leader.redacted_body = sms.redacted
+            leader.segments = count_segments(sms.text).segments
             leader.kind = MessageKind.ALERT_BUNDLE.value
             session.add(leader)
             for row in group[1:shown]:

@@ -162,6 +162,52 @@ _COUNT_PARAMS = frozenset({"tier", "minutes_valid"})
 _ACK_CODE = re.compile(r"[0-9]{6}|[0-9]{4}")
 
 
+# --- bearer secrets ------------------------------------------------------------------------------
+#
+# The one place that knows which parameters are bearer secrets: whoever holds one acts as its
+# owner. An activation code signs a phone in as the participant; an acknowledgement code stops an
+# alert's escalation; a link sent to a participant opens their questionnaire without a password.
+# Links in staff messages (/alerts/<id>, a participant page) need a staff login: not secrets.
+# Staff views, APIs, exports and audit rows only ever see `Sms.redacted`, where each secret is
+# replaced by its marker; the outbox keeps the clear text only until the message has gone.
+
+CODE_HIDDEN = "[code hidden]"
+LINK_HIDDEN = "[link hidden]"
+# Parameters that are secrets whoever reads the message; `items` are a bundle's (code, ack code).
+_SECRET_PARAMS: Mapping[str, str] = {
+    "activation_code": CODE_HIDDEN,
+    "ack_code": CODE_HIDDEN,
+    "items": CODE_HIDDEN,
+}
+# Parameters that are secrets only in a message to a participant.
+_PARTICIPANT_SECRET_PARAMS: Mapping[str, str] = {"link": LINK_HIDDEN}
+# Everything else a kind takes is shown as is (a new parameter must be put in one of the three).
+PLAIN_PARAMS = frozenset({"code", "when", "tz", "site_phone", "site_code", "minutes_valid", "tier"})
+
+
+def secret_params(kind: MessageKind | str) -> dict[str, str]:
+    """The parameters of this kind that are bearer secrets, each with the marker shown instead."""
+    spec = KIND_SPECS[MessageKind(kind)]
+    secret = dict(_SECRET_PARAMS)
+    if spec.audience is Audience.PARTICIPANT:
+        secret.update(_PARTICIPANT_SECRET_PARAMS)
+    return {p: secret[p] for p in (*spec.required, *spec.optional) if p in secret}
+
+
+@dataclass(frozen=True)
+class Sms:
+    """A rendered message: `text` goes to the recipient and nowhere else; `redacted` is the same
+    text with every bearer secret replaced by a marker (None when the text carries none)."""
+
+    text: str
+    redacted: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """What anyone but the recipient may see."""
+        return self.text if self.redacted is None else self.redacted
+
+
 class MessageParameterError(ValueError):
     """A render() parameter is missing, unexpected or malformed; `parameter` names it."""
 
@@ -552,20 +598,64 @@ def _compose_bundle(catalog: Catalog, values: Mapping[str, Any], shown: int) -> 
     return template.format_map(fields)
 
 
-def _render_bundle(catalog: Catalog, values: Mapping[str, Any]) -> str:
+def _render_bundle(catalog: Catalog, values: Mapping[str, Any]) -> tuple[str, int]:
+    """The bundle's text and how many alerts it lists."""
     total = len(values["items"])
     text = _compose_bundle(catalog, values, total)
     if _fits(text):
-        return text
+        return text, total
     # Each listed alert costs more than the shrinking "and N more", so the longest list that
     # fits is found by growing from one; the first alert is always listed, even if it overflows.
-    best = _compose_bundle(catalog, values, 1)
+    best, listed = _compose_bundle(catalog, values, 1), 1
     for shown in range(2, total):
         candidate = _compose_bundle(catalog, values, shown)
         if not _fits(candidate):
             break
-        best = candidate
-    return best
+        best, listed = candidate, shown
+    return best, listed
+
+
+def _masked(kind: MessageKind, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters with each bearer secret replaced by its marker."""
+    masked = dict(values)
+    for name, marker in secret_params(kind).items():
+        if name not in values:
+            continue
+        if name == "items":
+            masked[name] = [(code, marker) for code, _ack in values[name]]
+        else:
+            masked[name] = marker
+    return masked
+
+
+def compose(
+    kind: MessageKind | str,
+    locale: str | None,
+    *,
+    participant_names: Iterable[str] = (),
+    **params: object,
+) -> Sms:
+    """Render one SMS in the locale (unknown → en) with its redacted copy; raise if a parameter
+    or the text is wrong. The copy is the same template, with the same optional parts, filled with
+    markers in place of secrets: nothing has to be found again in the text later."""
+    kind = MessageKind(kind)  # a stored value ("reminder_scan") works too
+    spec = KIND_SPECS[kind]
+    values = _check_params(kind, spec, params)
+    catalog = load_catalog(resolve_locale(locale))
+    masked = _masked(kind, values)
+    if kind is MessageKind.ALERT_BUNDLE:
+        text, listed = _render_bundle(catalog, values)
+        redacted = _compose_bundle(catalog, masked, listed)
+    else:
+        present = [p for p in spec.optional if p in values]
+        text = _compose(kind, catalog, values, present)
+        # Optional parts are a courtesy, the budget is not: drop the least important first.
+        while present and not _fits(text):
+            present.pop()
+            text = _compose(kind, catalog, values, present)
+        redacted = _compose(kind, catalog, masked, present)
+    assert_no_health_information(text, participant_names=participant_names)
+    return Sms(text, None if redacted == text else redacted)
 
 
 def render(
@@ -575,35 +665,21 @@ def render(
     participant_names: Iterable[str] = (),
     **params: object,
 ) -> str:
-    """Render one SMS in the locale (unknown → en); raise if a parameter or the text is wrong."""
-    kind = MessageKind(kind)  # a stored value ("reminder_scan") works too
-    spec = KIND_SPECS[kind]
-    values = _check_params(kind, spec, params)
-    catalog = load_catalog(resolve_locale(locale))
-    if kind is MessageKind.ALERT_BUNDLE:
-        text = _render_bundle(catalog, values)
-    else:
-        present = [p for p in spec.optional if p in values]
-        text = _compose(kind, catalog, values, present)
-        # Optional parts are a courtesy, the budget is not: drop the least important first.
-        while present and not _fits(text):
-            present.pop()
-            text = _compose(kind, catalog, values, present)
-    assert_no_health_information(text, participant_names=participant_names)
-    return text
+    """The text of one SMS (see `compose`, which also gives what staff may see of it)."""
+    return compose(kind, locale, participant_names=participant_names, **params).text
 
 
-def bundle_prefix(locale: str | None, items: list[tuple[str, str]], link: str) -> tuple[str, int]:
+def bundle_prefix(locale: str | None, items: list[tuple[str, str]], link: str) -> tuple[Sms, int]:
     """An ALERT_BUNDLE listing the longest prefix of `items` that fits in full (no "and N more"),
     and that length: the dispatcher sends the rest in the next bundle, so every code is carried.
     At least one item is always listed."""
     if not items:
         raise MessageParameterError("items", "ALERT_BUNDLE needs at least one item")
-    best = render(MessageKind.ALERT_BUNDLE, locale, items=items[:1], link=link)
+    best = compose(MessageKind.ALERT_BUNDLE, locale, items=items[:1], link=link)
     shown = 1
     for k in range(2, len(items) + 1):
-        text = render(MessageKind.ALERT_BUNDLE, locale, items=items[:k], link=link)
-        if not all(code in text and ack in text for code, ack in items[:k]):
+        sms = compose(MessageKind.ALERT_BUNDLE, locale, items=items[:k], link=link)
+        if not all(code in sms.text and ack in sms.text for code, ack in items[:k]):
             break
-        best, shown = text, k
+        best, shown = sms, k
     return best, shown

@@ -1,5 +1,12 @@
 """Outbox operations: enqueue (idempotent on the dedupe key), status changes that only move
-forward, cancellation by reference, and the message log."""
+forward, cancellation by reference, and the message log.
+
+A message that carries a bearer secret (see `notifications.messages.secret_params`) is stored with
+a redacted copy of its text; staff only ever see `shown_body`. The clear text is needed until the
+provider has the message (the dispatcher sends it; the reaper matches it against the provider's
+log while the row is `sending`), then it is overwritten with the redacted copy in the same
+transaction that moves the row out of pending/sending (`advance`): a crash before that commit
+leaves the row `sending` with its text, which the callback or the reaper settle as before."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from notifications.messages import CODE_HIDDEN, MessageKind, Sms, secret_params
 from notifications.models import (
     FINAL_STATUSES,
     OPEN_STATUSES,
@@ -52,6 +60,38 @@ TWILIO_STATUS = {
 }
 
 
+# Whole-text stand-in for a message of a secret-bearing kind given as a plain string (not
+# rendered by `compose`, so where its secrets sit is unknown): fail closed, hide it all.
+HIDDEN_TEXT = "[text hidden: it carried a code or a link]"
+
+
+def _texts(kind: str, body: str | Sms) -> tuple[str, str | None]:
+    """(text to send, redacted copy or None) of a message about to be queued."""
+    if isinstance(body, Sms):
+        return body.text, body.redacted
+    try:
+        has_secrets = bool(secret_params(MessageKind(kind)))
+    except ValueError:  # not a kind of ours (tests, tools): nothing known to hide
+        has_secrets = False
+    return body, HIDDEN_TEXT if has_secrets else None
+
+
+def shown_body(message: OutboxMessage) -> str:
+    """The text of a message as anyone but its recipient may see it: secrets replaced by
+    markers ("[code hidden]", "[link hidden]")."""
+    return message.body if message.redacted_body is None else message.redacted_body
+
+
+def scrub(message: OutboxMessage) -> None:
+    """Drop the message's secrets for good (it has gone, or never will): the clear text becomes
+    the redacted one, and a bundled alert forgets its acknowledgement code."""
+    if message.redacted_body is not None and message.body != message.redacted_body:
+        message.body = message.redacted_body
+    item = message.bundle_item
+    if item and item.get("ack") not in (None, CODE_HIDDEN):
+        message.bundle_item = {**item, "ack": CODE_HIDDEN}
+
+
 def _insert(session: Session) -> Any:
     dialect = session.get_bind().dialect.name
     return (postgresql if dialect == "postgresql" else sqlite).insert(OutboxMessage)
@@ -65,7 +105,7 @@ def enqueue(
     kind: str,
     to: str,
     locale: str,
-    body: str,
+    body: str | Sms,
     priority: int,
     now: datetime,
     not_before_at: datetime | None = None,
@@ -77,16 +117,19 @@ def enqueue(
     sender: str | None = None,
 ) -> tuple[OutboxMessage, bool]:
     """Write a message row in the caller's transaction; (row, created). A second enqueue with the
-    same dedupe key returns the first row: one key, one message, ever."""
+    same dedupe key returns the first row: one key, one message, ever. Give `body` as the `Sms`
+    that `messages.compose` made, so that staff see its redacted copy."""
     due = not_before_at or now
+    text, redacted = _texts(kind, body)
     values = {
         "dedupe_key": dedupe_key,
         "category": category,
         "kind": kind,
         "to_e164": to,
         "locale": locale,
-        "body": body,
-        "segments": count_segments(body).segments,
+        "body": text,
+        "redacted_body": redacted,
+        "segments": count_segments(text).segments,
         "priority": priority,
         "intended_at": intended_at or due,
         "not_before_at": due,
@@ -177,6 +220,7 @@ def advance(
         message.failed_at = now
     if status not in OPEN_STATUSES:
         message.lease_until_at = None
+        scrub(message)
     session.add(message)
     log(session, message, status, source, at=now, error_code=error_code, note=note)
     if RANK[status] >= RANK[MessageStatus.SENT] and status != MessageStatus.CANCELLED:

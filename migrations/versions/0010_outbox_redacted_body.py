@@ -31,9 +31,7 @@ OPEN = ("pending", "sending")
 def upgrade() -> None:
     with op.batch_alter_table("outbox_message", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column(
-                "redacted_body", sqlmodel.sql.sqltypes.AutoString(length=1600), nullable=True
-            )
+            sa.Column("redacted_body", sqlmodel.sql.sqltypes.AutoString(length=1600), nullable=True)
         )
 
     outbox = sa.table(

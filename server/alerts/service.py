@@ -22,7 +22,7 @@ from flask import current_app, has_app_context
 from sqlmodel import Session, col, select
 
 from notifications import outbox
-from notifications.messages import MessageKind, render
+from notifications.messages import MessageKind, compose, render
 from notifications.models import (
     PRIORITY_STAFF_ALERT,
     MessageCategory,
@@ -283,10 +283,11 @@ def _queue(
     code = participant.study_code if participant else (f"SITE-{alert.site_id}")
     link = _link(alert.id)
     if tier == 1 and alert.repeats_done == 0:
-        body = render(MessageKind.ALERT_NEW, "en", code=code, ack_code=alert.ack_code, link=link)
+        # compose: the outbox also keeps a copy with the code hidden, the only one staff may see.
+        body = compose(MessageKind.ALERT_NEW, "en", code=code, ack_code=alert.ack_code, link=link)
         kind = MessageKind.ALERT_NEW
     else:
-        body = render(
+        body = compose(
             MessageKind.ALERT_ESCALATED,
             "en",
             code=code,

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from notifications import outbox
-from notifications.messages import MessageKind, render
-from notifications.models import PRIORITY_PARTICIPANT, MessageCategory
+from notifications.messages import MessageKind, compose
+from notifications.models import PRIORITY_PARTICIPANT, MessageCategory, OutboxMessage
 from server import audit
 from server.clock import utcnow
 from server.errors import Conflict, DomainError
@@ -64,8 +64,8 @@ def _hash(value: str) -> str:
 
 def send_activation_code(
     *, session: Session, participant: Participant, now: datetime, actor: str
-) -> None:
-    """Issue a new 6-digit code (earlier ones stop working) and queue it by SMS."""
+) -> OutboxMessage:
+    """Issue a new 6-digit code (earlier ones stop working) and queue it by SMS; the message."""
     if not (participant.has_sms_consent and participant.phone_e164):
         raise Conflict("the participant has no phone number with SMS consent")
     for old in session.exec(
@@ -84,14 +84,15 @@ def send_activation_code(
     )
     session.add(row)
     session.flush()
-    outbox.enqueue(
+    message, _ = outbox.enqueue(
         session,
         dedupe_key=f"activation:{row.id}",
         category=MessageCategory.ACTIVATION,
         kind=MessageKind.ACTIVATION_CODE.value,
         to=participant.phone_e164,
         locale=participant.locale.value,
-        body=render(
+        # Staff see this message as "… [code hidden] …"; the outbox forgets the code once sent.
+        body=compose(
             MessageKind.ACTIVATION_CODE,
             participant.locale.value,
             code=participant.study_code,
@@ -113,6 +114,7 @@ def send_activation_code(
         now=now,
         after={"expires_at": row.expires_at},
     )
+    return message
 
 
 def activate(

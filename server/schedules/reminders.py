@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session, col, select
 
 from notifications import outbox
-from notifications.messages import MessageKind, render
+from notifications.messages import MessageKind, Sms, compose
 from notifications.models import PRIORITY_REMINDER, MessageCategory, OutboxMessage
 from server.participants.models import Participant
 from server.protocols.definition import Protocol, Reminder
@@ -117,6 +117,21 @@ def _dedupe_key(participant: Participant, event: ScheduleEvent, kind: str) -> st
     )
 
 
+def reminder_text(participant: Participant, event: ScheduleEvent, message: MessageKind) -> Sms:
+    """The text of one reminder of an event, rendered now: a questionnaire's carries a signed
+    survey link (a bearer secret, hidden from staff), made afresh on each call."""
+    params: dict[str, Any] = {
+        "code": participant.study_code,
+        "when": event.target_at,
+        "tz": participant.timezone,
+    }
+    if message == MessageKind.REMINDER_QUESTIONNAIRE:
+        from server.surveys.service import survey_link
+
+        params["link"] = survey_link(participant, event)
+    return compose(message, participant.locale.value, **params)
+
+
 def enqueue_event_reminders(
     session: Session,
     *,
@@ -147,16 +162,7 @@ def enqueue_event_reminders(
             continue
         if known_keys is not None and _dedupe_key(participant, event, r.kind) in known_keys:
             continue
-        params: dict[str, Any] = {
-            "code": participant.study_code,
-            "when": event.target_at,
-            "tz": participant.timezone,
-        }
-        if r.message == MessageKind.REMINDER_QUESTIONNAIRE:
-            from server.surveys.service import survey_link
-
-            params["link"] = survey_link(participant, event)
-        body = render(r.message, participant.locale.value, **params)
+        body = reminder_text(participant, event, r.message)
         _, was_created = outbox.enqueue(
             session,
             dedupe_key=_dedupe_key(participant, event, r.kind),
