@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import commit
+from api.rate_limits import client_key, sign_in_throttle
 from api.schemas import TokenRequestSchema, TokenSchema, UserSchema
 from server.auth import service
 from server.auth.web import Unauthorized, current_staff
@@ -42,8 +43,13 @@ class TokenView(MethodView):
         session = get_session()
         now = utcnow()
         try:
-            user = service.authenticate(
-                session=session, email=args["email"], password=args["password"], now=now
+            user = service.sign_in(
+                session=session,
+                throttle=sign_in_throttle(),
+                email=args["email"],
+                password=args["password"],
+                client=client_key(),
+                now=now,
             )
         except service.AuthError as exc:
             # Keep the failure count and its audit row even though the call fails.

@@ -7,6 +7,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.wrappers import Response
 
 from api.page_kit import safe_next
+from api.rate_limits import client_key, sign_in_throttle
 from server.auth import service
 from server.auth.web import SESSION_KEY, StaffPrincipal
 from server.clock import utcnow
@@ -24,7 +25,14 @@ def login() -> str | Response | tuple[str, int]:
     password = request.form.get("password", "")
     db = get_session()
     try:
-        user = service.authenticate(session=db, email=email, password=password, now=utcnow())
+        user = service.sign_in(
+            session=db,
+            throttle=sign_in_throttle(),
+            email=email,
+            password=password,
+            client=client_key(),
+            now=utcnow(),
+        )
     except service.AuthError as exc:
         db.commit()
         return render_template("login.html", email=email, error=str(exc)), 401

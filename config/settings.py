@@ -107,6 +107,20 @@ class BaseConfig:
     # Messaging Service or short code is allowed far more. 0 means no limit.
     SMS_RATE_PER_SECOND = 1.0
 
+    # Sign-in limits (README, "Sign-in limits"): Flask-Limiter's settings plus our failure ledger,
+    # both kept in RATELIMIT_STORAGE_URI: REDIS_URL when set (shared by every gunicorn worker),
+    # else this process's memory.
+    REDIS_URL: str | None = None
+    RATELIMIT_ENABLED = True
+    RATELIMIT_STORAGE_URI = "memory://"
+    RATELIMIT_STRATEGY = "moving-window"
+    RATELIMIT_KEY_PREFIX = "stepdown"
+    # A Redis outage must not stop a nurse signing in: count in this process meanwhile.
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+    RATELIMIT_SWALLOW_ERRORS = True
+    # How many proxies in front of us append to X-Forwarded-For; 0 trusts none (remote_addr).
+    TRUSTED_PROXY_COUNT = 0
+
     def __init__(self) -> None:
         self.SECRET_KEY = _env("SECRET_KEY", self.SECRET_KEY)
         self.DATABASE_URL = _env("DATABASE_URL", self.DATABASE_URL)
@@ -122,6 +136,13 @@ class BaseConfig:
         ):
             setattr(self, name, _env(name, getattr(self, name)))
         self.SMS_RATE_PER_SECOND = _env_float("SMS_RATE_PER_SECOND", self.SMS_RATE_PER_SECOND)
+        self.REDIS_URL = _env("REDIS_URL", self.REDIS_URL)
+        self.RATELIMIT_STORAGE_URI = (
+            _env("RATELIMIT_STORAGE_URI") or self.REDIS_URL or self.RATELIMIT_STORAGE_URI
+        )
+        self.TRUSTED_PROXY_COUNT = _env_int("TRUSTED_PROXY_COUNT", self.TRUSTED_PROXY_COUNT)
+        if self.TRUSTED_PROXY_COUNT < 0:
+            raise ConfigError("TRUSTED_PROXY_COUNT must be zero or more")
 
     def as_dict(self) -> dict[str, Any]:
         """Every upper-case setting, for app.config.from_mapping."""
@@ -148,9 +169,16 @@ class TestingConfig(BaseConfig):
     SECRET_KEY = "test-secret"
     DATABASE_URL = "sqlite://"
     WTF_CSRF_ENABLED = True
+    # Limits count in memory and every test starts from zero (tests/conftest.py); the Redis
+    # pass is its own test (tests/api/test_rate_limits_redis.py).
+    RATELIMIT_KEY_PREFIX = "stepdown-test"
     TWILIO_ACCOUNT_SID = "AC" + "1" * 32
     TWILIO_AUTH_TOKEN = "test-auth-token"
     TWILIO_FROM_NUMBER = "+15005550006"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.RATELIMIT_STORAGE_URI = "memory://"  # even where REDIS_URL is set (CI)
 
 
 class ProductionConfig(BaseConfig):
@@ -175,6 +203,14 @@ class ProductionConfig(BaseConfig):
             if absent:
                 # Webhooks fail closed: without the auth token no signature can be checked.
                 raise ConfigError(f"production needs Twilio settings: {', '.join(absent)}")
+        if self.RATELIMIT_STORAGE_URI.startswith("memory://") and not _env(
+            "RATELIMIT_STORAGE_URI"
+        ):
+            # Each gunicorn worker would count on its own: an attacker gets workers x the budget.
+            raise ConfigError(
+                "production needs REDIS_URL for the sign-in limits shared by every worker "
+                "(or RATELIMIT_STORAGE_URI=memory:// for a single-process install)"
+            )
         if not self.PUBLIC_BASE_URL.startswith("https://"):
             raise ConfigError("production needs PUBLIC_BASE_URL starting with https://")
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask, g, request
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config.settings import BaseConfig, load_config
 from server import db
@@ -93,6 +94,15 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(survey_pages.bp)
     csrf.exempt(twilio.bp)  # the Twilio signature is these endpoints' authentication
     errors.register(app)
+    from api import rate_limits
+
+    # Limits per client on sign-in, activation codes and survey links: after every route exists.
+    rate_limits.init_app(app)
+    if app.config.get("TRUSTED_PROXY_COUNT"):
+        # Behind N proxies the client is the Nth address from the right of X-Forwarded-For;
+        # trusted only when configured, else anyone could pick the address they are counted as.
+        proxies = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies)  # type: ignore[method-assign]
 
     @app.before_request
     def _api_auth() -> None:

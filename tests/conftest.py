@@ -50,6 +50,16 @@ def frozen_clock() -> Iterator[time_machine.Traveller]:
         yield traveller
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits(request: pytest.FixtureRequest) -> None:
+    """Every test using the app starts with no sign-in attempt counted: the test client always
+    comes from 127.0.0.1, so one test's failures would otherwise throttle the next."""
+    if "app" in request.fixturenames:
+        from api.rate_limits import limits_of
+
+        limits_of(request.getfixturevalue("app")).reset()
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A freshly migrated database for this test run."""
@@ -69,10 +79,12 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session", autouse=True)
 def _fast_password_hashing() -> Iterator[None]:
     # argon2's production cost makes each hash take tens of milliseconds; tests hash hundreds.
-    original = auth_service._hasher
+    original, dummy = auth_service._hasher, auth_service._DUMMY_HASH
     auth_service._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    # An unknown email is checked against the dummy hash: same cost as the test users' hashes.
+    auth_service._DUMMY_HASH = auth_service._hasher.hash("not-a-real-password")
     yield
-    auth_service._hasher = original
+    auth_service._hasher, auth_service._DUMMY_HASH = original, dummy
 
 
 @pytest.fixture(scope="session")

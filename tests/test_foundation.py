@@ -38,7 +38,14 @@ def test_audit_trail_cannot_be_edited_or_deleted(world, db):
 
 
 def test_production_refuses_to_start_without_secrets(monkeypatch):
-    for name in ("SECRET_KEY", "DATABASE_URL", "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID"):
+    for name in (
+        "SECRET_KEY",
+        "DATABASE_URL",
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_ACCOUNT_SID",
+        "REDIS_URL",
+        "RATELIMIT_STORAGE_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         ProductionConfig()
@@ -50,8 +57,16 @@ def test_production_refuses_to_start_without_secrets(monkeypatch):
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "a" * 32)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token")
     monkeypatch.setenv("TWILIO_MESSAGING_SERVICE_SID", "MG" + "b" * 32)
+    # Sign-in limits shared by every gunicorn worker, or explicitly one process's memory.
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        ProductionConfig()
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", "memory://")
+    assert ProductionConfig().RATELIMIT_STORAGE_URI == "memory://"
+    monkeypatch.delenv("RATELIMIT_STORAGE_URI")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
     config = ProductionConfig()
     assert config.SESSION_COOKIE_SECURE is True
+    assert config.RATELIMIT_STORAGE_URI == "redis://127.0.0.1:6379/0"
 
 
 def test_unknown_environment_is_refused(monkeypatch):

@@ -13,7 +13,8 @@ from sqlmodel import Session, select
 
 from server import audit
 from server.auth.models import ApiToken, Role, SiteMembership, StaffSession, StaffUser
-from server.auth.rules import lockout_delay_seconds, session_end_reason
+from server.auth.rules import session_end_reason
+from server.auth.throttle import SignInThrottle
 from server.participants.models import Site
 
 _hasher = PasswordHasher()
@@ -27,12 +28,7 @@ class AuthError(Exception):
     """Login refused; the message never says whether the email exists."""
 
 
-class AccountLocked(AuthError):
-    """Too many failed attempts; retry after `until`."""
-
-    def __init__(self, until: datetime) -> None:
-        super().__init__("account temporarily locked after repeated failed logins")
-        self.until = until
+WRONG_CREDENTIALS = "email or password is wrong"
 
 
 def hash_password(password: str) -> str:
@@ -58,21 +54,19 @@ def actor_of(user: StaffUser | None) -> str:
 
 
 def authenticate(*, session: Session, email: str, password: str, now: datetime) -> StaffUser:
-    """Check email and password; count failures and lock the account after repeated ones."""
+    """Check email and password; a failure is counted on the user and audited. Never locks:
+    slowing repeated failures down is sign_in's throttle."""
     user = session.exec(select(StaffUser).where(StaffUser.email == email.strip().lower())).first()
     if user is None or not user.is_active:
         with contextlib.suppress(VerificationError):
             _hasher.verify(_DUMMY_HASH, password)
-        raise AuthError("invalid email or password")
-    if user.locked_until_at is not None and user.locked_until_at > now:
-        raise AccountLocked(user.locked_until_at)
+        raise AuthError(WRONG_CREDENTIALS)
     try:
         _hasher.verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
+        # failed_login_count (failures since the last success) is kept for the audit trail;
+        # locked_until_at is no longer set: a lock is what an attacker could use against a nurse.
         user.failed_login_count += 1
-        delay = lockout_delay_seconds(user.failed_login_count)
-        if delay:
-            user.locked_until_at = now + timedelta(seconds=delay)
         session.add(user)
         audit.record(
             session=session,
@@ -84,13 +78,35 @@ def authenticate(*, session: Session, email: str, password: str, now: datetime) 
             now=now,
             after={"failed_login_count": user.failed_login_count},
         )
-        raise AuthError("invalid email or password") from None
+        raise AuthError(WRONG_CREDENTIALS) from None
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     user.failed_login_count = 0
     user.locked_until_at = None
     session.add(user)
     session.flush()
+    return user
+
+
+def sign_in(
+    *,
+    session: Session,
+    throttle: SignInThrottle,
+    email: str,
+    password: str,
+    client: str,
+    now: datetime,
+) -> StaffUser:
+    """authenticate behind the sign-in throttle: raises SignInThrottled (429, the same for any
+    email) while this client must wait, before the password is even checked; AuthError for a
+    wrong email or password, counted for this client and this email."""
+    throttle.check(email=email, client=client, now=now)
+    try:
+        user = authenticate(session=session, email=email, password=password, now=now)
+    except AuthError:
+        throttle.record_failure(email=email, client=client, now=now)
+        raise
+    throttle.record_success(email=email, client=client, now=now)
     return user
 
 

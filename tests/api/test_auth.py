@@ -7,6 +7,7 @@ from datetime import timedelta
 import time_machine
 from sqlmodel import select
 
+from server.audit import AuditEvent
 from server.auth.models import ApiToken
 from server.auth.service import hash_token
 from server.clock import utcnow
@@ -46,15 +47,39 @@ def test_wrong_password_and_unknown_email_look_the_same(client, world):
     assert bad.get_json() == unknown.get_json()
 
 
-def test_repeated_failures_lock_the_account(client, world, db):
+def test_repeated_failures_slow_this_client_down_without_locking_the_account(
+    client, world, db, frozen_clock
+):
     for _ in range(5):
         assert _login(client, "nurse.a@example.test", "wrong password!!").status_code == 401
-    # Locked now, even with the right password.
-    locked = _login(client, "nurse.a@example.test")
-    assert locked.status_code == 401
-    assert "locked" in locked.get_json()["error"]["message"]
-    with time_machine.travel(utcnow() + timedelta(minutes=2)):
-        assert _login(client, "nurse.a@example.test").status_code == 201
+    # This client waits a second now, even with the right password (never checked meanwhile) …
+    waiting = _login(client, "nurse.a@example.test")
+    assert waiting.status_code == 429
+    assert waiting.headers["Retry-After"] == "1"
+    assert waiting.get_json()["error"]["code"] == "rate_limited"
+    # … said exactly as for an email nobody has, after as many failures.
+    for _ in range(5):
+        _login(client, "nobody@example.test", "wrong password!!")
+    assert _login(client, "nobody@example.test").get_json() == waiting.get_json()
+    # Another client was never held up; this one is through once the second has passed.
+    other = client.post(
+        TOKEN,
+        json={"email": "nurse.a@example.test", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
+    assert other.status_code == 201
+    frozen_clock.shift(timedelta(seconds=1))
+    assert _login(client, "nurse.a@example.test").status_code == 201
+    # Each failure is still audited; nothing is locked in the database.
+    nurse = world.staff[("nurse", "A")]
+    db.refresh(nurse)
+    assert nurse.locked_until_at is None and nurse.failed_login_count == 0
+    failed = db.exec(
+        select(AuditEvent).where(
+            AuditEvent.action == "auth.login_failed", AuditEvent.entity_id == str(nurse.id)
+        )
+    ).all()
+    assert len(failed) == 5
 
 
 def test_no_token_bad_token_are_401(client, world):

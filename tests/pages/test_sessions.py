@@ -114,7 +114,9 @@ def test_role_change_ends_the_users_sessions(app, web_as, world, db):
     assert not _is_signed_in(web.client)
 
 
-def test_login_form_locks_after_repeated_failures(client, world):
+def test_login_form_slows_down_after_repeated_failures_and_says_when_to_retry(
+    client, world, frozen_clock
+):
     page = client.get("/login").get_data(as_text=True)
     import re
 
@@ -129,10 +131,21 @@ def test_login_form_locks_after_repeated_failures(client, world):
             },
         )
         assert bad.status_code == 401
+        assert "email or password is wrong" in bad.get_data(as_text=True)
     good = client.post(
         "/login",
         data={"email": "nurse.a@example.test", "password": PASSWORD, "csrf_token": token},
     )
-    assert good.status_code == 401
-    assert "temporarily locked" in good.get_data(as_text=True)
+    assert good.status_code == 429
+    assert good.headers["Retry-After"] == "1"
+    html = good.get_data(as_text=True)
+    assert "Try again in 1 second." in html and "reply ACK" in html
+    assert "locked" not in html
     assert not _is_signed_in(client)
+    frozen_clock.shift(timedelta(seconds=1))
+    again = client.post(
+        "/login",
+        data={"email": "nurse.a@example.test", "password": PASSWORD, "csrf_token": token},
+    )
+    assert again.status_code == 302
+    assert _is_signed_in(client)
