@@ -44,7 +44,8 @@ def _get(user: StaffUser, alert_id: int) -> Alert:
 
 def _dict(alert: Alert, full: bool = False) -> dict[str, Any]:
     session = get_session()
-    d = alert.model_dump()
+    # The acknowledgement code stays out: it is in the alerted staff's own SMS, nowhere else.
+    d = alert.model_dump(exclude={"ack_code"})
     for key in ("kind", "severity", "state"):
         d[key] = getattr(alert, key).value
     participant = session.get(Participant, alert.participant_id) if alert.participant_id else None

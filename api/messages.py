@@ -8,6 +8,7 @@ from flask_smorest import Blueprint
 
 from api.common import commit
 from api.schemas import MessageSchema, ReasonSchema
+from notifications import outbox
 from notifications.models import MessageLog, OutboxMessage
 from server.auth.models import StaffUser
 from server.auth.rules import Permission, has_permission
@@ -23,7 +24,9 @@ blp = Blueprint("messages", __name__, url_prefix="/api/v1", description="Message
 
 
 def _dict(user: StaffUser, message: OutboxMessage, trail: list[MessageLog]) -> dict[str, Any]:
-    d = message.model_dump()
+    d = message.model_dump(exclude={"body", "redacted_body", "bundle_item"})
+    # Never the clear text: activation codes and survey links are the participant's alone.
+    d["body"] = outbox.shown_body(message)
     d["category"] = message.category.value
     d["status"] = message.status.value
     see_phone = has_permission(user.role, Permission.SEE_PHONE_NUMBERS)
@@ -74,7 +77,10 @@ def cancel(args: dict[str, Any], participant_id: int, message_id: int) -> dict[s
 @blp.arguments(ReasonSchema)
 @blp.response(201, MessageSchema)
 def resend(args: dict[str, Any], participant_id: int, message_id: int) -> dict[str, Any]:
-    """Send a failed, undelivered, expired or cancelled message again (a new row; audited)."""
+    """Send a failed, undelivered, expired or cancelled message again (a new row; audited).
+    An activation code is re-issued (a new code; earlier ones stop working); a questionnaire
+    reminder is rendered again with its survey link while its window is open (409 once closed);
+    any other message that carried a code or link, or went to a staff member, is 409."""
     user, participant, message = _act(participant_id, message_id)
     copy = service.resend(
         session=get_session(),

@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
 
 from api.page_kit import can, query_choice, require_page
+from notifications.outbox import shown_body
 from server import worklist
 from server.adherence import service as adherence
 from server.alerts.models import Alert
@@ -412,6 +413,8 @@ def _page(
         recent_shown=RECENT_SHOWN,
         form=form,
         redact=(lambda text: text) if see_phone else _scrub,
+        # Message texts with activation codes and survey links replaced by markers.
+        shown_body=shown_body,
     )
     return html, status
 

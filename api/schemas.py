@@ -348,7 +348,12 @@ class MessageSchema(ma.Schema):
     status = ma.fields.String()
     to = ma.fields.String(metadata={"description": "masked for monitors"})
     locale = ma.fields.String()
-    body = ma.fields.String()
+    body = ma.fields.String(
+        metadata={
+            "description": "the text with every bearer secret (activation code, survey link) "
+            'replaced by a marker such as "[code hidden]" or "[link hidden]"'
+        }
+    )
     segments = ma.fields.Integer()
     intended_at = ma.fields.AwareDateTime()
     not_before_at = ma.fields.AwareDateTime()
@@ -450,7 +455,7 @@ class AlertSchema(ma.Schema):
     study_code = ma.fields.String(allow_none=True)
     site_id = ma.fields.Integer(allow_none=True)
     summary = ma.fields.String()
-    ack_code = ma.fields.String()
+    # No ack_code: the acknowledgement code is in the SMS of the staff it was sent to, nowhere else.
     tier = ma.fields.Integer()
     next_tier_at = ma.fields.AwareDateTime(allow_none=True)
     opened_at = ma.fields.AwareDateTime()

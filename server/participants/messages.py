@@ -1,5 +1,11 @@
 """Staff view of a participant's messages: history (intended, sent, delivered, failed) and the
-two things staff may do to one: cancel it while pending, or send a failed one again."""
+two things staff may do to one: cancel it while pending, or send a failed one again.
+
+Staff never see a message's bearer secrets (activation codes, survey links): its text is shown as
+`outbox.shown_body`, with markers in their place. Sending one again never re-sends an old secret
+(it is dead, and the outbox has forgotten it): an activation code is re-issued (a new code, the
+earlier ones stop working), a questionnaire reminder is rendered again with its survey link while
+the questionnaire's window is open, and anything else that carried a secret is refused (409)."""
 
 from __future__ import annotations
 
@@ -9,10 +15,12 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session, col, select
 
 from notifications import outbox
+from notifications.messages import MessageKind, Sms
 from notifications.models import MessageLog, MessageStatus, OutboxMessage
 from server import audit
 from server.errors import Conflict, NotFound, field_error
 from server.participants.models import Participant
+from server.schedules.models import PENDING_STATUSES, ScheduleEvent
 from server.schedules.rules import defer_out_of_quiet_hours
 
 RESENDABLE = frozenset(
@@ -98,13 +106,30 @@ def resend(
     actor: str,
     actor_user_id: int | None,
 ) -> OutboxMessage:
-    """Queue a failed, undelivered, expired or cancelled message again, as a new row."""
+    """Queue a failed, undelivered, expired or cancelled message again, as a new row (an
+    activation code is re-issued; a questionnaire reminder gets its survey link again)."""
     if message.status not in RESENDABLE:
         raise Conflict(f"the message is {message.status.value}; it cannot be sent again")
     if not reason.strip():
         raise field_error("reason", "required")
+    if message.staff_user_id is not None:
+        # A notice about the participant to a staff member: it must not go to the participant.
+        raise Conflict("this message went to a staff member; it cannot be sent again from here")
     if not (participant.has_sms_consent and participant.phone_e164):
         raise Conflict("the participant does not accept SMS (no consent or no phone)")
+    if message.kind == MessageKind.ACTIVATION_CODE.value:
+        return _reissue_activation(
+            session=session,
+            participant=participant,
+            message=message,
+            reason=reason,
+            now=now,
+            actor=actor,
+            actor_user_id=actor_user_id,
+        )
+    text, expires_at = _text_again(
+        session=session, participant=participant, message=message, now=now
+    )
     zone = ZoneInfo(participant.timezone)
     due = defer_out_of_quiet_hours(
         now, zone, participant.quiet_hours_start, participant.quiet_hours_end
@@ -116,10 +141,11 @@ def resend(
         kind=message.kind,
         to=participant.phone_e164,
         locale=message.locale,
-        body=message.body,
+        body=text,
         priority=message.priority,
         intended_at=now,
         not_before_at=due,
+        expires_at=expires_at,
         participant_id=participant.id,
         ref=message.ref,
         now=now,
@@ -135,6 +161,71 @@ def resend(
         now=now,
         before={"original_id": message.id, "status": message.status.value},
         after={"status": copy.status.value, "not_before_at": copy.not_before_at},
+        reason=reason,
+    )
+    return copy
+
+
+def _text_again(
+    *, session: Session, participant: Participant, message: OutboxMessage, now: datetime
+) -> tuple[Sms, datetime | None]:
+    """The text to send again (and when it stops making sense): the stored one when it carried
+    no secret; a questionnaire reminder rendered afresh; otherwise Conflict."""
+    if message.redacted_body is None:
+        return Sms(message.body), None
+    event = _event_of(session, participant, message)
+    if message.kind == MessageKind.REMINDER_QUESTIONNAIRE.value and event is not None:
+        from server.schedules.reminders import reminder_text
+
+        if event.status not in PENDING_STATUSES or event.window_close_at <= now:
+            raise Conflict(
+                "the questionnaire's window has closed: its survey link would not open, so the "
+                "reminder is not sent again"
+            )
+        return reminder_text(participant, event, MessageKind.REMINDER_QUESTIONNAIRE), (
+            event.window_close_at
+        )
+    raise Conflict(
+        "this message carried a code or a link that is no longer valid, so it is not sent again: "
+        "send what the participant needs afresh (e.g. a new activation code)"
+    )
+
+
+def _event_of(
+    session: Session, participant: Participant, message: OutboxMessage
+) -> ScheduleEvent | None:
+    ref = message.ref or ""
+    if not ref.startswith("event:") or not ref[6:].isdigit():
+        return None
+    event = session.get(ScheduleEvent, int(ref[6:]))
+    return event if event is not None and event.participant_id == participant.id else None
+
+
+def _reissue_activation(
+    *,
+    session: Session,
+    participant: Participant,
+    message: OutboxMessage,
+    reason: str,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None,
+) -> OutboxMessage:
+    """'Send again' of an activation code: a new code (earlier ones stop), never the old one."""
+    from server.participants.mobile import send_activation_code
+
+    copy = send_activation_code(session=session, participant=participant, now=now, actor=actor)
+    audit.record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action="message.resend",
+        entity="outbox_message",
+        entity_id=copy.id,
+        site_id=participant.site_id,
+        now=now,
+        before={"original_id": message.id, "status": message.status.value},
+        after={"status": copy.status.value, "reissued": "activation_code"},
         reason=reason,
     )
     return copy
