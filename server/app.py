@@ -127,6 +127,12 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         )
         if "request_id" in g:
             response.headers["X-Request-ID"] = g.request_id
+        if request.endpoint != "static":
+            # Pages and API answers hold health data (survey pages too); login and error pages
+            # are not worth an exception: only static files may be kept by a browser or proxy.
+            response.headers["Cache-Control"] = "no-store"
+        if app.config.get("STRICT_TRANSPORT_SECURITY"):
+            response.headers["Strict-Transport-Security"] = app.config["STRICT_TRANSPORT_SECURITY"]
         return response
 
     from server import cli
