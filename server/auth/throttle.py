@@ -15,6 +15,7 @@ import logging
 import math
 import secrets
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -157,8 +158,11 @@ class SignInThrottle:
     """Staff sign-in attempts for each (email, client) pair and each email; see rules.sign_in_wait
     for what they decide."""
 
+    RETRY_STORE_AFTER = 30.0  # seconds
+
     def __init__(self, ledger: Ledger, *, secret: str, prefix: str, enabled: bool = True) -> None:
         self.ledger = ledger
+        self._down_until = 0.0
         self.enabled = enabled
         self._fallback = MemoryLedger()
         self._secret = secret.encode()
@@ -179,12 +183,15 @@ class SignInThrottle:
         )
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return getattr(self.ledger, method)(*args, **kwargs)
-        except Exception:
-            # The store is down: count in this process meanwhile, never refuse because of it.
-            log.warning("sign-in ledger unavailable; counting in memory", exc_info=True)
-            return getattr(self._fallback, method)(*args, **kwargs)
+        if time.monotonic() >= self._down_until:
+            try:
+                return getattr(self.ledger, method)(*args, **kwargs)
+            except Exception:
+                # The store is down: count in this process meanwhile, never refuse because of
+                # it, and leave it alone for a while (a sign-in makes up to five calls).
+                log.warning("sign-in ledger unavailable; counting in memory", exc_info=True)
+                self._down_until = time.monotonic() + self.RETRY_STORE_AFTER
+        return getattr(self._fallback, method)(*args, **kwargs)
 
     def wait(self, *, email: str, client: str, now: datetime) -> timedelta:
         """How long this client must wait before trying this email again (zero: go ahead)."""
@@ -244,6 +251,7 @@ class SignInThrottle:
 
     def reset(self) -> None:
         """Forget everything (tests)."""
+        self._down_until = 0.0
         self._call("reset")
         self._fallback.reset()
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from flask import current_app, has_app_context
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -20,7 +22,7 @@ from server import audit
 from server.alerts import service as alerts
 from server.alerts.models import AlertKind
 from server.clock import local_date
-from server.errors import Conflict
+from server.errors import Conflict, ValidationFailed
 from server.participants.models import Participant, ParticipantStatus
 from server.protocols.models import Study
 from server.protocols.service import protocol_of_study
@@ -75,6 +77,70 @@ def _find_participant(
     return found[0], None
 
 
+def configured_clock_skew() -> timedelta:
+    """How far ahead of our clock a result's times may be (RESULT_CLOCK_SKEW_SECONDS)."""
+    if has_app_context() and "RESULT_CLOCK_SKEW_SECONDS" in current_app.config:
+        return timedelta(seconds=int(current_app.config["RESULT_CLOCK_SKEW_SECONDS"]))
+    return rules.DEFAULT_CLOCK_SKEW
+
+
+def enrolment_day(participant: Participant) -> date:
+    """The day a participant's results are dated from: the earlier of the anchor date (the
+    protocol's day 0) and the local day they were enrolled in Stepdown. The earlier of the two,
+    because either can come first: baseline draws are planned before the anchor, and a
+    participant entered after their anchor has results from before the entry."""
+    created = participant.created_at
+    if created.tzinfo is None:  # SQLite hands back naive UTC
+        created = created.replace(tzinfo=UTC)
+    entered = created.astimezone(ZoneInfo(participant.timezone)).date()
+    anchor = participant.anchor_date
+    return min(anchor, entered) if anchor is not None else entered
+
+
+def check_dates(
+    *,
+    session: Session,
+    participant: Participant | None,
+    fields: Mapping[str, Any],
+    now: datetime,
+    clock_skew: timedelta,
+    names: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse (422, naming each field) a result whose dates cannot be: sampled or reported in the
+    future beyond `clock_skew`, a scan on a day not begun, a report before its sample or scan, or
+    (with a participant) a sample or scan from before their enrolment day minus the protocol's
+    `result_look_back`. Every way in (JSON, FHIR, CSV import, demo) comes through here."""
+    earliest, why, zone = None, "", None
+    if participant is not None:
+        zone = ZoneInfo(participant.timezone)
+        _, protocol = protocol_of_study(session, participant.study_id)
+        look_back = protocol.result_look_back
+        if look_back is not None:
+            day = enrolment_day(participant)
+            earliest = day - look_back.delta()
+            why = (
+                f"the {protocol.study} protocol accepts samples and scans from {look_back} "
+                f"before enrolment ({day.isoformat()}) on"
+            )
+    problems = rules.implausible_dates(
+        collected_at=fields.get("collected_at"),
+        reported_at=fields.get("reported_at"),
+        performed_on=fields.get("performed_on"),
+        now=now,
+        skew=clock_skew,
+        zone=zone,
+        earliest=earliest,
+        earliest_why=why,
+        names=names,
+    )
+    if problems:
+        raise ValidationFailed(
+            "impossible dates: "
+            + "; ".join(f"{field} {' and '.join(msgs)}" for field, msgs in problems.items()),
+            problems,
+        )
+
+
 def ingest(
     *,
     session: Session,
@@ -88,9 +154,14 @@ def ingest(
     site_ids: Any = None,
     study_key: str | None = None,
     fields: dict[str, Any],
+    clock_skew: timedelta | None = None,
+    field_names: Mapping[str, str] | None = None,
 ) -> Ingested:
     """Record one result. The same accession twice is one result; the same accession with other
-    content is refused (409) rather than silently overwritten."""
+    content is refused (409) rather than silently overwritten. Impossible dates are refused
+    (422, `check_dates`, fields named as in `field_names`) before anything is written; an unknown
+    participant is quarantined as before, its dates checked for everything but the look-back
+    (which needs the participant's enrolment)."""
     payload, digest = _canonical(
         {"kind": kind.value, "study": study_key, "study_code": study_code, **fields}
     )
@@ -106,6 +177,14 @@ def ingest(
             )
         return Ingested(existing, False)
     participant, problem = _find_participant(session, study_key, study_code, site_ids)
+    check_dates(
+        session=session,
+        participant=participant,
+        fields=fields,
+        now=now,
+        clock_skew=configured_clock_skew() if clock_skew is None else clock_skew,
+        names=field_names,
+    )
     call = fields.get("call")
     if kind == ResultKind.CTDNA and call not in rules.CTDNA_CALLS:
         # Never guess: an unreadable call is not a negative one.

@@ -272,3 +272,16 @@ def test_survey_link_guessing_is_limited_but_real_links_never_are(app, client, d
         assert client.get(f"/s/{token}").status_code == 200
     expired = make_token(app.config["SECRET_KEY"], event.id, NOW - timedelta(days=1))
     assert client.get(f"/s/{expired}").status_code == 410
+
+
+def test_with_redis_down_sign_in_works_and_limits_count_in_memory(app, db, world, database_url):
+    # Nothing listens on this port: every Redis call fails at once.
+    down = app_like(app, database_url, RATELIMIT_STORAGE_URI="redis://127.0.0.1:9/0")
+    client = down.test_client()
+    assert _token(client, NURSE, PASSWORD).status_code == 201
+    for _ in range(5):
+        assert _token(client, NURSE).status_code == 401
+    assert _token(client, NURSE).headers["Retry-After"] == "1"
+    for i in range(25):  # 30 failures in all from this address
+        assert _token(client, f"someone{i}@example.test").status_code == 401
+    assert _token(client, "one-more@example.test").status_code == 429
