@@ -40,7 +40,9 @@ def _dump(ingested: results.Ingested) -> tuple[dict[str, Any], int]:
     return d, 201 if ingested.created else 200
 
 
-def _ingest(kind: ResultKind, args: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def _ingest(
+    kind: ResultKind, args: dict[str, Any], field_names: dict[str, str] | None = None
+) -> tuple[dict[str, Any], int]:
     user = require(Permission.RESULT_WRITE)
     session = get_session()
     lab = args.pop("lab")
@@ -59,6 +61,7 @@ def _ingest(kind: ResultKind, args: dict[str, Any]) -> tuple[dict[str, Any], int
         actor=actor_of(user),
         actor_user_id=user.id,
         site_ids=visible_site_ids_subquery(user),
+        field_names=field_names,
     )
     commit()
     return _dump(ingested)
@@ -70,7 +73,11 @@ def _ingest(kind: ResultKind, args: dict[str, Any]) -> tuple[dict[str, Any], int
 @blp.alt_response(200, schema=ResultSchema, description="the same accession again: no change")
 def post_ctdna(args: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """A ctDNA result (idempotent on the lab's accession id). Unknown participants and unreadable
-    calls are quarantined for review."""
+    calls are quarantined for review. Impossible dates are 422 naming the field, whoever the
+    participant: `collected_at` or `reported_at` later than now plus the clock-skew allowance
+    (10 minutes by default), `reported_at` before `collected_at`; and for a known participant,
+    `collected_at` before their enrolment minus the protocol's look-back (an unknown
+    participant's result has no enrolment to compare with: it is quarantined, as before)."""
     return _ingest(ResultKind.CTDNA, args)
 
 
@@ -79,7 +86,10 @@ def post_ctdna(args: dict[str, Any]) -> tuple[dict[str, Any], int]:
 @blp.response(201, ResultSchema)
 @blp.alt_response(200, schema=ResultSchema, description="the same accession again: no change")
 def post_imaging(args: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """An imaging response (RECIST 1.1); PD opens a progression alert and a PFS event."""
+    """An imaging response (RECIST 1.1); PD opens a progression alert and a PFS event. The dates
+    are checked as for ctDNA: `performed_on` may not be a day that has not begun (in the
+    participant's time zone) nor before enrolment minus the look-back; `reported_at` may not
+    precede that day."""
     return _ingest(ResultKind.IMAGING, args)
 
 
@@ -88,7 +98,7 @@ def post_imaging(args: dict[str, Any]) -> tuple[dict[str, Any], int]:
 @blp.response(201, ResultSchema)
 @blp.alt_response(200, schema=ResultSchema, description="the same accession again: no change")
 def post_marker(args: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """A tumour marker value (CA 15-3, CEA)."""
+    """A tumour marker value (CA 15-3, CEA); its dates are checked as for ctDNA."""
     return _ingest(ResultKind.TUMOR_MARKER, args)
 
 
@@ -97,7 +107,8 @@ def post_marker(args: dict[str, Any]) -> tuple[dict[str, Any], int]:
 @blp.alt_response(200, schema=ResultSchema, description="the same accession again: no change")
 def post_fhir() -> tuple[dict[str, Any], int]:
     """A ctDNA result as a FHIR R4 Observation (identifier = accession, subject.identifier =
-    study code, valueCodeableConcept or interpretation = the call)."""
+    study code, valueCodeableConcept or interpretation = the call). Its dates are checked as for
+    ctDNA; errors name `effectiveDateTime` (the collection) and `issued` (the report)."""
     require(Permission.RESULT_WRITE)
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -106,7 +117,7 @@ def post_fhir() -> tuple[dict[str, Any], int]:
             {"_schema": ["expected a JSON object"]},
         )
     args = fhir.observation_to_ctdna(body)
-    return _ingest(ResultKind.CTDNA, args)
+    return _ingest(ResultKind.CTDNA, args, fhir.FIELD_NAMES)
 
 
 @blp.route("/results/quarantine")

@@ -96,7 +96,7 @@ OTHER_STAFF = (  # role, phone: every escalation tier reaches someone (no dead-r
     (Role.ADMIN, "+33610000004"),
 )
 PASSWORD = "alert-latency-bench-password"
-ACK_RE = re.compile(r"\bACK\s+(\d{4})\b")
+ACK_RE = re.compile(r"\bACK\s+(\d{6}|\d{4})\b")
 TARGET_P99_MS = {"sqlite": 2000.0, "postgresql": 500.0}
 
 

@@ -106,6 +106,9 @@ class BaseConfig:
     # SMS a second per sender (token bucket in the dispatcher): a long code sends ~1/s; a
     # Messaging Service or short code is allowed far more. 0 means no limit.
     SMS_RATE_PER_SECOND = 1.0
+    # How far ahead of our clock a lab's collection or report time may be (its clock may run
+    # fast: LIS and instrument clocks are often not NTP-disciplined); later is refused as future.
+    RESULT_CLOCK_SKEW_SECONDS = 600
 
     # Sign-in limits (README, "Sign-in limits"): Flask-Limiter's settings plus our failure ledger,
     # both kept in RATELIMIT_STORAGE_URI: REDIS_URL when set (shared by every gunicorn worker),
@@ -138,6 +141,11 @@ class BaseConfig:
         ):
             setattr(self, name, _env(name, getattr(self, name)))
         self.SMS_RATE_PER_SECOND = _env_float("SMS_RATE_PER_SECOND", self.SMS_RATE_PER_SECOND)
+        self.RESULT_CLOCK_SKEW_SECONDS = _env_int(
+            "RESULT_CLOCK_SKEW_SECONDS", self.RESULT_CLOCK_SKEW_SECONDS
+        )
+        if self.RESULT_CLOCK_SKEW_SECONDS < 0:
+            raise ConfigError("RESULT_CLOCK_SKEW_SECONDS must be zero or more")
         self.REDIS_URL = _env("REDIS_URL", self.REDIS_URL)
         self.RATELIMIT_STORAGE_URI = (
             _env("RATELIMIT_STORAGE_URI") or self.REDIS_URL or self.RATELIMIT_STORAGE_URI

@@ -221,13 +221,14 @@ def results_group() -> None:
 @click.option("--lab", default="default", show_default=True, help="the sending lab")
 def results_import(path: str, lab: str) -> None:
     """Import a lab's ctDNA CSV batch (study_code, accession_id, collected_at, call, mtm_per_ml,
-    optional study, reported_at, assay). Every row is checked first: one bad row imports nothing
-    and the errors name the rows."""
+    optional study, reported_at, assay). Every row is checked (format, then dates as the API
+    checks them): one bad row imports nothing and the errors name the rows."""
     import csv
 
     import marshmallow as ma
 
     from api.schemas import CtdnaResultSchema
+    from server.errors import DomainError
     from server.results import service as results
     from server.results.models import ResultKind
 
@@ -256,22 +257,35 @@ def results_import(path: str, lab: str) -> None:
     now = utcnow()
     counts = {"created": 0, "duplicates": 0, "quarantined": 0, "alerts": 0}
     with get_db().job_session() as session:
-        for args in rows:
+        for number, args in enumerate(rows, start=2):
             args = dict(args)
-            ingested = results.ingest(
-                session=session,
-                kind=ResultKind.CTDNA,
-                source=str(args.pop("lab")),
-                accession_id=str(args.pop("accession_id")),
-                study_code=str(args.pop("study_code")),
-                study_key=args.pop("study"),  # type: ignore[arg-type]
-                fields=args,
-                now=now,
-                actor=f"cli:import:{lab}",
-            )
+            try:
+                ingested = results.ingest(
+                    session=session,
+                    kind=ResultKind.CTDNA,
+                    source=str(args.pop("lab")),
+                    accession_id=str(args.pop("accession_id")),
+                    study_code=str(args.pop("study_code")),
+                    study_key=args.pop("study"),  # type: ignore[arg-type]
+                    fields=args,
+                    now=now,
+                    actor=f"cli:import:{lab}",
+                )
+            except DomainError as exc:
+                # Impossible dates (or a changed accession) are found row by row; the session is
+                # rolled back below, so one bad row still imports nothing.
+                detail = "; ".join(
+                    f"{field}: {' '.join(msgs)}" for field, msgs in sorted(exc.fields.items())
+                )
+                errors.append(f"row {number}: {detail or exc.message}")
+                continue
             counts["created" if ingested.created else "duplicates"] += 1
             counts["quarantined"] += int(ingested.result.status.value == "quarantined")
             counts["alerts"] += int(ingested.alert_id is not None)
+        if errors:
+            for line in errors:
+                click.echo(line, err=True)
+            raise click.ClickException(f"{len(errors)} bad row(s); nothing imported")
     click.echo(f"imported {len(rows)} row(s): {counts}")
 
 

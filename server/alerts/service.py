@@ -657,9 +657,7 @@ def _sms_acknowledger(
     able = [
         u
         for u in users
-        if u.is_phone_verified
-        and has_permission(u.role, Permission.ALERT_ACK)
-        and u.id in members
+        if u.is_phone_verified and has_permission(u.role, Permission.ALERT_ACK) and u.id in members
     ]
     able.sort(key=lambda u: u.id not in received)
     return able[0] if able else None

@@ -10,6 +10,7 @@ One file per trial; a new `version` is an amendment. The shape, top to bottom:
     time_zone: America/New_York      # optional IANA zone, used when a participant has none
     time_of_day: "09:00"             # local time of every event unless an item says otherwise
     anchor: Day anti-HER2 therapy stops (week 1 day 1)
+    result_look_back: 30 days        # how long before enrolment a sample or scan may date from
     cohorts:
       - {key: stop, label: "Cohort 2: stop anti-HER2 therapy"}
     rules: [imaging_progression, result_overdue]     # study rules, from STUDY_RULES
@@ -36,6 +37,11 @@ One file per trial; a new `version` is an amendment. The shape, top to bottom:
 Timing of an item is exactly one of: `phases`, the shorthand (`first` [+ `every` + `until`|`count`],
 or `at: [offsets]` for explicit time points), or `after_cycle: n | [n, ...]` (the day cycle n
 ends, in protocols with a `treatment:` block). A `window` on the item is the default for its phases.
+
+`result_look_back` bounds a result's date from below: a sample collected or a scan performed
+before the participant's enrolment day (the earlier of the anchor date and the day they were
+enrolled in Stepdown) minus this duration is refused (422). It must cover every planned event:
+the loader refuses a look-back shorter than the earliest window that opens before the anchor.
 
 `site_defaults` (allowed on the protocol and on every item, phase, cohort, treatment block,
 regimen, arm segment, decision table and decision rule) lists the values of that node which the
@@ -710,6 +716,8 @@ class Protocol(_Node):
     time_zone: str | None = None
     time_of_day: TimeField = time(9, 0)
     anchor: str = Field(min_length=1, max_length=300)
+    # Results dated before enrolment minus this are refused (absent: no lower bound).
+    result_look_back: DurationField | None = None
     cohorts: list[Cohort] = Field(min_length=1)
     rules: list[StudyRule] = Field(default_factory=list)
     schedule: list[Item] = Field(min_length=1)
@@ -821,6 +829,22 @@ class Protocol(_Node):
         return self
 
     @model_validator(mode="after")
+    def _check_look_back(self) -> Protocol:
+        look_back = self.result_look_back
+        if look_back is None:
+            return self
+        if look_back.amount < 0:
+            raise FieldError("result_look_back", "must not be negative")
+        lead, item_id = self.earliest_window_lead()
+        if lead > look_back.approx_days():
+            raise FieldError(
+                "result_look_back",
+                f"{look_back} is shorter than the {lead} days before the anchor at which the "
+                f"window of {item_id!r} opens: its results would be refused",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_site_defaults(self) -> Protocol:
         for where, node in iter_nodes(self):
             prefix = f"{where}." if where else ""
@@ -894,6 +918,20 @@ class Protocol(_Node):
                         )
 
     # -- lookups ---------------------------------------------------------------------------------
+
+    def earliest_window_lead(self) -> tuple[int, str | None]:
+        """How many days before the anchor the earliest planned window opens, and whose."""
+        lead: tuple[int, str | None] = (0, None)
+        for item in self.schedule:
+            for phase in item.timing_phases():
+                offsets = phase.at if phase.at is not None else [phase.first]
+                for offset in offsets:
+                    if offset is None:
+                        continue
+                    days = item.window_for(phase).early_days - int(offset.approx_days())
+                    if days > lead[0]:
+                        lead = (days, item.id)
+        return lead
 
     def cohort_keys(self) -> list[str]:
         """Cohort keys in file order."""

@@ -43,6 +43,10 @@ def _call(obs: Any) -> str:
     return str(texts[0])[:40]
 
 
+# Our result fields as an Observation names them (errors about them use these paths).
+FIELD_NAMES = {"collected_at": "effectiveDateTime", "reported_at": "issued"}
+
+
 def observation_to_ctdna(data: dict[str, Any]) -> dict[str, Any]:
     """Validate an R4 Observation and map it to the ctDNA result fields."""
     from fhir.resources.R4B.observation import Observation

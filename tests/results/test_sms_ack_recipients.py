@@ -51,7 +51,9 @@ def _open_alert(api_as) -> int:
 
 def _reply(app, client, phone: str, body: str, sid: str | None = None) -> None:
     sid = sid or f"SMin{next(_sids):030d}"
-    assert post_signed(app, client, "/twilio/inbound", _inbound(phone, body, sid)).status_code == 200
+    assert (
+        post_signed(app, client, "/twilio/inbound", _inbound(phone, body, sid)).status_code == 200
+    )
 
 
 def _state(db, alert_id: int) -> AlertState:
