@@ -44,16 +44,50 @@ enrolled in Stepdown) minus this duration is refused (422). It must cover every 
 the loader refuses a look-back shorter than the earliest window that opens before the anchor.
 
 `site_defaults` (allowed on the protocol and on every item, phase, cohort, treatment block,
-regimen, arm segment, decision table and decision rule) lists the values of that node which the
-seed documents do not state: documented defaults a site may change. Each entry is a path to a
-value set on that node (`every`, `window`, `expects.turnaround_days`, `rules.result_overdue`,
-`arms.control`); the loader rejects paths that name nothing. Seed-stated values carry a YAML
-comment quoting their source instead.
+regimen, arm segment, decision table, decision rule and choice) lists the values of that node
+which the seed documents do not state: documented defaults a site may change. Each entry is a
+path to a value set on that node (`every`, `window`, `expects.turnaround_days`,
+`rules.result_overdue`, `arms.control`); the loader rejects paths that name nothing.
+Seed-stated values carry a YAML comment quoting their source instead.
 
 The neoadjuvant trial adds `treatment:` (cycle length, regimens, and per cohort a plan of segments:
 a fixed `{regimen, cycles}` or a `{decision, planned_cycles}` whose regimen a decision table picks)
-and `decisions:` (tables whose rules have `when:` conditions on declared facts; first match wins;
-no match means the care team decides). See the nct07239271.yaml file for a worked example.
+and `decisions:` (tables whose rules have `when:` conditions on declared facts). See the
+nct07239271.yaml file for a worked example.
+
+Decision tables are complete when the file loads: every fact takes `unknown` besides its values
+(ctdna_status: positive | negative; recist_response: CR | PR | SD | PD | NE; pam_mutation:
+true | false; regimen: the regimen keys), a fact a rule's `when` leaves out matches any value,
+and every combination must match a rule, else the load fails naming the file, the table and the
+combination. A rule leads to `regimen` (`same` keeps the regimen given), `choose_from`, or
+`team_decides: "<why>"`, a combination left to the care team on purpose, with the reason
+quoted. Two rules matching one combination with different outcomes are an error unless the
+table says `order: first_match` (then the first in the file wins).
+
+    decisions:
+      - id: after_c4
+        label: Regimen after cycle 4
+        order: first_match
+        facts:
+          response: {kind: recist_response, item: imaging_c4}
+          current_regimen: {kind: regimen}
+        rules:
+          - {id: regimen_not_recorded, when: {current_regimen: unknown}, team_decides: "..."}
+          - {id: response, when: {response: [CR, PR]}, regimen: same, cycles: 2}
+          - ...
+
+`choices:` declares values the protocol leaves to the care team per participant; the file's own
+value is the default and a participant's choice replaces it from `applies_from` on:
+
+    choices:
+      - key: imaging_interval
+        label: Imaging interval after one progression-free year
+        decided_by: treating oncologist
+        range: {min: 3 months, max: 6 months, step: 1 month}   # or values: [...]
+        default: 3 months                    # = restaging_scan.after_year_1.every
+        drives: [{item: restaging_scan, phase: after_year_1, field: every}]   # or field: modality
+        applies_from: 1 year
+        cohorts: [stop]
 
 Validation errors raise ProtocolError naming the file, the field path and the problem.
 """
@@ -145,11 +179,15 @@ class FactKind(enum.StrEnum):
     REGIMEN = "regimen"
 
 
-# Values each fact kind may take; a regimen fact takes the protocol's regimen keys instead.
+# A fact whose source was not done, failed, or never tested (a value every fact kind may take,
+# so a decision table must say what happens then).
+UNKNOWN = "unknown"
+
+# Values each fact kind may take; a regimen fact takes the protocol's regimen keys (or unknown).
 FACT_VALUES: dict[FactKind, tuple[str, ...]] = {
-    FactKind.CTDNA_STATUS: ("positive", "negative"),
-    FactKind.RECIST_RESPONSE: ("CR", "PR", "SD", "PD", "NE"),
-    FactKind.PAM_MUTATION: ("true", "false", "unknown"),
+    FactKind.CTDNA_STATUS: ("positive", "negative", UNKNOWN),
+    FactKind.RECIST_RESPONSE: ("CR", "PR", "SD", "PD", "NE", UNKNOWN),
+    FactKind.PAM_MUTATION: ("true", "false", UNKNOWN),
 }
 
 # Which event type may supply a fact of each kind (a fact's `item:` must be of that type).
@@ -244,6 +282,11 @@ def _parse_duration(value: Any) -> Duration:
         raise ValueError(f"write a duration like '12 weeks' or '3 months', not {value!r}")
     unit = match.group(2).lower() + "s"
     return Duration(int(match.group(1)), unit)  # type: ignore[arg-type]
+
+
+def parse_duration(value: Any) -> Duration:
+    """A duration written "<n> days|weeks|months|years" (ValueError if it is not one)."""
+    return _parse_duration(value)
 
 
 def _parse_time(value: Any) -> time:
@@ -632,8 +675,13 @@ def _normalise_values(value: Any) -> Any:
     return out
 
 
+# A `team_decides` reason shorter than this says nothing a reviewer could check.
+TEAM_DECIDES_MIN = 10
+
+
 class DecisionRule(_Node):
-    """One row of a decision table: conditions on facts and the regimen they lead to."""
+    """One row of a decision table: conditions on facts and what they lead to: a regimen, a
+    choice among regimens, or, stated on purpose with its reason, the care team's decision."""
 
     id: Id
     when: dict[str, Annotated[list[str], BeforeValidator(_normalise_values)]] = Field(
@@ -641,13 +689,26 @@ class DecisionRule(_Node):
     )
     regimen: Id | None = None
     choose_from: list[Id] | None = None
-    cycles: int = Field(ge=1, le=100)
+    team_decides: str | None = Field(default=None, max_length=600)
+    cycles: int | None = Field(default=None, ge=1, le=100)
     because: str | None = None
 
     @model_validator(mode="after")
     def _check_outcome(self) -> DecisionRule:
-        if (self.regimen is None) == (self.choose_from is None):
-            raise FieldError("regimen", "give exactly one of `regimen` or `choose_from`")
+        given = [self.regimen, self.choose_from, self.team_decides]
+        if sum(v is not None for v in given) != 1:
+            raise FieldError(
+                "regimen", "give exactly one of `regimen`, `choose_from` or `team_decides`"
+            )
+        if self.team_decides is not None:
+            if len(self.team_decides) < TEAM_DECIDES_MIN:
+                raise FieldError(
+                    "team_decides", "say why the care team decides (quote the seed or reason)"
+                )
+            if self.cycles is not None:
+                raise FieldError("cycles", "not with `team_decides`: the care team sets them")
+        elif self.cycles is None:
+            raise FieldError("cycles", "required")
         if self.choose_from is not None and len(set(self.choose_from)) < 2:
             raise FieldError("choose_from", "list at least two different regimens")
         for fact, values in self.when.items():
@@ -657,12 +718,15 @@ class DecisionRule(_Node):
 
 
 class DecisionTable(_Node):
-    """A decision table: facts it reads and rules; the first matching rule wins."""
+    """A decision table: facts it reads and rules. Every combination of the facts' values must
+    match a rule (checked when the file loads); rules matching the same combination must agree
+    unless `order: first_match` says the first one in the file wins."""
 
     id: Id
     label: str = Field(min_length=1, max_length=200)
     facts: dict[str, FactSpec] = Field(min_length=1)
     rules: list[DecisionRule] = Field(min_length=1)
+    order: Literal["exclusive", "first_match"] = "exclusive"
 
     @model_validator(mode="after")
     def _check_table(self) -> DecisionTable:
@@ -705,6 +769,110 @@ class DecisionTable(_Node):
         return None
 
 
+class ChoiceTarget(_Model):
+    """A value a participant choice sets: a phase's interval (`every`) or an imaging modality."""
+
+    item: Id
+    phase: Id | None = None
+    field: Literal["every", "modality"]
+
+
+class ChoiceRange(_Model):
+    """Allowed intervals from `min` to `max` in steps of `step` (one unit, e.g. months)."""
+
+    min: DurationField
+    max: DurationField
+    step: DurationField
+
+    @model_validator(mode="after")
+    def _check_range(self) -> ChoiceRange:
+        if len({self.min.unit, self.max.unit, self.step.unit}) != 1:
+            raise FieldError("step", "write min, max and step in one unit (e.g. months)")
+        if self.step.amount <= 0:
+            raise FieldError("step", "must be a positive interval")
+        if self.max.amount < self.min.amount or self.min.amount <= 0:
+            raise FieldError("max", "give 0 < min <= max")
+        if (self.max.amount - self.min.amount) // self.step.amount > 100:
+            raise FieldError("step", "allows more than 100 values")
+        return self
+
+    def values(self) -> list[Duration]:
+        """Every allowed interval, smallest first."""
+        unit, step = self.min.unit, self.step.amount
+        return [Duration(n, unit) for n in range(self.min.amount, self.max.amount + 1, step)]
+
+
+class ParticipantChoice(_Node):
+    """A value the protocol leaves to the care team per participant (e.g. STOP-HER2's imaging
+    interval after a progression-free year, "every 3-6 months" at the oncologist's discretion).
+
+    The file's own value of each driven field is the default; a participant's choice replaces it
+    in the events planned from `applies_from` (an offset from the anchor) on."""
+
+    key: Id
+    label: str = Field(min_length=1, max_length=200)
+    decided_by: str = Field(min_length=1, max_length=200)
+    values: list[str] | None = None
+    range: ChoiceRange | None = None
+    default: str
+    drives: list[ChoiceTarget] = Field(min_length=1)
+    applies_from: DurationField = Field(default_factory=lambda: Duration(0, "days"))
+    cohorts: Annotated[list[Id] | None, BeforeValidator(_as_list)] = None
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _check_choice(self) -> ParticipantChoice:
+        if (self.values is None) == (self.range is None):
+            raise FieldError("values", "give exactly one of `values` or `range`")
+        if len({d.field for d in self.drives}) != 1:
+            raise FieldError("drives", "drive one kind of field (all `every` or all `modality`)")
+        if self.range is not None and self.kind != "every":
+            raise FieldError("range", "a range is for intervals (`every`)")
+        if self.values is not None and len(set(self.values)) != len(self.values):
+            raise FieldError("values", "lists a value twice")
+        try:
+            allowed = self.allowed()
+            default = self.normalise(self.default)
+        except ValueError as exc:
+            raise FieldError("values", str(exc)) from None
+        if len(allowed) < 2:
+            raise FieldError("values", "allow at least two values (else it is no choice)")
+        if default not in allowed:
+            raise FieldError("default", f"{self.default!r} is not one of {', '.join(allowed)}")
+        if self.applies_from.amount < 0:
+            raise FieldError("applies_from", "must not be negative")
+        if self.cohorts is not None and not self.cohorts:
+            raise FieldError("cohorts", "name at least one cohort, or omit it for all")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The kind of field it drives: "every" (an interval) or "modality"."""
+        return self.drives[0].field
+
+    def normalise(self, value: object) -> str:
+        """A value as a person wrote it, in canonical form (ValueError if unreadable)."""
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{value!r} is not a value of {self.key}")
+        if self.kind == "every":
+            return str(_parse_duration(value))
+        text = value.strip().lower()
+        if text not in {m.value for m in Modality}:
+            known = ", ".join(m.value for m in Modality)
+            raise ValueError(f"{value!r} is not a modality ({known})")
+        return text
+
+    def allowed(self) -> list[str]:
+        """The allowed values, canonical, in the file's order (a range: smallest first)."""
+        if self.range is not None:
+            return [str(d) for d in self.range.values()]
+        return [self.normalise(v) for v in self.values or []]
+
+    def applies_to(self, cohort: str) -> bool:
+        """Whether participants of this cohort have this choice."""
+        return self.cohorts is None or cohort in self.cohorts
+
+
 class Protocol(_Node):
     """A whole protocol file (one trial, one version)."""
 
@@ -723,6 +891,8 @@ class Protocol(_Node):
     schedule: list[Item] = Field(min_length=1)
     treatment: Treatment | None = None
     decisions: list[DecisionTable] = Field(default_factory=list)
+    # Values the protocol leaves to the care team per participant (see ParticipantChoice).
+    choices: list[ParticipantChoice] = Field(default_factory=list)
     # Participant reminder plans per event type; an item's own `reminders` replace its type's.
     reminders: dict[EventType, list[Reminder]] = Field(default_factory=dict)
     # Set by the loader from the file, never written in it.
@@ -780,6 +950,7 @@ class Protocol(_Node):
                 raise FieldError(f"schedule[{i}].decision", f"no decision table {item.decision!r}")
 
         self._check_treatment(cohort_keys, item_ids, decision_ids)
+        self._check_choices(cohort_keys, items)
 
         regimen_keys = {r.key for r in self.treatment.regimens} if self.treatment else set()
         for t, table in enumerate(self.decisions):
@@ -804,7 +975,7 @@ class Protocol(_Node):
                 for fact, values in rule.when.items():
                     if table.facts[fact].kind == FactKind.REGIMEN:
                         for value in values:
-                            if value not in regimen_keys:
+                            if value not in regimen_keys and value != UNKNOWN:
                                 raise FieldError(
                                     f"decisions[{t}].rules[{r}].when.{fact}",
                                     f"no regimen {value!r}",
@@ -917,6 +1088,52 @@ class Protocol(_Node):
                             f"{start - 1}",
                         )
 
+    def _check_choices(self, cohort_keys: set[str], items: dict[str, Item]) -> None:
+        _unique(self.choices, "choices", "key")
+        driven: dict[tuple[str, str | None, str], str] = {}
+        for c, choice in enumerate(self.choices):
+            where = f"choices[{c}]"
+            for j, cohort in enumerate(choice.cohorts or []):
+                if cohort not in cohort_keys:
+                    raise FieldError(f"{where}.cohorts[{j}]", f"no cohort {cohort!r}")
+            default = choice.normalise(choice.default)
+            for d, target in enumerate(choice.drives):
+                at = f"{where}.drives[{d}]"
+                item = items.get(target.item)
+                if item is None:
+                    raise FieldError(f"{at}.item", f"no item {target.item!r}")
+                if not any(item.applies_to(k) and choice.applies_to(k) for k in cohort_keys):
+                    raise FieldError(f"{at}.item", "not planned for the choice's cohorts")
+                found = driven.setdefault((target.item, target.phase, target.field), choice.key)
+                if found != choice.key:
+                    raise FieldError(at, f"the choice {found!r} already sets this value")
+                if target.field == "modality":
+                    if item.type != EventType.IMAGING or item.modality is None:
+                        raise FieldError(f"{at}.item", "only imaging items have a modality")
+                    if target.phase is not None:
+                        raise FieldError(f"{at}.phase", "a modality belongs to the whole item")
+                    current = item.modality.value
+                else:
+                    phase = _driven_phase(item, target.phase)
+                    if isinstance(phase, str):
+                        raise FieldError(f"{at}.phase", phase)
+                    if phase.every is None:
+                        raise FieldError(f"{at}.phase", "this phase does not repeat (no `every`)")
+                    current = str(phase.every)
+                if current != default:
+                    raise FieldError(
+                        f"{where}.default",
+                        f"{choice.default!r} differs from the file's value {current!r} for "
+                        f"{target.item}: the file's value is the default",
+                    )
+
+    def choice(self, key: str) -> ParticipantChoice:
+        """The participant choice with this key (KeyError when unknown)."""
+        for choice in self.choices:
+            if choice.key == key:
+                return choice
+        raise KeyError(key)
+
     # -- lookups ---------------------------------------------------------------------------------
 
     def earliest_window_lead(self) -> tuple[int, str | None]:
@@ -955,6 +1172,22 @@ class Protocol(_Node):
         """The protocol as plain JSON-ready data (for the stored protocol version snapshot)."""
         # None means "not given": leaving it out keeps the snapshot a valid protocol file.
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def _driven_phase(item: Item, name: str | None) -> Phase | str:
+    """The phase of an item a choice drives, or why there is none."""
+    if item.after_cycle is not None:
+        return "a cycle-driven item has no interval to choose"
+    if item.phases is None:
+        if name is not None and name != item.phase:
+            return f"the item's one phase is {item.phase!r}"
+        return item.timing_phases()[0]
+    if name is None:
+        return f"name one of the item's phases ({', '.join(str(p.name) for p in item.phases)})"
+    for phase in item.phases:
+        if phase.name == name:
+            return phase
+    return f"no phase {name!r} in {item.id}"
 
 
 def _unique(nodes: list[Any], where: str, attr: str) -> set[str]:
@@ -1126,3 +1359,5 @@ def iter_nodes(protocol: Protocol) -> Iterator[tuple[str, _Node]]:
         yield f"decisions[{t}]", table
         for r, rule in enumerate(table.rules):
             yield f"decisions[{t}].rules[{r}]", rule
+    for c, choice in enumerate(protocol.choices):
+        yield f"choices[{c}]", choice

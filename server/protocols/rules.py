@@ -62,19 +62,28 @@ from dateutil.rrule import DAILY, MONTHLY, WEEKLY, rrule
 from server.protocols.definition import (
     FACT_VALUES,
     SAME_REGIMEN,
+    UNKNOWN,
     DecisionRule,
     DecisionTable,
     Duration,
     EventType,
     FactKind,
     Item,
+    Modality,
+    ParticipantChoice,
     Phase,
     Protocol,
     Treatment,
     Window,
+    parse_duration,
 )
 
 NO_MATCH = "no rule matched — care team decides"
+TEAM_DECIDES = "the care team decides"
+# In the table report, a regimen fact no rule tells apart: "whichever regimen is being given".
+ANY_REGIMEN = "any"
+# Problems of one kind listed per table before "... and N more".
+MAX_LISTED = 5
 # A guard against a protocol typo such as `every: 1 days` for ten years.
 MAX_OCCURRENCES = 1000
 # Anchors the loader expands every item for: month ends, a leap day, and a DST Sunday.
@@ -166,11 +175,18 @@ class DecisionOutcome:
     cycles: int | None
     explanation: str
     facts: Mapping[str, str] = field(default_factory=dict)
+    # The protocol's reason when the matching rule leaves the decision to the care team.
+    team_decides: str | None = None
 
     @property
     def is_match(self) -> bool:
-        """Whether a rule matched (otherwise the care team decides)."""
+        """Whether a rule matched (a `team_decides` rule is a match, stated on purpose)."""
         return self.rule_id is not None
+
+    @property
+    def is_team_decision(self) -> bool:
+        """Whether the care team decides (a team_decides rule, or no rule in an old table)."""
+        return self.regimen is None and not self.options
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,9 +584,25 @@ def _sorted(protocol: Protocol, events: list[PlannedEvent]) -> list[PlannedEvent
     return sorted(events, key=lambda e: (e.target_date, order.get(e.item_id, last), e.sequence))
 
 
-def _context(protocol: Protocol, cohort: str, anchor_date: date, tz: str | None) -> _Context:
+def _context(
+    protocol: Protocol,
+    cohort: str,
+    anchor_date: date,
+    tz: str | None,
+    participant_choices: Mapping[str, object] | None = None,
+) -> _Context:
     _check_cohort(protocol, cohort)
-    return _Context(protocol, cohort, anchor_date, _zone(protocol, tz))
+    chosen = apply_participant_choices(protocol, cohort=cohort, values=participant_choices)
+    return _Context(chosen, cohort, anchor_date, _zone(protocol, tz))
+
+
+def _finish(
+    protocol: Protocol,
+    ctx: _Context,
+    participant_choices: Mapping[str, object] | None,
+    events: list[PlannedEvent],
+) -> list[PlannedEvent]:
+    return _keep_before(protocol, ctx.cohort, ctx.anchor, participant_choices, events)
 
 
 def _check_choices(protocol: Protocol, cohort: str, choices: Mapping[str, Choice]) -> None:
@@ -601,19 +633,22 @@ def expand_schedule(
     anchor_date: date,
     tz: str | None = None,
     choices: Mapping[str, Choice] | None = None,
+    participant_choices: Mapping[str, object] | None = None,
 ) -> list[PlannedEvent]:
-    """A participant's planned events sorted by target date (tz defaults to the protocol's)."""
-    ctx = _context(protocol, cohort, anchor_date, tz)
+    """A participant's planned events sorted by target date (tz defaults to the protocol's);
+    `choices` are the regimens chosen at decisions, `participant_choices` the values of the
+    protocol's per-participant choices (absent: the file's defaults)."""
+    ctx = _context(protocol, cohort, anchor_date, tz, participant_choices)
     choices = dict(choices or {})
     _check_choices(protocol, cohort, choices)
     events: list[PlannedEvent] = []
-    for item in protocol.schedule:
+    for item in ctx.protocol.schedule:
         if item.after_cycle is None and item.applies_to(cohort):
             events.extend(_item_events(ctx, item, _walk(item, anchor_date), 1))
     events.extend(
         _treatment_events(ctx, choices, from_cycle=1, start_date=anchor_date, checkpoints_from=0)
     )
-    return _sorted(protocol, events)
+    return _finish(protocol, ctx, participant_choices, _sorted(protocol, events))
 
 
 def reanchor_item(
@@ -626,12 +661,13 @@ def reanchor_item(
     sequence: int,
     completed_on: date,
     choices: Mapping[str, Choice] | None = None,
+    participant_choices: Mapping[str, object] | None = None,
 ) -> list[PlannedEvent]:
     """The later occurrences of an item re-planned from an occurrence's actual completion date.
 
     Returns [] for items that do not re-anchor; raises ValueError for unknown items or cohorts.
     """
-    ctx = _context(protocol, cohort, anchor_date, tz)
+    ctx = _context(protocol, cohort, anchor_date, tz, participant_choices)
     choices = dict(choices or {})
     _check_choices(protocol, cohort, choices)
     treatment = protocol.treatment
@@ -642,11 +678,20 @@ def reanchor_item(
         if sequence not in cycles:
             raise ValueError(f"the {cohort} arm plans no cycle {sequence}")
         next_start = completed_on + timedelta(days=cycles[sequence].days)
-        return _treatment_events(
-            ctx, choices, from_cycle=sequence + 1, start_date=next_start, checkpoints_from=sequence
+        return _finish(
+            protocol,
+            ctx,
+            participant_choices,
+            _treatment_events(
+                ctx,
+                choices,
+                from_cycle=sequence + 1,
+                start_date=next_start,
+                checkpoints_from=sequence,
+            ),
         )
     try:
-        item = protocol.item(item_id)
+        item = ctx.protocol.item(item_id)
     except KeyError:
         raise ValueError(f"{protocol.study} has no schedule item {item_id!r}") from None
     if not item.applies_to(cohort):
@@ -658,7 +703,9 @@ def reanchor_item(
     if index is None:
         return []  # completed after the item's last phase ended: nothing left to plan
     occurrences = _walk(item, anchor_date, resume=(index, completed_on))
-    return _item_events(ctx, item, occurrences, sequence + 1)
+    return _finish(
+        protocol, ctx, participant_choices, _item_events(ctx, item, occurrences, sequence + 1)
+    )
 
 
 def plan_treatment(
@@ -670,17 +717,19 @@ def plan_treatment(
     choices: Mapping[str, Choice] | None = None,
     from_cycle: int = 1,
     start_date: date | None = None,
+    participant_choices: Mapping[str, object] | None = None,
 ) -> list[PlannedEvent]:
     """Treatment cycles from `from_cycle` (starting on `start_date`, else its planned day) and the
     checkpoints after them, following the regimens chosen so far."""
-    ctx = _context(protocol, cohort, anchor_date, tz)
+    ctx = _context(protocol, cohort, anchor_date, tz, participant_choices)
     choices = dict(choices or {})
     _check_choices(protocol, cohort, choices)
     if from_cycle < 1:
         raise ValueError("cycles are numbered from 1")
-    return _treatment_events(
+    events = _treatment_events(
         ctx, choices, from_cycle=from_cycle, start_date=start_date, checkpoints_from=from_cycle - 1
     )
+    return _finish(protocol, ctx, participant_choices, events)
 
 
 def plan_after_decision(
@@ -695,40 +744,47 @@ def plan_after_decision(
     start_cycle: int | None = None,
     start_date: date | None = None,
     choices: Mapping[str, Choice] | None = None,
+    participant_choices: Mapping[str, object] | None = None,
 ) -> list[PlannedEvent]:
     """The cycles and checkpoints that follow a decision, given the regimen actually chosen.
 
     `regimen` may differ from the recommendation; `start_cycle` defaults to the decision's planned
     first cycle and `start_date` to that cycle's planned day; `choices` holds earlier decisions.
     """
-    ctx = _context(protocol, cohort, anchor_date, tz)
+    ctx = _context(protocol, cohort, anchor_date, tz, participant_choices)
     all_choices = dict(choices or {})
     all_choices[decision_id] = Choice(regimen, cycles, start_cycle)
     _check_choices(protocol, cohort, all_choices)
     assert protocol.treatment is not None  # _check_choices made sure
     planned = _cycles(protocol.treatment, cohort, all_choices)
     first = next(c.number for c in planned if c.decision_id == decision_id)
-    return _treatment_events(
+    events = _treatment_events(
         ctx, all_choices, from_cycle=first, start_date=start_date, checkpoints_from=first
     )
+    return _finish(protocol, ctx, participant_choices, events)
 
 
 def _normalise_facts(table: DecisionTable, facts: Mapping[str, object]) -> dict[str, str]:
+    """Every fact of the table as text; a fact absent or None is `unknown`."""
     given: dict[str, str] = {}
-    for name, raw in facts.items():
-        spec = table.facts.get(name)
-        if spec is None:
+    for name in facts:
+        if name not in table.facts:
             known = ", ".join(table.facts)
             raise ValueError(f"decision {table.id!r} reads no fact {name!r} (it reads: {known})")
+    for name, spec in table.facts.items():
+        raw = facts.get(name)
         if raw is None:
-            continue  # not known yet: rules needing it cannot match
+            given[name] = UNKNOWN
+            continue
         if isinstance(raw, bool):
             value = "true" if raw else "false"
         elif isinstance(raw, str):
             value = raw.strip()
         else:
             raise ValueError(f"fact {name!r} must be text or true/false, not {raw!r}")
-        if spec.kind == FactKind.RECIST_RESPONSE:
+        if value.lower() == UNKNOWN:
+            value = UNKNOWN
+        elif spec.kind == FactKind.RECIST_RESPONSE:
             value = value.upper()
         elif spec.kind != FactKind.REGIMEN:
             value = value.lower()
@@ -748,10 +804,12 @@ def _matches(rule: DecisionRule, given: Mapping[str, str]) -> bool:
 
 
 def evaluate_decision(table: DecisionTable, facts: Mapping[str, object]) -> DecisionOutcome:
-    """The first matching rule's recommendation, or a no-match outcome (never a guess).
+    """The first matching rule's outcome: a regimen, a choice among regimens, or the care team's
+    decision with the protocol's reason. Never a guess.
 
-    Facts are keyed by the table's fact names; None or absent means not known, and a rule that
-    needs an unknown fact does not match. Unknown names or values raise ValueError.
+    Facts are keyed by the table's fact names; None or absent means unknown (a value tables
+    must cover). Unknown names or values raise ValueError. A table loaded from a file always has
+    a rule for every combination; one from an older snapshot may not (then: NO_MATCH).
     """
     given = _normalise_facts(table, facts)
     for rule in table.rules:
@@ -759,6 +817,17 @@ def evaluate_decision(table: DecisionTable, facts: Mapping[str, object]) -> Deci
             continue
         conditions = ", ".join(f"{f}={given[f]}" for f in rule.when) or "any facts"
         reason = f" ({rule.because})" if rule.because else ""
+        if rule.team_decides is not None:
+            return DecisionOutcome(
+                rule_id=rule.id,
+                regimen=None,
+                options=(),
+                cycles=None,
+                explanation=f"rule {rule.id} matched on {conditions}: {TEAM_DECIDES} — "
+                f"{rule.team_decides}",
+                facts=given,
+                team_decides=rule.team_decides,
+            )
         if rule.choose_from is not None:
             options = tuple(rule.choose_from)
             return DecisionOutcome(
@@ -772,8 +841,8 @@ def evaluate_decision(table: DecisionTable, facts: Mapping[str, object]) -> Deci
             )
         regimen = rule.regimen
         if regimen == SAME_REGIMEN:
-            regimen = given.get(table.regimen_fact or "")
-            if regimen is None:
+            regimen = given.get(table.regimen_fact or "", UNKNOWN)
+            if regimen == UNKNOWN:
                 return DecisionOutcome(
                     rule_id=None,
                     regimen=None,
@@ -793,7 +862,7 @@ def evaluate_decision(table: DecisionTable, facts: Mapping[str, object]) -> Deci
             f"{rule.cycles} cycles{reason}",
             facts=given,
         )
-    missing = [name for name in table.facts if name not in given]
+    missing = [name for name, value in given.items() if value == UNKNOWN]
     unknown = f"; not known: {', '.join(missing)}" if missing else ""
     return DecisionOutcome(
         rule_id=None,
@@ -805,18 +874,413 @@ def evaluate_decision(table: DecisionTable, facts: Mapping[str, object]) -> Deci
     )
 
 
-def uncovered_combinations(table: DecisionTable) -> list[dict[str, str]]:
-    """Every combination of known fact values that no rule covers (the care team decides)."""
-    names = [n for n, spec in table.facts.items() if spec.kind in FACT_VALUES]
-    values = [FACT_VALUES[table.facts[n].kind] for n in names]
-    # A regimen fact only feeds `same`; any value stands for "the regimen being given".
-    extra = {table.regimen_fact: "current"} if table.regimen_fact else {}
+# ---------------------------------------------------------------------------------------------
+# Decision tables as a whole: every combination, completeness, overlaps, the report
+
+
+@dataclass(frozen=True, slots=True)
+class TableRow:
+    """One combination of fact values and the rules matching it, in file order."""
+
+    facts: Mapping[str, str]
+    rules: tuple[DecisionRule, ...]
+
+    @property
+    def rule(self) -> DecisionRule | None:
+        """The rule the system applies (the first matching one), or None (a hole)."""
+        return self.rules[0] if self.rules else None
+
+
+def fact_values(
+    table: DecisionTable, name: str, regimens: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """The values a table's fact can take, `unknown` included. A regimen fact that no rule tells
+    apart is one value, ANY_REGIMEN (whichever regimen is being given)."""
+    spec = table.facts[name]
+    if spec.kind != FactKind.REGIMEN:
+        return FACT_VALUES[spec.kind]
+    named = [v for rule in table.rules for v in rule.when.get(name, []) if v != UNKNOWN]
+    if not named:
+        return (ANY_REGIMEN, UNKNOWN)
+    keys = list(regimens) or list(dict.fromkeys(named))
+    # Without the protocol's list, "any other" stands for the regimens no rule names.
+    return (*keys, UNKNOWN) if regimens else (*keys, ANY_REGIMEN, UNKNOWN)
+
+
+def table_rows(table: DecisionTable, regimens: Iterable[str] = ()) -> list[TableRow]:
+    """Every combination of the table's fact values (file order of facts and values), each with
+    the rules that match it."""
+    regimens = tuple(regimens)
+    names = list(table.facts)
+    domains = [fact_values(table, n, regimens) for n in names]
+    rows = []
+    for combo in itertools.product(*domains):
+        given = dict(zip(names, combo, strict=True))
+        rows.append(TableRow(given, tuple(r for r in table.rules if _matches(r, given))))
+    return rows
+
+
+def _outcome_key(rule: DecisionRule) -> tuple[Any, ...]:
+    if rule.team_decides is not None:
+        return ("team", rule.team_decides)
+    if rule.choose_from is not None:
+        return ("choose", frozenset(rule.choose_from), rule.cycles)
+    return ("regimen", rule.regimen, rule.cycles)
+
+
+def outcome_text(rule: DecisionRule) -> str:
+    """A rule's outcome in words, for reports and error messages."""
+    if rule.team_decides is not None:
+        return f"{TEAM_DECIDES}: {rule.team_decides}"
+    if rule.choose_from is not None:
+        return f"one of {' or '.join(rule.choose_from)} ×{rule.cycles} (care team chooses)"
+    if rule.regimen == SAME_REGIMEN:
+        return f"the same regimen ×{rule.cycles}"
+    return f"{rule.regimen} ×{rule.cycles}"
+
+
+def _listed(kind: str, items: list[str]) -> list[str]:
+    more = len(items) - MAX_LISTED
+    return items[:MAX_LISTED] + ([f"... and {more} more {kind}"] if more > 0 else [])
+
+
+def table_problems(table: DecisionTable, regimens: Iterable[str] = ()) -> list[str]:
+    """Why a table cannot be used as it stands: combinations no rule covers, rules that disagree
+    on one combination (unless `order: first_match`), `same` with the regimen unknown."""
+    holes: list[str] = []
+    clashes: list[str] = []
+    unresolved: list[str] = []
+    regimen_fact = table.regimen_fact
+    for row in table_rows(table, regimens):
+        combo = _describe(row.facts)
+        rule = row.rule
+        if rule is None:
+            holes.append(
+                f"table {table.id!r}: no rule covers {combo} (add a rule for it, or one with "
+                '`team_decides: "<why>"`)'
+            )
+            continue
+        if table.order == "exclusive":
+            other = next((r for r in row.rules if _outcome_key(r) != _outcome_key(rule)), None)
+            if other is not None:
+                clashes.append(
+                    f"table {table.id!r}: rules {rule.id!r} ({outcome_text(rule)}) and "
+                    f"{other.id!r} ({outcome_text(other)}) both match {combo}; make them "
+                    "exclusive, or declare `order: first_match` (the first in the file wins)"
+                )
+        if rule.regimen == SAME_REGIMEN and row.facts.get(regimen_fact or "") == UNKNOWN:
+            unresolved.append(
+                f"table {table.id!r}: rule {rule.id!r} keeps the current regimen, which is "
+                f"unknown in {combo}: put a rule for {regimen_fact}: unknown before it"
+            )
+    return [
+        *_listed("combinations no rule covers", holes),
+        *_listed("overlapping combinations", clashes),
+        *_listed("combinations with the regimen unknown", unresolved),
+    ]
+
+
+def uncovered_combinations(
+    table: DecisionTable, regimens: Iterable[str] = ()
+) -> list[dict[str, str]]:
+    """Every combination of fact values that no rule covers (a file with one does not load)."""
+    return [dict(row.facts) for row in table_rows(table, regimens) if row.rule is None]
+
+
+def fact_reading(protocol: Protocol, table: DecisionTable, name: str) -> str:
+    """What a fact means and where its value comes from, in words (for the report)."""
+    spec = table.facts[name]
+    source = ""
+    if spec.item is not None:
+        try:
+            source = f"{protocol.item(spec.item).label} ({spec.item})"
+        except KeyError:
+            source = spec.item
+    if spec.kind == FactKind.REGIMEN:
+        named = any(v != UNKNOWN for rule in table.rules for v in rule.when.get(name, []))
+        return (
+            "the regimen of the last treatment cycle before the decision; unknown if that "
+            "cycle has none recorded"
+            + ("" if named else f"; {ANY_REGIMEN!r} stands for whichever regimen that is")
+        )
+    if spec.kind == FactKind.PAM_MUTATION and spec.item is None:
+        return (
+            "PI3K/AKT/mTOR (PAM) pathway mutation in any ctDNA result so far: true once found "
+            "(a later result reporting none does not clear it; only a result that explicitly "
+            "retracts it does), false if tested and never found, unknown if never tested"
+        )
+    what = {
+        FactKind.CTDNA_STATUS: "ctDNA call",
+        FactKind.RECIST_RESPONSE: "RECIST 1.1 response",
+        FactKind.PAM_MUTATION: "PAM pathway mutation reported",
+    }[spec.kind]
+    if spec.item is None:
+        return f"the latest {what} before the decision; unknown if none"
+    redraws = ", its redraws included" if spec.kind != FactKind.RECIST_RESPONSE else ""
+    return (
+        f"{what} of {source}{redraws}: the latest readable result; unknown if it was not "
+        "done (missed, cancelled, not applicable) or gave no readable result"
+    )
+
+
+def _rule_dict(rule: DecisionRule) -> dict[str, Any]:
+    return {
+        "id": rule.id,
+        "when": {fact: list(values) for fact, values in rule.when.items()},
+        "regimen": rule.regimen,
+        "choose_from": list(rule.choose_from) if rule.choose_from else None,
+        "cycles": rule.cycles,
+        "team_decides": rule.team_decides,
+        "because": rule.because,
+        "outcome": outcome_text(rule),
+    }
+
+
+def _row_outcome(rule: DecisionRule | None) -> dict[str, Any]:
+    if rule is None:
+        return {"kind": "none", "regimen": None, "options": [], "cycles": None, "text": NO_MATCH}
+    options: list[str] = []
+    if rule.team_decides is not None:
+        kind = "team_decides"
+    elif rule.choose_from is not None:
+        kind, options = "choose_from", list(rule.choose_from)
+    elif rule.regimen == SAME_REGIMEN:
+        kind = "same"
+    else:
+        kind, options = "regimen", [str(rule.regimen)]
+    return {
+        "kind": kind,
+        "regimen": rule.regimen if kind == "regimen" else None,
+        "options": options,
+        "cycles": rule.cycles,
+        "reason": rule.team_decides,
+        # The reason is long and the same for every row of the rule: the rule lists it.
+        "text": TEAM_DECIDES if kind == "team_decides" else outcome_text(rule),
+    }
+
+
+def table_report(protocol: Protocol, table: DecisionTable) -> dict[str, Any]:
+    """One table as the system applies it: facts, rules, and every combination's outcome."""
+    regimens = [r.key for r in protocol.treatment.regimens] if protocol.treatment else []
+    rows = table_rows(table, regimens)
+    by_rule: dict[str, int] = {r.id: 0 for r in table.rules}
+    for row in rows:
+        if row.rule is not None:
+            by_rule[row.rule.id] += 1
+    team = sum(1 for row in rows if row.rule is not None and row.rule.team_decides is not None)
+    return {
+        "id": table.id,
+        "label": table.label,
+        "order": table.order,
+        "facts": [
+            {
+                "name": name,
+                "kind": spec.kind.value,
+                "item": spec.item,
+                "values": list(fact_values(table, name, regimens)),
+                "reading": fact_reading(protocol, table, name),
+                "note": spec.note,
+            }
+            for name, spec in table.facts.items()
+        ],
+        "rules": [{**_rule_dict(r), "combinations": by_rule[r.id]} for r in table.rules],
+        "combinations": len(rows),
+        "team_decides": team,
+        "uncovered": sum(1 for row in rows if row.rule is None),
+        "rows": [
+            {
+                "facts": dict(row.facts),
+                "rule_id": row.rule.id if row.rule else None,
+                "also_matching": [r.id for r in row.rules[1:]],
+                "outcome": _row_outcome(row.rule),
+            }
+            for row in rows
+        ],
+    }
+
+
+def decision_report(protocol: Protocol) -> dict[str, Any]:
+    """Every decision table of a protocol as the system will apply it (for review before
+    go-live): `stepdown protocol decisions KEY` and GET /api/v1/protocols/KEY/decisions."""
+    return {
+        "study": protocol.study,
+        "protocol_key": protocol.key,
+        "version": protocol.version,
+        "source_file": protocol.source_file,
+        "sha256": protocol.sha256,
+        "unknown_means": (
+            "the source was not done (missed, cancelled, not applicable), gave no readable "
+            "result, or was never tested"
+        ),
+        "regimens": [
+            {"key": r.key, "label": r.label}
+            for r in (protocol.treatment.regimens if protocol.treatment else [])
+        ],
+        "tables": [table_report(protocol, table) for table in protocol.decisions],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Participant choices (values the protocol leaves to the care team per participant)
+
+
+def _choice_value(protocol: Protocol, key: str, raw: object) -> tuple[ParticipantChoice, str]:
+    try:
+        spec = protocol.choice(key)
+    except KeyError:
+        known = ", ".join(c.key for c in protocol.choices) or "none"
+        raise ValueError(f"{protocol.study} has no choice {key!r} (known: {known})") from None
+    value = spec.normalise(raw)
+    if value not in spec.allowed():
+        raise ValueError(f"{key}: {raw!r} is not one of {', '.join(spec.allowed())}")
+    return spec, value
+
+
+def check_participant_choices(
+    protocol: Protocol, values: Mapping[str, object] | None
+) -> dict[str, str]:
+    """Choice values in canonical form; ValueError naming the first unknown key or value."""
+    return {key: _choice_value(protocol, key, raw)[1] for key, raw in (values or {}).items()}
+
+
+def apply_participant_choices(
+    protocol: Protocol, *, cohort: str, values: Mapping[str, object] | None
+) -> Protocol:
+    """The protocol as one participant follows it: each chosen value put into the fields it
+    drives (choices of other cohorts are ignored). Raises ValueError for unknown keys/values."""
+    every: dict[tuple[str, str | None], Duration] = {}
+    modality: dict[str, Modality] = {}
+    for key, raw in (values or {}).items():
+        spec, value = _choice_value(protocol, key, raw)
+        if not spec.applies_to(cohort):
+            continue
+        for target in spec.drives:
+            if target.field == "modality":
+                modality[target.item] = Modality(value)
+            else:
+                every[(target.item, target.phase)] = parse_duration(value)
+    if not every and not modality:
+        return protocol
+    schedule = []
+    for item in protocol.schedule:
+        update: dict[str, Any] = {}
+        if item.id in modality:
+            update["modality"] = modality[item.id]
+        if item.phases is not None:
+            phases = [
+                p.model_copy(update={"every": every[(item.id, p.name)]})
+                if (item.id, p.name) in every
+                else p
+                for p in item.phases
+            ]
+            if phases != item.phases:
+                update["phases"] = phases
+        elif (item.id, None) in every or (item.id, item.phase) in every:
+            update["every"] = every.get((item.id, None)) or every[(item.id, item.phase)]
+        schedule.append(item.model_copy(update=update) if update else item)
+    return protocol.model_copy(update={"schedule": schedule})
+
+
+def _keep_before(
+    protocol: Protocol,
+    cohort: str,
+    anchor: date,
+    values: Mapping[str, object] | None,
+    events: list[PlannedEvent],
+) -> list[PlannedEvent]:
+    """Events before a modality choice's `applies_from` keep the file's modality."""
+    cutoffs: dict[str, tuple[date, str]] = {}
+    for key, raw in (values or {}).items():
+        spec, _ = _choice_value(protocol, key, raw)
+        if spec.kind == "modality" and spec.applies_to(cohort) and spec.applies_from.amount:
+            for target in spec.drives:
+                start = anchor + spec.applies_from.delta()
+                cutoffs[target.item] = (start, spec.normalise(spec.default))
+    if not cutoffs:
+        return events
+    return [
+        replace(e, modality=cutoffs[e.item_id][1])
+        if e.item_id in cutoffs and e.target_date < cutoffs[e.item_id][0]
+        else e
+        for e in events
+    ]
+
+
+def choice_states(
+    protocol: Protocol, *, cohort: str, values: Mapping[str, object] | None = None
+) -> list[dict[str, Any]]:
+    """The choices a participant of this cohort has: allowed values, default, current value."""
+    given = check_participant_choices(protocol, values)
     out = []
-    for combo in itertools.product(*values):
-        facts = dict(zip(names, combo, strict=True))
-        if not evaluate_decision(table, {**facts, **extra}).is_match:
-            out.append(facts)
+    for spec in protocol.choices:
+        if not spec.applies_to(cohort):
+            continue
+        default = spec.normalise(spec.default)
+        value = given.get(spec.key, default)
+        drives = []
+        for target in spec.drives:
+            item = protocol.item(target.item)
+            drives.append(
+                {
+                    "item": target.item,
+                    "item_label": item.label,
+                    "phase": target.phase,
+                    "field": target.field,
+                }
+            )
+        out.append(
+            {
+                "key": spec.key,
+                "label": spec.label,
+                "decided_by": spec.decided_by,
+                "kind": spec.kind,
+                "allowed": spec.allowed(),
+                "default": default,
+                "value": value,
+                "is_default": value == default,
+                "applies_from": str(spec.applies_from),
+                "drives": drives,
+                "note": spec.note,
+                "site_defaults": list(spec.site_defaults),
+            }
+        )
     return out
+
+
+def _check_choice_timing(protocol: Protocol) -> list[tuple[str, str]]:
+    """Every allowed interval plans (the loader's dry run), never before `applies_from`."""
+    problems: list[tuple[str, str]] = []
+    for c, spec in enumerate(protocol.choices):
+        if spec.kind != "every":
+            continue
+        cohort = next(k for k in protocol.cohort_keys() if spec.applies_to(k))
+        for value in spec.allowed():
+            chosen = apply_participant_choices(protocol, cohort=cohort, values={spec.key: value})
+            for target in spec.drives:
+                item = chosen.item(target.item)
+                index = next(
+                    i
+                    for i, p in enumerate(item.timing_phases())
+                    if item.phases is None or p.name == target.phase
+                )
+                for anchor in _CHECK_ANCHORS:
+                    try:
+                        occurrences = _walk(item, anchor, item_path=f"choices[{c}]")
+                    except ScheduleError as exc:
+                        problems.append((exc.path, f"with {spec.key} = {value}: {exc.message}"))
+                        break
+                    start = anchor + spec.applies_from.delta()
+                    early = [o.day for o in occurrences if o.phase_index == index and o.day < start]
+                    if early:
+                        problems.append(
+                            (
+                                f"choices[{c}].applies_from",
+                                f"with {spec.key} = {value}, {target.item} falls on {early[0]}, "
+                                f"before {spec.applies_from} from an anchor of {anchor}",
+                            )
+                        )
+                        break
+    return problems
 
 
 def timeline(
@@ -826,11 +1290,18 @@ def timeline(
     anchor_date: date,
     tz: str | None = None,
     choices: Mapping[str, Choice] | None = None,
+    participant_choices: Mapping[str, object] | None = None,
 ) -> dict[str, Any]:
-    """The whole planned timeline as plain data (for the API and CLI dry run)."""
+    """The whole planned timeline as plain data (for the API and CLI dry run), with the
+    participant choices the protocol declares (their defaults, or the values given)."""
     zone = _zone(protocol, tz)
     events = expand_schedule(
-        protocol, cohort=cohort, anchor_date=anchor_date, tz=zone.key, choices=choices
+        protocol,
+        cohort=cohort,
+        anchor_date=anchor_date,
+        tz=zone.key,
+        choices=choices,
+        participant_choices=participant_choices,
     )
     phases: dict[tuple[str, str | None], dict[str, Any]] = {}
     for event in events:
@@ -847,27 +1318,26 @@ def timeline(
         entry["last"] = event.target_date
         entry["count"] += 1
     used = {e.decision_id for e in events if e.decision_id}
-    decisions = [
-        {
-            "id": table.id,
-            "label": table.label,
-            "facts": {name: spec.kind.value for name, spec in table.facts.items()},
-            "rules": [
-                {
-                    "id": rule.id,
-                    "when": rule.when,
-                    "regimen": rule.regimen,
-                    "choose_from": rule.choose_from,
-                    "cycles": rule.cycles,
-                }
-                for rule in table.rules
-            ],
-            "uncovered": uncovered_combinations(table),
-            "no_match": NO_MATCH,
-        }
-        for table in protocol.decisions
-        if table.id in used
-    ]
+    regimens = [r.key for r in protocol.treatment.regimens] if protocol.treatment else []
+    decisions = []
+    for table in protocol.decisions:
+        if table.id not in used:
+            continue
+        rows = table_rows(table, regimens)
+        decisions.append(
+            {
+                "id": table.id,
+                "label": table.label,
+                "facts": {name: spec.kind.value for name, spec in table.facts.items()},
+                "rules": [_rule_dict(rule) for rule in table.rules],
+                "combinations": len(rows),
+                "team_decides": sum(
+                    1 for r in rows if r.rule is not None and r.rule.team_decides is not None
+                ),
+                "uncovered": [dict(r.facts) for r in rows if r.rule is None],
+                "no_match": NO_MATCH,
+            }
+        )
     return {
         "study": protocol.study,
         "protocol_key": protocol.key,
@@ -885,11 +1355,16 @@ def timeline(
             for p in phases.values()
         ],
         "decisions": decisions,
+        "participant_choices": choice_states(
+            protocol, cohort=cohort, values=participant_choices
+        ),
     }
 
 
 def check_protocol(protocol: Protocol) -> list[tuple[str, str]]:
-    """Problems found by planning every item for a few awkward anchors (the loader's dry run)."""
+    """Problems found when a file loads: planning every item (and every allowed value of a
+    participant choice) for a few awkward anchors, and decision tables that are incomplete,
+    overlap without a declared order, or keep a regimen that may be unknown."""
     problems: dict[tuple[str, str], None] = {}
     for index, item in enumerate(protocol.schedule):
         if item.after_cycle is not None:
@@ -900,4 +1375,10 @@ def check_protocol(protocol: Protocol) -> list[tuple[str, str]]:
             except ScheduleError as exc:
                 problems[(exc.path, exc.message)] = None
                 break
+    regimens = [r.key for r in protocol.treatment.regimens] if protocol.treatment else []
+    for t, table in enumerate(protocol.decisions):
+        for message in table_problems(table, regimens):
+            problems[(f"decisions[{t}]", message)] = None
+    for problem in _check_choice_timing(protocol):
+        problems[problem] = None
     return list(problems)

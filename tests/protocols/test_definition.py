@@ -66,7 +66,7 @@ def test_the_four_trials_load_keyed_by_file_name(protocols: dict[str, Protocol])
         assert protocol.key == key
         assert protocol.source_file == f"{key}.yaml"
         assert len(protocol.sha256) == 64
-        assert protocol.version == "1"
+        assert protocol.version == "2"  # version 2: complete decision tables, choices
 
 
 def test_cohorts_locales_and_rules(protocols: dict[str, Protocol]) -> None:
@@ -103,10 +103,12 @@ def test_values_the_seeds_do_not_state_are_marked_as_defaults(
     assert not any(d.startswith("schedule[4].phases[0]:") for d in stop_her2)
     assert "schedule[4]: reanchor" in stop_her2
     assert "schedule[4].expects: turnaround_days" in stop_her2
+    # The oncologist's 3-6 months is a per-participant choice; its default (3) is ours.
+    assert "choices[0]: default" in stop_her2
 
     nct = _defaults(protocols["nct07239271"])
     assert {"treatment: cycle_days", "treatment.arms.control[0]: cycles"} <= nct
-    assert "decisions[1].rules[1]: cycles" in nct  # ADC / AC+H: the seed gives no count
+    assert "decisions[1].rules[2]: cycles" in nct  # ADC / AC+H: the seed gives no count
     assert not any(d.startswith("decisions[0].rules") for d in nct)  # all stated in the seed
 
     heroes = _defaults(protocols["heroes"])
@@ -265,13 +267,13 @@ def test_decision_table_errors(tmp_path: Path) -> None:
 
     bad_regimen = nct.replace("regimen: pyroht", "regimen: pyrotinib")
     message = _error(tmp_path, bad_regimen, "nct07239271.yaml")
-    assert "nct07239271.yaml: decisions[0].rules[4].regimen: no regimen 'pyrotinib'" in message
+    assert "nct07239271.yaml: decisions[0].rules[6].regimen: no regimen 'pyrotinib'" in message
 
     bad_fact = nct.replace(
         "when: {ctdna_after_c1: positive, pam_mutation: false}", "when: {ctdna_c1: positive}"
     )
     message = _error(tmp_path, bad_fact, "nct07239271.yaml")
-    assert "decisions[0].rules[4].when.ctdna_c1: not a declared fact" in message
+    assert "decisions[0].rules[7].when.ctdna_c1: not a declared fact" in message
 
     bad_source = nct.replace(
         "{kind: recist_response, item: imaging_c2}", "{kind: recist_response, item: ctdna_c1}"

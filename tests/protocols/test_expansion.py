@@ -538,7 +538,13 @@ def test_timeline_preview_is_plain_json(protocols: dict[str, Protocol]) -> None:
     assert data["events"][0]["target_local"] == "2025-09-01T09:00:00+08:00"
     assert data["events"][0]["target_at"] == "2025-09-01T01:00:00Z"
     assert [d["id"] for d in data["decisions"]] == ["after_c2", "after_c4"]
-    assert {"response": "CR"} in data["decisions"][1]["uncovered"]
+    # Every combination has a rule; the report counts those left to the care team on purpose.
+    assert [d["uncovered"] for d in data["decisions"]] == [[], []]
+    assert [(d["combinations"], d["team_decides"]) for d in data["decisions"]] == [
+        (162, 78),
+        (12, 6),
+    ]
+    assert [c["key"] for c in data["participant_choices"]] == ["scan_modality"]
     phases = {(p["item_id"], p["phase"]): p["count"] for p in data["phases"]}
     assert phases[("cycle", "nab_p_hp")] == 2
 
