@@ -107,7 +107,7 @@ def get_alert(alert_id: int) -> dict[str, Any]:
 
 
 @blp.route("/alerts/<int:alert_id>/acknowledge", methods=["POST"])
-@blp.arguments(AcknowledgeSchema)
+@blp.arguments(AcknowledgeSchema, required=False)  # the note is optional, so is the body
 @blp.response(200, AlertSchema)
 def acknowledge(args: dict[str, Any], alert_id: int) -> dict[str, Any]:
     """Acknowledge: further tiers stop. A second acknowledgement changes nothing."""

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import marshmallow as ma
+from apispec import BasePlugin
 from flask import Flask, Response, jsonify, request
 from flask_smorest import Api
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from server.db import get_session
-from server.errors import DomainError
+from server.errors import DomainError, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,12 @@ def _summary(fields: dict[str, list[str]]) -> str:
     return "invalid input: " + " | ".join(parts) if parts else "invalid input"
 
 
+def validation_failed(messages: Any) -> ValidationFailed:
+    """marshmallow's nested error messages as the 422 the API answers (fields dotted)."""
+    fields = _flatten(messages)
+    return ValidationFailed(_summary(fields), fields)
+
+
 def _rollback() -> None:
     try:
         get_session().rollback()
@@ -115,10 +123,65 @@ def wants_json() -> bool:
     )
 
 
+# Sign-in calls that need no token: a wrong secret is 401, too many tries 429.
+SIGN_IN_OPERATIONS = {("post", "/api/v1/auth/token"), ("post", "/api/v1/mobile/activate")}
+_WRITES = {"post", "put", "patch", "delete"}
+
+
+def error_statuses(method: str, path: str, operation: dict[str, Any]) -> set[int]:
+    """The error statuses an operation can answer, from what every operation of its kind does.
+
+    A body: 400 (not JSON, not UTF-8, nested too deep), 413 (too large), 422 (invalid fields).
+    Query parameters: 422. A token: 401 (missing, wrong, expired). A staff operation: 403 (the
+    role may not) and 404 (outside your sites; a participant's app token also gets 404 there).
+    A path id: 404. A write: 409 (clashes with the current state). Sign-in: 401 and 429.
+    """
+    statuses: set[int] = set()
+    if "requestBody" in operation:
+        statuses |= {400, 413, 422}
+    if any(p.get("in") == "query" for p in operation.get("parameters", [])):
+        statuses.add(422)
+    is_public = operation.get("security") == []
+    if not is_public:
+        statuses.add(401)
+        if not path.startswith("/api/v1/mobile/"):
+            statuses |= {403, 404}
+    if "{" in path:
+        statuses.add(404)
+    if method in _WRITES:
+        statuses.add(409)
+    if (method, path) in SIGN_IN_OPERATIONS:
+        statuses |= {401, 429}
+    return statuses
+
+
+class ErrorResponsesPlugin(BasePlugin):
+    """Documents each operation's error statuses, every one with the error envelope."""
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        for method, operation in (operations or {}).items():
+            if method not in {"get", "put", "post", "patch", "delete"}:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status in sorted(error_statuses(method, path or "", operation)):
+                # flask-smorest registers one component per HTTP status (NOT_FOUND, …).
+                responses.setdefault(str(status), HTTPStatus(status).name)
+
+
 class StepdownApi(Api):
     """flask-smorest Api answering errors in Stepdown's envelope."""
 
     ERROR_SCHEMA = ErrorEnvelopeSchema
+    # Each operation lists its real error statuses (ErrorResponsesPlugin); a catch-all `default`
+    # would make any status look documented.
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def __init__(self, app: Flask | None = None, **kwargs: Any) -> None:
+        spec_kwargs = kwargs.pop("spec_kwargs", None) or {}
+        spec_kwargs.setdefault("extra_plugins", [ErrorResponsesPlugin()])
+        super().__init__(app, spec_kwargs=spec_kwargs, **kwargs)
 
     def handle_http_exception(self, error: HTTPException) -> Any:
         """Render any HTTP error as the envelope (HTML pages keep Flask's default)."""
@@ -139,6 +202,10 @@ class StepdownApi(Api):
         else:
             message = data.get("message") or error.description or error.name
             resp = envelope(status, str(message))
+        # Keep what the exception says about itself: Allow on 405, Retry-After on 429 …
+        for k, v in error.get_headers():
+            if k.lower() not in ("content-type", "content-length"):
+                resp.headers[k] = v
         for k, v in headers.items():
             resp.headers[k] = v
         return resp

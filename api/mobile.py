@@ -13,6 +13,8 @@ from marshmallow import validate
 from sqlmodel import col, select
 
 from api.common import commit
+from api.schemas import PatchSchema, StrictBoolean
+from server import audit
 from server.auth.web import Unauthorized, bearer_token
 from server.clock import utcnow
 from server.db import get_session
@@ -34,12 +36,15 @@ class ActivateSchema(ma.Schema):
 
 class AnswersSchema(ma.Schema):
     answers = ma.fields.Dict(
-        keys=ma.fields.String(), values=ma.fields.Integer(strict=True), required=True
+        keys=ma.fields.String(validate=validate.Length(min=1, max=64)),
+        # Answer codes are small; the bound keeps any number a database can store.
+        values=ma.fields.Integer(strict=True, validate=validate.Range(min=-1000, max=1000)),
+        required=True,
     )
-    submit = ma.fields.Boolean(load_default=False)
+    submit = StrictBoolean(load_default=False)
 
 
-class PreferencesSchema(ma.Schema):
+class PreferencesSchema(PatchSchema):
     quiet_hours_start = ma.fields.Time()
     quiet_hours_end = ma.fields.Time()
     locale = ma.fields.String(validate=validate.OneOf([loc.value for loc in Locale]))
@@ -217,46 +222,52 @@ def answer(args: dict[str, Any], event_id: int) -> dict[str, Any]:
     return {"response_id": response.id, "status": response.status.value}
 
 
-@blp.route("/preferences", methods=["GET", "PATCH"])
-@blp.arguments(PreferencesSchema, location="json", required=False)
-@blp.response(200)
-def preferences(args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """My message preferences: quiet hours and language."""
-    from flask import request
-
-    participant = me()
-    if request.method == "PATCH" and args:
-        from server import audit
-
-        before = {k: audit.jsonable(getattr(participant, k)) for k in args}
-        for key, value in args.items():
-            setattr(participant, key, Locale(value) if key == "locale" else value)
-        if (
-            participant.quiet_hours_start == participant.quiet_hours_end
-            and ("quiet_hours_start" in args or "quiet_hours_end" in args)
-            and participant.quiet_hours_start.hour != 0
-        ):
-            raise field_error("quiet_hours_end", "must differ from the start")
-        participant.updated_at = utcnow()
-        get_session().add(participant)
-        audit.record(
-            session=get_session(),
-            actor=f"participant:{participant.id}",
-            action="participant.preferences",
-            entity="participant",
-            entity_id=participant.id,
-            site_id=participant.site_id,
-            now=utcnow(),
-            before=before,
-            after={k: audit.jsonable(v) for k, v in args.items()},
-        )
-        commit()
+def _preferences(participant: Participant) -> dict[str, Any]:
     return {
         "quiet_hours_start": participant.quiet_hours_start.strftime("%H:%M"),
         "quiet_hours_end": participant.quiet_hours_end.strftime("%H:%M"),
         "locale": participant.locale.value,
         "timezone": participant.timezone,
     }
+
+
+@blp.route("/preferences", methods=["GET"])
+@blp.response(200)
+def preferences() -> dict[str, Any]:
+    """My message preferences: quiet hours and language."""
+    return _preferences(me())
+
+
+@blp.route("/preferences", methods=["PATCH"], endpoint="update_preferences")
+@blp.arguments(PreferencesSchema)
+@blp.response(200)
+def update_preferences(args: dict[str, Any]) -> dict[str, Any]:
+    """Change my quiet hours or language (at least one of them)."""
+    participant = me()
+    before = {k: audit.jsonable(getattr(participant, k)) for k in args}
+    for key, value in args.items():
+        setattr(participant, key, Locale(value) if key == "locale" else value)
+    if (
+        participant.quiet_hours_start == participant.quiet_hours_end
+        and ("quiet_hours_start" in args or "quiet_hours_end" in args)
+        and participant.quiet_hours_start.hour != 0
+    ):
+        raise field_error("quiet_hours_end", "must differ from the start")
+    participant.updated_at = utcnow()
+    get_session().add(participant)
+    audit.record(
+        session=get_session(),
+        actor=f"participant:{participant.id}",
+        action="participant.preferences",
+        entity="participant",
+        entity_id=participant.id,
+        site_id=participant.site_id,
+        now=utcnow(),
+        before=before,
+        after={k: audit.jsonable(v) for k, v in args.items()},
+    )
+    commit()
+    return _preferences(participant)
 
 
 # Calendar entries show on lock screens and shared calendars: plain words, no clinical detail.
@@ -287,6 +298,14 @@ WORD_OF_TYPE = {
 
 
 @blp.route("/calendar.ics")
+@blp.doc(
+    responses={
+        "200": {
+            "description": "an iCalendar feed",
+            "content": {"text/calendar": {"schema": {"type": "string"}}},
+        }
+    }
+)
 def calendar() -> Any:
     """My upcoming appointments as an iCalendar feed for the phone's calendar."""
     from flask import Response

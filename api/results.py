@@ -9,8 +9,10 @@ from flask_smorest import Blueprint
 from sqlmodel import col, select
 
 from api.common import commit
+from api.errors import validation_failed
 from api.schemas import (
     CtdnaResultSchema,
+    FhirObservationSchema,
     ImagingResultSchema,
     ResultSchema,
     TumorMarkerResultSchema,
@@ -103,6 +105,16 @@ def post_marker(args: dict[str, Any]) -> tuple[dict[str, Any], int]:
 
 
 @blp.route("/results/fhir/Observation", methods=["POST"])
+@blp.doc(
+    requestBody={
+        "required": True,
+        "description": "a FHIR R4 Observation (application/fhir+json or application/json)",
+        "content": {
+            media: {"schema": FhirObservationSchema}
+            for media in ("application/fhir+json", "application/json")
+        },
+    }
+)
 @blp.response(201, ResultSchema)
 @blp.alt_response(200, schema=ResultSchema, description="the same accession again: no change")
 def post_fhir() -> tuple[dict[str, Any], int]:
@@ -116,6 +128,10 @@ def post_fhir() -> tuple[dict[str, Any], int]:
             "the body must be a FHIR Observation JSON object",
             {"_schema": ["expected a JSON object"]},
         )
+    # The documented subset first (lengths, status, required elements): 422 naming the element.
+    problems = FhirObservationSchema().validate(body)
+    if problems:
+        raise validation_failed(problems)
     args = fhir.observation_to_ctdna(body)
     return _ingest(ResultKind.CTDNA, args, fhir.FIELD_NAMES)
 

@@ -8,11 +8,41 @@ import marshmallow as ma
 from marshmallow import validate
 
 from server.auth.models import Role
+from server.db import ID_MAX
 from server.participants.models import Locale, ParticipantStatus
 
 STATUS_VALUES = [s.value for s in ParticipantStatus]
 LOCALE_VALUES = [loc.value for loc in Locale]
 ROLE_VALUES = [r.value for r in Role]
+
+
+class Id(ma.fields.Integer):
+    """A row id: 1 … ID_MAX (server.db), anything else is 422 before a query is built."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("validate", validate.Range(min=1, max=ID_MAX))
+        super().__init__(**kwargs)
+
+
+class StrictBoolean(ma.fields.Boolean):
+    """JSON true or false only: 0, 1, "yes" or "on" are 422, as the documented type says."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class PatchSchema(ma.Schema):
+    """A PATCH body: at least one field to change (an empty body is 422, not a silent 200)."""
+
+    NOT_CHANGES: tuple[str, ...] = ()
+
+    @ma.validates_schema
+    def _something_to_change(self, data: dict[str, Any], **_: Any) -> None:
+        if not (data.keys() - set(self.NOT_CHANGES)):
+            raise ma.ValidationError("nothing to change", field_name="_schema")
+
 
 StudyCode = ma.fields.String(
     validate=[
@@ -41,7 +71,7 @@ class ParticipantCreateSchema(ma.Schema):
         validate=validate.Length(min=1, max=32),
         metadata={"description": "study key, e.g. HEROES"},
     )
-    site_id = ma.fields.Integer(required=True, strict=True)
+    site_id = Id(required=True, strict=True)
     study_code = ma.fields.String(
         required=True,
         validate=StudyCode.validate,  # type: ignore[arg-type]
@@ -61,19 +91,21 @@ class ParticipantCreateSchema(ma.Schema):
         load_default=None,
         metadata={"description": "E.164, or national format of the site"},
     )
-    has_sms_consent = ma.fields.Boolean(load_default=False)
+    has_sms_consent = StrictBoolean(load_default=False)
 
 
-class ParticipantUpdateSchema(ma.Schema):
+class ParticipantUpdateSchema(PatchSchema):
+    NOT_CHANGES = ("reason",)
+
     study_code = ma.fields.String(validate=StudyCode.validate)  # type: ignore[arg-type]
-    site_id = ma.fields.Integer(strict=True)
+    site_id = Id(strict=True)
     cohort = ma.fields.String(validate=validate.Length(min=1, max=32), allow_none=True)
     anchor_date = ma.fields.Date(allow_none=True)
     status = ma.fields.String(validate=validate.OneOf(STATUS_VALUES))
     timezone = ma.fields.String(validate=validate.Length(min=1, max=64))
     locale = ma.fields.String(validate=validate.OneOf(LOCALE_VALUES))
     phone = ma.fields.String(validate=validate.Length(min=3, max=32), allow_none=True)
-    has_sms_consent = ma.fields.Boolean()
+    has_sms_consent = StrictBoolean()
     quiet_hours_start = ma.fields.Time(metadata={"description": "local HH:MM; no SMS from then"})
     quiet_hours_end = ma.fields.Time(metadata={"description": "local HH:MM; SMS again from then"})
     reason = ma.fields.String(
@@ -81,11 +113,6 @@ class ParticipantUpdateSchema(ma.Schema):
         load_default=None,
         metadata={"description": "required when trial data changes"},
     )
-
-    @ma.validates_schema
-    def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
-        if not (data.keys() - {"reason"}):
-            raise ma.ValidationError("nothing to change", field_name="_schema")
 
 
 class WithdrawSchema(ma.Schema):
@@ -115,7 +142,7 @@ class ParticipantSchema(ma.Schema):
 
 class ParticipantListArgs(ma.Schema):
     study = ma.fields.String(validate=validate.Length(min=1, max=32))
-    site_id = ma.fields.Integer()
+    site_id = Id()
     status = ma.fields.String(validate=validate.OneOf(STATUS_VALUES))
     cohort = ma.fields.String(validate=validate.Length(min=1, max=32))
     search = ma.fields.String(
@@ -128,7 +155,7 @@ class ParticipantListArgs(ma.Schema):
             "(participants with nothing due yet are never under)"
         },
     )
-    page = ma.fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = ma.fields.Integer(load_default=1, validate=validate.Range(min=1, max=100_000))
     page_size = ma.fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
@@ -167,11 +194,11 @@ class SiteSchema(ma.Schema):
     is_active = ma.fields.Boolean(dump_only=True)
 
 
-class SiteUpdateSchema(ma.Schema):
+class SiteUpdateSchema(PatchSchema):
     name = ma.fields.String(validate=validate.Length(min=1, max=200))
     country = ma.fields.String(validate=validate.Regexp(r"^[A-Za-z]{2}$"))
     timezone = ma.fields.String(validate=validate.Length(min=1, max=64))
-    is_active = ma.fields.Boolean()
+    is_active = StrictBoolean()
 
 
 class UserCreateSchema(ma.Schema):
@@ -182,16 +209,16 @@ class UserCreateSchema(ma.Schema):
     )
     role = ma.fields.String(required=True, validate=validate.OneOf(ROLE_VALUES))
     phone = ma.fields.String(validate=validate.Length(min=3, max=32), load_default=None)
-    site_ids = ma.fields.List(ma.fields.Integer(strict=True), required=True)
+    site_ids = ma.fields.List(Id(strict=True), required=True)
 
 
-class UserUpdateSchema(ma.Schema):
+class UserUpdateSchema(PatchSchema):
     full_name = ma.fields.String(validate=validate.Length(min=1, max=200))
     role = ma.fields.String(validate=validate.OneOf(ROLE_VALUES))
     phone = ma.fields.String(validate=validate.Length(min=3, max=32), allow_none=True)
-    is_phone_verified = ma.fields.Boolean()
-    is_active = ma.fields.Boolean()
-    site_ids = ma.fields.List(ma.fields.Integer(strict=True))
+    is_phone_verified = StrictBoolean()
+    is_active = StrictBoolean()
+    site_ids = ma.fields.List(Id(strict=True))
 
 
 class UserSchema(ma.Schema):
@@ -293,7 +320,7 @@ class RescheduleEventSchema(ma.Schema):
 
 class CancelEventSchema(ma.Schema):
     reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=EVENT_REASON_MAX))
-    not_applicable = ma.fields.Boolean(load_default=False)
+    not_applicable = StrictBoolean(load_default=False)
 
 
 class DecisionSchema(ma.Schema):
@@ -395,7 +422,7 @@ class CtdnaResultSchema(_ResultBase):
         },
     )
     mtm_per_ml = ma.fields.Float(load_default=None, validate=validate.Range(min=0))
-    pam_mutation = ma.fields.Boolean(
+    pam_mutation = StrictBoolean(
         load_default=None, metadata={"description": "PI3K/AKT/mTOR pathway mutation, if tested"}
     )
 
@@ -408,7 +435,7 @@ class ImagingResultSchema(_ResultBase):
         validate=validate.Length(min=1, max=8),
         metadata={"description": "CR | PR | SD | PD | NE (others are quarantined)"},
     )
-    is_confirmed = ma.fields.Boolean(load_default=False)
+    is_confirmed = StrictBoolean(load_default=False)
 
 
 class TumorMarkerResultSchema(_ResultBase):
@@ -442,8 +469,8 @@ class ResultSchema(ma.Schema):
 
 class AlertListArgs(ma.Schema):
     state = ma.fields.String(validate=validate.OneOf(["open", "acknowledged", "resolved"]))
-    site_id = ma.fields.Integer()
-    participant_id = ma.fields.Integer()
+    site_id = Id()
+    participant_id = Id()
 
 
 class AlertSchema(ma.Schema):
@@ -474,9 +501,97 @@ class AcknowledgeSchema(ma.Schema):
 
 class ResolveSchema(ma.Schema):
     note = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
-    resume_treatment = ma.fields.Boolean(load_default=False)
+    resume_treatment = StrictBoolean(load_default=False)
     resumed_on = ma.fields.Date(load_default=None)
 
 
 class OnCallSchema(ma.Schema):
-    user_ids = ma.fields.List(ma.fields.Integer(strict=True), required=True)
+    user_ids = ma.fields.List(Id(strict=True), required=True)
+
+
+# --- FHIR R4 Observation (the subset POST /results/fhir/Observation reads) --------------------
+# The endpoint checks the body against these schemas (422 naming the element), then fhir.resources
+# (R4B) validates the whole resource and it is mapped to a ctDNA result. Other Observation
+# elements are allowed and ignored.
+
+
+class FhirSchema(ma.Schema):
+    class Meta:
+        unknown = ma.INCLUDE
+
+
+class FhirCodingSchema(FhirSchema):
+    system = ma.fields.String()
+    code = ma.fields.String(metadata={"description": "e.g. POS, NEG, DET, ND, IND, QNS"})
+    display = ma.fields.String()
+
+
+class FhirCodeableConceptSchema(FhirSchema):
+    coding = ma.fields.List(ma.fields.Nested(FhirCodingSchema))
+    text = ma.fields.String(metadata={"description": "positive | negative | indeterminate | …"})
+
+
+class FhirIdentifierSchema(FhirSchema):
+    system = ma.fields.String()
+    value = ma.fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class FhirStudyCodeSchema(FhirSchema):
+    system = ma.fields.String(
+        metadata={"description": "urn:stepdown:study:<STUDY KEY> names the study"}
+    )
+    value = ma.fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=32),
+        metadata={"description": "the study code"},
+    )
+
+
+class FhirSubjectSchema(FhirSchema):
+    identifier = ma.fields.Nested(FhirStudyCodeSchema, required=True)
+
+
+class FhirQuantitySchema(FhirSchema):
+    value = ma.fields.Float(validate=validate.Range(min=0), metadata={"description": "MTM/mL"})
+    unit = ma.fields.String()
+    system = ma.fields.String()
+    code = ma.fields.String()
+
+
+class FhirPerformerSchema(FhirSchema):
+    display = ma.fields.String(metadata={"description": "the lab's name"})
+
+
+class FhirObservationSchema(FhirSchema):
+    resourceType = ma.fields.String(required=True, validate=validate.OneOf(["Observation"]))
+    status = ma.fields.String(
+        required=True,
+        validate=validate.OneOf(
+            ["registered", "preliminary", "final", "amended", "corrected", "cancelled"]
+        ),
+    )
+    identifier = ma.fields.List(
+        ma.fields.Nested(FhirIdentifierSchema),
+        required=True,
+        validate=validate.Length(min=1),
+        metadata={"description": "the first value is the lab's accession id"},
+    )
+    code = ma.fields.Nested(
+        FhirCodeableConceptSchema,
+        required=True,
+        metadata={"description": "the assay (text, e.g. Signatera)"},
+    )
+    subject = ma.fields.Nested(FhirSubjectSchema, required=True)
+    effectiveDateTime = ma.fields.AwareDateTime(
+        required=True, metadata={"description": "collection time, with its offset"}
+    )
+    issued = ma.fields.AwareDateTime(metadata={"description": "reported"})
+    valueCodeableConcept = ma.fields.Nested(
+        FhirCodeableConceptSchema, metadata={"description": "the call"}
+    )
+    interpretation = ma.fields.List(
+        ma.fields.Nested(FhirCodeableConceptSchema),
+        metadata={"description": "the call, when valueCodeableConcept does not hold it"},
+    )
+    valueQuantity = ma.fields.Nested(FhirQuantitySchema)
+    performer = ma.fields.List(ma.fields.Nested(FhirPerformerSchema))

@@ -40,6 +40,11 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     # The twilio client logs every request at INFO (about 11 lines per SMS): keep warnings only.
     logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
+    from api import input_guard
+
+    # First: the id converter must exist before any route is added, and the body check must run
+    # before any other before_request hook reads the body.
+    input_guard.init_app(app)
     db.init_app(app)
     protocols.init_app(app)
     survey_service.init_app(app)

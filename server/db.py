@@ -18,7 +18,12 @@ from sqlmodel import Session
 
 from notifications.sqltypes import str_enum
 
-__all__ = ["Database", "get_db", "get_session", "init_app", "make_engine", "str_enum"]
+__all__ = ["ID_MAX", "Database", "get_db", "get_session", "init_app", "make_engine", "str_enum"]
+
+# Every id column is INTEGER: 32-bit signed on PostgreSQL (64 on SQLite). A larger id from a URL,
+# a query or a body must be refused at the edge; PostgreSQL would fail the query ("integer out
+# of range") and SQLite's driver cannot even bind a number beyond 64 bits.
+ID_MAX = 2**31 - 1
 
 
 def normalise_url(url: str) -> str:

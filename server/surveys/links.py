@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from datetime import UTC, datetime
+
+from server.db import ID_MAX
 
 
 class LinkInvalid(Exception):
@@ -29,18 +32,28 @@ def make_token(secret: str, event_id: int, expires_at: datetime) -> str:
     return f"{body}-{_mac(secret, body)}"
 
 
+# What make_token writes: lower-case hex pieces and a 16-hex MAC.
+_TOKEN = re.compile(r"([0-9a-f]{1,16})-([0-9a-f]{1,16})-([0-9a-f]{16})")
+
+
 def read_token(secret: str, token: str, now: datetime) -> int:
-    """The event id of a valid, unexpired token."""
-    parts = token.split("-")
-    if len(parts) != 3:
+    """The event id of a valid, unexpired token.
+
+    Anything that is not exactly what make_token writes is invalid, including a correctly signed
+    token whose values cannot be (an event id no id column holds, an expiry no calendar holds)."""
+    match = _TOKEN.fullmatch(token)
+    if match is None:
         raise LinkInvalid(token)
-    body = "-".join(parts[:2])
-    if not hmac.compare_digest(parts[2], _mac(secret, body)):
+    event_hex, expires_hex, mac = match.groups()
+    if not hmac.compare_digest(mac, _mac(secret, f"{event_hex}-{expires_hex}")):
+        raise LinkInvalid(token)
+    event_id, expires = int(event_hex, 16), int(expires_hex, 16)
+    if not 1 <= event_id <= ID_MAX:
         raise LinkInvalid(token)
     try:
-        event_id, expires = (int(p, 16) for p in parts[:2])
-    except ValueError:
+        expires_at = datetime.fromtimestamp(expires, UTC)
+    except (OverflowError, OSError, ValueError):
         raise LinkInvalid(token) from None
-    if datetime.fromtimestamp(expires, UTC) <= now:
+    if expires_at <= now:
         raise LinkExpired(token)
     return event_id
