@@ -320,7 +320,12 @@ def _decisions(
     protocol = schedules.participant_protocol(session=session, participant=participant, now=now)
     regimens = [(r.key, r.label) for r in protocol.treatment.regimens] if protocol.treatment else []
     return [
-        {"decision": d, "options": schedules.decision_options(protocol, d)} for d in rows
+        {
+            "decision": d,
+            "options": schedules.decision_options(protocol, d),
+            "team_decides": schedules.decision_team_reason(protocol, d),
+        }
+        for d in rows
     ], regimens
 
 
@@ -345,6 +350,7 @@ def _page(
         may_write=can(Permission.SCHEDULE_WRITE),
     )
     decisions, regimens = _decisions(session, participant, now)
+    choices = schedules.participant_choices(session=session, participant=participant, now=now)
     results = _results(session, participant)
     messages = participant_messages.history(session=session, participant=participant)
     alerts = session.exec(
@@ -375,6 +381,7 @@ def _page(
         {a.acknowledged_by_user_id for a in alerts}
         | {a.resolved_by_user_id for a in alerts}
         | {d["decision"].decided_by_user_id for d in decisions}
+        | {c["set_by_user_id"] for c in choices}
         | {a.actor_user_id for a in audit_rows},
     )
     see_phone = can(Permission.SEE_PHONE_NUMBERS)
@@ -400,6 +407,7 @@ def _page(
         reason_max=REASON_MAX,
         decisions=decisions,
         regimens=regimens,
+        choices=choices,
         results=results,
         chart_data={
             "results": results["chart"],
@@ -567,3 +575,48 @@ def record_decision(participant_id: int, decision_id: int) -> Response | tuple[s
     return redirect(
         url_for(".show", participant_id=participant_id, _anchor=f"decision-{decision_id}"), 303
     )
+
+
+@bp.post("/participants/<int:participant_id>/choices/<key>")
+@login_required
+def set_choice(participant_id: int, key: str) -> Response | tuple[str, int]:
+    """Set one of the protocol's per-participant choices (the API's PUT, as a form): a reason is
+    required, and only future, untouched events are re-planned. Needs participant:write."""
+    user, participant = _writable(participant_id, Permission.PARTICIPANT_WRITE)
+    session = get_session()
+    values = _form_values(("value", "reason"))
+    form = FormState("choice", 0, {**values, "key": key})
+    try:
+        problems = {
+            name: ["required"] for name in ("value", "reason") if not values[name]
+        }
+        if len(values["reason"]) > 1000:
+            problems["reason"] = ["at most 1000 characters"]
+        if problems:
+            raise ValidationFailed("please check the form", problems)
+        state, result = schedules.set_participant_choice(
+            session=session,
+            participant=participant,
+            key=key,
+            value=values["value"][:64],
+            reason=values["reason"],
+            now=utcnow(),
+            actor=actor_of(user),
+            actor_user_id=user.id,
+        )
+    except ValidationFailed as error:
+        return _refused(participant_id, form, error)
+    except Conflict as error:
+        session.rollback()
+        form.message = error.message
+        return _page(participant_id, form=form, status=error.status)
+    session.commit()
+    if result is None:
+        flash(f"{state['label']}: already {state['value']}, nothing changed.", "info")
+    else:
+        flash(
+            f"{state['label']}: now {state['value']}. Future events re-planned: "
+            f"{result.moved} moved, {result.created} added, {result.cancelled} cancelled.",
+            "info",
+        )
+    return redirect(url_for(".show", participant_id=participant_id, _anchor=f"choice-{key}"), 303)

@@ -312,6 +312,7 @@ def _timeline_view(timeline: dict[str, Any], now: datetime) -> dict[str, Any]:
         "closed": closed,
         "version": timeline["version"],
         "time_zone": timeline["time_zone"],
+        "choices": timeline.get("participant_choices", []),
     }
 
 

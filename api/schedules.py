@@ -12,12 +12,16 @@ from api.schemas import (
     AdherenceArgs,
     CancelEventSchema,
     CompleteEventSchema,
+    DecisionReportSchema,
     DecisionSchema,
     EventSchema,
+    ParticipantChoiceSchema,
     PreviewSchema,
     RecordDecisionSchema,
     RescheduleEventSchema,
     ScheduleArgs,
+    SetChoiceResultSchema,
+    SetChoiceSchema,
 )
 from server.adherence import service as adherence
 from server.auth.models import StaffUser
@@ -137,6 +141,7 @@ def _decision_dict(participant: Participant, decision: Decision) -> dict[str, An
     d = decision.model_dump()
     d["status"] = decision.status.value
     d["options"] = service.decision_options(protocol, decision)
+    d["team_decides"] = service.decision_team_reason(protocol, decision)
     return d
 
 
@@ -212,7 +217,64 @@ def preview(args: dict[str, Any], key: str) -> dict[str, Any]:
     if tz is None or not is_valid_timezone(tz):
         raise field_error("timezone", "not a known IANA time zone (e.g. Europe/Paris)")
     cohort = service.resolve_cohort(protocol, args.get("cohort"), required=True)
-    return engine.timeline(protocol, cohort=cohort, anchor_date=args["anchor_date"], tz=tz)  # type: ignore[arg-type]
+    try:
+        chosen = engine.check_participant_choices(protocol, args.get("choices"))
+    except ValueError as exc:
+        raise field_error("choices", str(exc)) from None
+    return engine.timeline(
+        protocol,
+        cohort=cohort,  # type: ignore[arg-type]
+        anchor_date=args["anchor_date"],
+        tz=tz,
+        participant_choices=chosen,
+    )
+
+
+@blp.route("/protocols/<key>/decisions")
+@blp.response(200, DecisionReportSchema)
+def decision_report(key: str) -> dict[str, Any]:
+    """Every decision table of a protocol as the system applies it, for review before go-live:
+    each fact (its values, unknown included, and where it comes from), each rule, and every
+    combination of the facts' values with its outcome and the rule that gives it."""
+    current_staff()
+    return engine.decision_report(protocols.find_protocol(key))
+
+
+# --- participant choices ---------------------------------------------------------------------
+
+
+@blp.route("/participants/<int:participant_id>/choices")
+@blp.response(200, ParticipantChoiceSchema(many=True))
+def participant_choices(participant_id: int) -> list[dict[str, Any]]:
+    """The values the participant's protocol leaves to the care team (e.g. STOP-HER2's imaging
+    interval after year one): allowed values, default, the value in force and why."""
+    user = require(Permission.PARTICIPANT_READ)
+    participant = _participant(user, participant_id)
+    return service.participant_choices(session=get_session(), participant=participant, now=utcnow())
+
+
+@blp.route("/participants/<int:participant_id>/choices/<key>", methods=["PUT"])
+@blp.arguments(SetChoiceSchema)
+@blp.response(200, SetChoiceResultSchema)
+def set_participant_choice(args: dict[str, Any], participant_id: int, key: str) -> dict[str, Any]:
+    """Set a participant's value for one of the protocol's choices, with a reason (audited with
+    before and after). Only future, untouched events are re-planned; completed, cancelled and
+    hand-moved events, and those whose window has opened, stay. Coordinators and investigators."""
+    user = require(Permission.PARTICIPANT_READ)
+    participant = _participant(user, participant_id)  # scope first: 404 beats 403
+    require(Permission.PARTICIPANT_WRITE)
+    state, result = service.set_participant_choice(
+        session=get_session(),
+        participant=participant,
+        key=key,
+        value=args["value"],
+        reason=args["reason"],
+        now=utcnow(),
+        actor=actor_of(user),
+        actor_user_id=user.id,
+    )
+    commit()
+    return {**state, "replanned": result.as_dict() if result is not None else None}
 
 
 # --- adherence -------------------------------------------------------------------------------

@@ -323,12 +323,42 @@ class CancelEventSchema(ma.Schema):
     not_applicable = StrictBoolean(load_default=False)
 
 
+class FactSourceSchema(ma.Schema):
+    what = ma.fields.String(metadata={"description": 'what the source said, e.g. "ctDNA positive"'})
+    event_key = ma.fields.String(allow_none=True, metadata={"description": "the draw or scan"})
+    event_id = ma.fields.Integer(allow_none=True)
+    result_id = ma.fields.Integer(allow_none=True)
+    accession_id = ma.fields.String(allow_none=True)
+    lab = ma.fields.String(allow_none=True)
+    on = ma.fields.String(
+        allow_none=True,
+        metadata={"format": "date", "description": "collected / performed / done (local date)"},
+    )
+
+
+class DecisionFactSchema(ma.Schema):
+    name = ma.fields.String()
+    kind = ma.fields.String()
+    value = ma.fields.String(metadata={"description": "unknown: not done, failed, never tested"})
+    note = ma.fields.String()
+    sources = ma.fields.List(ma.fields.Nested(FactSourceSchema))
+
+
 class DecisionSchema(ma.Schema):
     id = ma.fields.Integer()
     event_id = ma.fields.Integer()
     decision_key = ma.fields.String()
     status = ma.fields.String()
     facts = ma.fields.Dict()
+    fact_sources = ma.fields.List(
+        ma.fields.Nested(DecisionFactSchema),
+        allow_none=True,
+        metadata={"description": "each fact used, its value and where it came from"},
+    )
+    team_decides = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "the protocol's reason when it leaves this to the care team"},
+    )
     rule_id = ma.fields.String(allow_none=True)
     recommended_regimen = ma.fields.String(allow_none=True)
     recommended_cycles = ma.fields.Integer(allow_none=True)
@@ -354,6 +384,125 @@ class PreviewSchema(ma.Schema):
     cohort = ma.fields.String(load_default=None, validate=validate.Length(min=1, max=32))
     anchor_date = ma.fields.Date(required=True)
     timezone = ma.fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    choices = ma.fields.Dict(
+        keys=ma.fields.String(validate=validate.Length(min=1, max=64)),
+        values=ma.fields.String(validate=validate.Length(min=1, max=64)),
+        load_default=None,
+        validate=validate.Length(max=20),
+        metadata={
+            "description": "values for the protocol's participant choices, e.g. "
+            '{"imaging_interval_after_year_1": "6 months"} (absent: the defaults)'
+        },
+    )
+
+
+class ChoiceDriveSchema(ma.Schema):
+    item = ma.fields.String()
+    item_label = ma.fields.String()
+    phase = ma.fields.String(allow_none=True)
+    field = ma.fields.String(metadata={"description": "every (an interval) | modality"})
+
+
+class ParticipantChoiceSchema(ma.Schema):
+    key = ma.fields.String()
+    label = ma.fields.String()
+    decided_by = ma.fields.String()
+    kind = ma.fields.String()
+    allowed = ma.fields.List(ma.fields.String())
+    default = ma.fields.String()
+    value = ma.fields.String(metadata={"description": "the value in force"})
+    is_default = ma.fields.Boolean()
+    applies_from = ma.fields.String(metadata={"description": "offset from the anchor date"})
+    drives = ma.fields.List(ma.fields.Nested(ChoiceDriveSchema))
+    note = ma.fields.String(allow_none=True)
+    site_defaults = ma.fields.List(ma.fields.String())
+    reason = ma.fields.String(allow_none=True)
+    set_at = ma.fields.AwareDateTime(allow_none=True)
+    set_by_user_id = ma.fields.Integer(allow_none=True)
+    protocol_version = ma.fields.String()
+
+
+class SetChoiceSchema(ma.Schema):
+    value = ma.fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": 'one of the allowed values, e.g. "6 months" or "mri"'},
+    )
+    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+class PlanChangeSchema(ma.Schema):
+    created = ma.fields.Integer()
+    moved = ma.fields.Integer()
+    cancelled = ma.fields.Integer()
+
+
+class SetChoiceResultSchema(ParticipantChoiceSchema):
+    replanned = ma.fields.Nested(
+        PlanChangeSchema,
+        allow_none=True,
+        metadata={"description": "future untouched events re-planned (null: nothing changed)"},
+    )
+
+
+class ReportFactSchema(ma.Schema):
+    name = ma.fields.String()
+    kind = ma.fields.String()
+    item = ma.fields.String(allow_none=True)
+    values = ma.fields.List(ma.fields.String())
+    reading = ma.fields.String(metadata={"description": "what the fact means, where it comes from"})
+    note = ma.fields.String(allow_none=True)
+
+
+class ReportRuleSchema(ma.Schema):
+    id = ma.fields.String()
+    when = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.List(ma.fields.String()))
+    regimen = ma.fields.String(allow_none=True)
+    choose_from = ma.fields.List(ma.fields.String(), allow_none=True)
+    cycles = ma.fields.Integer(allow_none=True)
+    team_decides = ma.fields.String(allow_none=True)
+    because = ma.fields.String(allow_none=True)
+    outcome = ma.fields.String()
+    combinations = ma.fields.Integer(metadata={"description": "combinations it decides"})
+
+
+class ReportOutcomeSchema(ma.Schema):
+    kind = ma.fields.String(metadata={"description": "regimen | same | choose_from | team_decides"})
+    regimen = ma.fields.String(allow_none=True)
+    options = ma.fields.List(ma.fields.String())
+    cycles = ma.fields.Integer(allow_none=True)
+    reason = ma.fields.String(allow_none=True)
+    text = ma.fields.String()
+
+
+class ReportRowSchema(ma.Schema):
+    facts = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
+    rule_id = ma.fields.String(allow_none=True)
+    also_matching = ma.fields.List(ma.fields.String())
+    outcome = ma.fields.Nested(ReportOutcomeSchema)
+
+
+class ReportTableSchema(ma.Schema):
+    id = ma.fields.String()
+    label = ma.fields.String()
+    order = ma.fields.String(metadata={"description": "exclusive | first_match"})
+    facts = ma.fields.List(ma.fields.Nested(ReportFactSchema))
+    rules = ma.fields.List(ma.fields.Nested(ReportRuleSchema))
+    combinations = ma.fields.Integer()
+    team_decides = ma.fields.Integer()
+    uncovered = ma.fields.Integer(metadata={"description": "always 0 for a file that loaded"})
+    rows = ma.fields.List(ma.fields.Nested(ReportRowSchema))
+
+
+class DecisionReportSchema(ma.Schema):
+    study = ma.fields.String()
+    protocol_key = ma.fields.String()
+    version = ma.fields.String()
+    source_file = ma.fields.String()
+    sha256 = ma.fields.String()
+    unknown_means = ma.fields.String()
+    regimens = ma.fields.List(ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String()))
+    tables = ma.fields.List(ma.fields.Nested(ReportTableSchema))
 
 
 class AdherenceArgs(ma.Schema):
@@ -424,6 +573,16 @@ class CtdnaResultSchema(_ResultBase):
     mtm_per_ml = ma.fields.Float(load_default=None, validate=validate.Range(min=0))
     pam_mutation = StrictBoolean(
         load_default=None, metadata={"description": "PI3K/AKT/mTOR pathway mutation, if tested"}
+    )
+    retracts_pam_mutation_of = ma.fields.String(
+        load_default=None,
+        validate=validate.Length(min=1, max=64),
+        metadata={
+            "description": "the accession id of an earlier ctDNA result from the same lab whose "
+            "PAM mutation finding this report withdraws (a corrected report). A mutation once "
+            "found otherwise stays found: a later result reporting none does not clear it. "
+            "Audited; 422 if that result reported no PAM mutation for this participant."
+        },
     )
 
 

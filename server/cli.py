@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import sys
 from datetime import date
+from typing import Any
 
 import click
 from flask import Flask, current_app
@@ -122,7 +123,9 @@ def seed_demo(if_empty: bool) -> None:
     click.echo(demo.WHAT_TO_LOOK_AT)
 
 
-@click.group("protocol", cls=AppGroup, help="Trial protocols: list, preview, amend.")
+@click.group(
+    "protocol", cls=AppGroup, help="Trial protocols: list, preview, decisions, amend."
+)
 def protocol_group() -> None:
     pass
 
@@ -140,9 +143,22 @@ def protocol_list() -> None:
 @click.option("--cohort", default=None, help="cohort or arm key")
 @click.option("--anchor", "anchor", required=True, help="anchor date, YYYY-MM-DD")
 @click.option("--tz", "tz", default=None, help="IANA time zone (default: the protocol's)")
+@click.option(
+    "--choice",
+    "choice_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="a participant choice, e.g. imaging_interval_after_year_1='6 months' (default: the "
+    "protocol's)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the timeline as JSON")
 def protocol_preview(
-    protocol_key: str, cohort: str | None, anchor: str, tz: str | None, as_json: bool
+    protocol_key: str,
+    cohort: str | None,
+    anchor: str,
+    tz: str | None,
+    choice_args: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Dry run: print every planned event of a protocol for an anchor date. Creates nothing."""
     import json
@@ -155,12 +171,24 @@ def protocol_preview(
         protocol = protocols.find_protocol(protocol_key)
         anchor_date = date.fromisoformat(anchor)
         chosen = resolve_cohort(protocol, cohort, required=True)
+        pairs = [arg.partition("=") for arg in choice_args]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError("write --choice KEY=VALUE")
+        values = engine.check_participant_choices(
+            protocol, {k.strip(): v.strip() for k, _, v in pairs}
+        )
     except (DomainError, ValueError) as exc:
         raise click.UsageError(str(getattr(exc, "message", exc))) from None
     zone = tz or protocol.time_zone
     if zone is None or not is_valid_timezone(zone):
         raise click.UsageError(f"--tz {zone!r} is not a known IANA time zone")
-    data = engine.timeline(protocol, cohort=chosen, anchor_date=anchor_date, tz=zone)  # type: ignore[arg-type]
+    data = engine.timeline(
+        protocol,
+        cohort=chosen,  # type: ignore[arg-type]
+        anchor_date=anchor_date,
+        tz=zone,
+        participant_choices=values,
+    )
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
@@ -176,10 +204,85 @@ def protocol_preview(
         click.echo(f"{target:<22} {window:<25} {label[:44]:<44} {e['phase'] or ''}")
     for decision in data["decisions"]:
         click.echo(
-            f"decision {decision['id']}: {len(decision['rules'])} rules, "
-            f"{len(decision['uncovered'])} fact combinations left to the care team"
+            f"decision {decision['id']}: {len(decision['rules'])} rules over "
+            f"{decision['combinations']} fact combinations, {decision['team_decides']} left to "
+            f"the care team on purpose (stepdown protocol decisions {protocol.study})"
+        )
+    for choice in data["participant_choices"]:
+        shown = choice["value"] + ("" if choice["is_default"] else " (chosen)")
+        click.echo(
+            f"choice {choice['key']}: {shown}; default {choice['default']}, allowed "
+            f"{', '.join(choice['allowed'])}, set by the {choice['decided_by']}"
         )
     click.echo(f"{len(data['events'])} events")
+
+
+@protocol_group.command("decisions")
+@click.argument("protocol_key")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def protocol_decisions(protocol_key: str, as_json: bool) -> None:
+    """Print every decision table as the system will apply it: each combination of the facts'
+    values (unknown included) with its outcome and the rule that gives it."""
+    import json
+
+    from server.errors import DomainError
+    from server.protocols import rules as engine
+
+    try:
+        protocol = protocols.find_protocol(protocol_key)
+    except DomainError as exc:
+        raise click.UsageError(exc.message) from None
+    report = engine.decision_report(protocol)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    for line in decision_report_lines(report):
+        click.echo(line)
+
+
+def decision_report_lines(report: dict[str, Any]) -> list[str]:
+    """The decision report as text an investigator can read (one line per combination)."""
+    out = [
+        f"{report['study']} v{report['version']} — decision tables as the system applies them "
+        f"({report['source_file']}, sha256 {str(report['sha256'])[:12]})",
+        f"unknown = {report['unknown_means']}",
+    ]
+    if report["regimens"]:
+        legend = "; ".join(f"{r['key']} = {r['label']}" for r in report["regimens"])
+        out.append(f"regimens: {legend}")
+    tables = report["tables"]
+    if not tables:
+        out.append("no decision tables")
+    for table in tables:
+        out += [
+            "",
+            f"{table['id']}: {table['label']} — {table['combinations']} combinations, "
+            f"{table['team_decides']} left to the care team, {table['uncovered']} uncovered"
+            + (" (first matching rule wins)" if table["order"] == "first_match" else ""),
+            "facts:",
+        ]
+        for fact in table["facts"]:
+            out.append(f"  {fact['name']} [{' | '.join(fact['values'])}]: {fact['reading']}")
+        out.append("rules:")
+        for rule in table["rules"]:
+            when = ", ".join(f"{k}={'|'.join(v)}" for k, v in rule["when"].items()) or "any"
+            out.append(
+                f"  {rule['id']}: {when} → {rule['outcome']} "
+                f"({rule['combinations']} combinations)"
+            )
+        names = [f["name"] for f in table["facts"]]
+        widths = [max(len(f["name"]), *(len(v) for v in f["values"])) for f in table["facts"]]
+        header = "  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
+        out += ["", f"{header}  →  outcome  [rule]"]
+        for row in table["rows"]:
+            cells = "  ".join(
+                row["facts"][n].ljust(w) for n, w in zip(names, widths, strict=True)
+            )
+            rule = row["rule_id"] or "NONE"
+            if row["also_matching"]:
+                rule += f", also {', '.join(row['also_matching'])}"
+            out.append(f"{cells}  →  {row['outcome']['text']}  [{rule}]")
+    return out
 
 
 @protocol_group.command("amend")

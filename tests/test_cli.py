@@ -248,7 +248,10 @@ def test_seed_demo_tells_a_story_through_the_services(app, db, client):
         "ctdna_baseline": "negative",
         "ctdna_after_c1": "negative",
         "response": "PR",
+        "pam_mutation": "unknown",  # no result reported a PAM status
     }
+    assert decision.rule_id == "ctdna_neg_response"
+    assert [f["name"] for f in decision.fact_sources or []] == list(decision.facts)
     point = db.get(ScheduleEvent, decision.event_id)
     assert point.status == EventStatus.OPEN and point.target_date == T.date()
 

@@ -77,6 +77,36 @@ def _find_participant(
     return found[0], None
 
 
+def _pam_finding_retracted(
+    session: Session, participant: Participant | None, source: str, fields: Mapping[str, Any]
+) -> LabResult | None:
+    """The earlier result whose PAM-mutation finding this one retracts (`retracts_pam_mutation_of`
+    names its accession, same lab), or None. A retraction naming no such finding is a 422: a
+    mutation once found stays found unless a result withdraws that very finding."""
+    accession = fields.get("retracts_pam_mutation_of")
+    if not accession or participant is None:
+        return None
+    earlier = session.exec(
+        select(LabResult).where(LabResult.source == source, LabResult.accession_id == accession)
+    ).first()
+    if (
+        earlier is None
+        or earlier.participant_id != participant.id
+        or earlier.kind != ResultKind.CTDNA
+        or (earlier.payload or {}).get("pam_mutation") is not True
+    ):
+        raise ValidationFailed(
+            "nothing to retract",
+            {
+                "retracts_pam_mutation_of": [
+                    f"no earlier ctDNA result {accession!r} from lab {source!r} reported a PAM "
+                    "mutation for this participant"
+                ]
+            },
+        )
+    return earlier
+
+
 def configured_clock_skew() -> timedelta:
     """How far ahead of our clock a result's times may be (RESULT_CLOCK_SKEW_SECONDS)."""
     if has_app_context() and "RESULT_CLOCK_SKEW_SECONDS" in current_app.config:
@@ -185,6 +215,7 @@ def ingest(
         clock_skew=configured_clock_skew() if clock_skew is None else clock_skew,
         names=field_names,
     )
+    retracted = _pam_finding_retracted(session, participant, source, fields)
     call = fields.get("call")
     if kind == ResultKind.CTDNA and call not in rules.CTDNA_CALLS:
         # Never guess: an unreadable call is not a negative one.
@@ -245,6 +276,20 @@ def ingest(
     )
     if problem or participant is None:
         return Ingested(result, True)
+    if retracted is not None:
+        audit.record(
+            session=session,
+            actor=actor,
+            actor_user_id=actor_user_id,
+            action="result.pam_retraction",
+            entity="lab_result",
+            entity_id=retracted.id,
+            site_id=result.site_id,
+            now=now,
+            before={"pam_mutation": True},
+            after={"pam_mutation": "retracted", "retracted_by": accession_id},
+            reason=f"result {accession_id} retracts the PAM mutation of {retracted.accession_id}",
+        )
     alert_id = apply(
         session=session,
         result=result,
@@ -363,6 +408,13 @@ def apply(
             event.outcome = outcome
             session.add(event)
             schedules.refresh_decisions(session=session, participant=participant, now=now)
+    if result.kind == ResultKind.CTDNA and (
+        result.payload.get("pam_mutation") is not None
+        or result.payload.get("retracts_pam_mutation_of")
+    ):
+        # PAM status is read from every ctDNA result, linked to a draw or not.
+        session.flush()
+        schedules.refresh_decisions(session=session, participant=participant, now=now)
     _, protocol = protocol_of_study(session, participant.study_id)
     study_rules = frozenset(r.value for r in protocol.rules)
     if result.kind == ResultKind.CTDNA and result.call is not None:

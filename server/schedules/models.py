@@ -100,6 +100,9 @@ class Decision(SQLModel, table=True):
     decision_key: str = Field(max_length=64)
     status: DecisionStatus = Field(default=DecisionStatus.DUE, sa_type=str_enum(DecisionStatus))
     facts: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    # Each fact with its value and sources (server.schedules.rules.Fact.as_dict): which result,
+    # accession, draw and date it came from. None on decisions opened before it was kept.
+    fact_sources: list[dict[str, Any]] | None = Field(default=None, sa_type=sa.JSON)
     recommended_regimen: str | None = Field(default=None, max_length=64)
     recommended_cycles: int | None = Field(default=None)
     rule_id: str | None = Field(default=None, max_length=64)
@@ -110,3 +113,21 @@ class Decision(SQLModel, table=True):
     decided_at: datetime | None = Field(default=None)
     reason: str | None = Field(default=None, max_length=1000)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class ParticipantChoiceValue(SQLModel, table=True):
+    """A participant's value for a choice the protocol leaves to the care team (e.g. STOP-HER2's
+    imaging interval after year one). Absent: the protocol's default. History is in the audit."""
+
+    __tablename__ = "participant_choice"
+    __table_args__ = (
+        sa.UniqueConstraint("participant_id", "choice_key", name="uq_participant_choice_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    participant_id: int = Field(foreign_key="participant.id", ondelete="CASCADE")
+    choice_key: str = Field(max_length=64)
+    value: str = Field(max_length=64)
+    reason: str = Field(max_length=1000)
+    set_by_user_id: int | None = Field(default=None, foreign_key="staff_user.id")
+    set_at: datetime = Field(default_factory=utcnow)

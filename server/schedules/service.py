@@ -24,14 +24,16 @@ from server.errors import Conflict, NotFound, ValidationFailed, field_error
 from server.participants.models import Participant, ParticipantStatus
 from server.protocols import rules as engine
 from server.protocols import service as protocols
-from server.protocols.definition import FactKind, Protocol
-from server.schedules import reminders
+from server.protocols.definition import Protocol
+from server.results.models import LabResult, ResultKind, ResultStatus
+from server.schedules import reminders, rules
 from server.schedules.models import (
     PENDING_STATUSES,
     Decision,
     DecisionStatus,
     EventStatus,
     EventType,
+    ParticipantChoiceValue,
     ScheduleEvent,
 )
 from server.schedules.rules import CANCELLABLE, COMPLETABLE, MOVABLE, is_in_window
@@ -114,6 +116,29 @@ def _choices(session: Session, participant_id: int) -> dict[str, engine.Choice]:
     }
 
 
+def _choice_rows(session: Session, participant_id: int) -> list[ParticipantChoiceValue]:
+    return list(
+        session.exec(
+            select(ParticipantChoiceValue)
+            .where(ParticipantChoiceValue.participant_id == participant_id)
+            .order_by(col(ParticipantChoiceValue.id))
+        ).all()
+    )
+
+
+def choice_values(
+    session: Session, protocol: Protocol, participant_id: int
+) -> dict[str, str]:
+    """The participant's values for the protocol's choices (a key the protocol version does not
+    declare is left out: it cannot drive anything)."""
+    declared = {c.key for c in protocol.choices}
+    return {
+        r.choice_key: r.value
+        for r in _choice_rows(session, participant_id)
+        if r.choice_key in declared
+    }
+
+
 # --- planning ------------------------------------------------------------------------------------
 
 
@@ -122,14 +147,17 @@ def desired_plan(
     participant: Participant,
     existing: list[ScheduleEvent],
     choices: dict[str, engine.Choice],
+    participant_choices: dict[str, str] | None = None,
 ) -> list[engine.PlannedEvent]:
-    """The plan the protocol gives today: expansion, choices, then re-anchoring on actual dates."""
+    """The plan the protocol gives today: expansion, the regimens chosen at decisions and the
+    participant's choices, then re-anchoring on actual dates."""
     assert participant.anchor_date is not None and participant.cohort is not None
     common: dict[str, Any] = {
         "cohort": participant.cohort,
         "anchor_date": participant.anchor_date,
         "tz": participant.timezone,
         "choices": choices,
+        "participant_choices": participant_choices or {},
     }
     by_key = {p.key: p for p in engine.expand_schedule(protocol, **common)}
     reanchoring = sorted({p.item_id for p in by_key.values() if p.is_reanchoring})
@@ -208,8 +236,10 @@ def apply_plan(
     version: str,
     now: datetime,
     future_only: bool = False,
+    why: str | None = None,
 ) -> PlanResult:
-    """Make the stored events match the desired plan where they may still move."""
+    """Make the stored events match the desired plan where they may still move; an event no
+    longer planned is cancelled saying `why` (default: the protocol version)."""
     result = PlanResult()
     changed_ids: list[int | None] = []
     existing = {e.key: e for e in _events(session, participant.id)}  # type: ignore[arg-type]
@@ -248,7 +278,7 @@ def apply_plan(
     for key, event in existing.items():
         if key not in wanted and _replannable(event, now, future_only):
             event.status = EventStatus.CANCELLED
-            event.status_reason = f"no longer planned (protocol version {version})"
+            event.status_reason = f"no longer planned ({why or f'protocol version {version}'})"
             event.updated_at = now
             session.add(event)
             changed_ids.append(event.id)
@@ -267,6 +297,7 @@ def plan_participant(
     actor_user_id: int | None = None,
     reason: str | None = None,
     future_only: bool = False,
+    why: str | None = None,
 ) -> PlanResult | None:
     """(Re-)plan a participant's schedule; None when they are not in a planning status."""
     if participant.status not in PLANNING_STATUSES or participant.anchor_date is None:
@@ -274,7 +305,13 @@ def plan_participant(
     protocol = participant_protocol(session=session, participant=participant, now=now)
     participant.cohort = resolve_cohort(protocol, participant.cohort, required=True)
     existing = _events(session, participant.id)  # type: ignore[arg-type]
-    desired = desired_plan(protocol, participant, existing, _choices(session, participant.id))  # type: ignore[arg-type]
+    desired = desired_plan(
+        protocol,
+        participant,
+        existing,
+        _choices(session, participant.id),  # type: ignore[arg-type]
+        choice_values(session, protocol, participant.id),  # type: ignore[arg-type]
+    )
     result = apply_plan(
         session=session,
         participant=participant,
@@ -282,6 +319,7 @@ def plan_participant(
         version=protocol.version,
         now=now,
         future_only=future_only,
+        why=why,
     )
     if result.changed:
         audit.record(
@@ -419,6 +457,118 @@ def move_to_version(
         reason=reason,
         future_only=True,
     )
+
+
+# --- participant choices -------------------------------------------------------------------------
+
+
+def participant_choices(
+    *, session: Session, participant: Participant, now: datetime
+) -> list[dict[str, Any]]:
+    """The choices the participant's protocol version leaves to the care team for their cohort:
+    allowed values, default, the value in force, and who set it, when and why."""
+    protocol = participant_protocol(session=session, participant=participant, now=now)
+    rows = {r.choice_key: r for r in _choice_rows(session, participant.id)}  # type: ignore[arg-type]
+    values = choice_values(session, protocol, participant.id)  # type: ignore[arg-type]
+    states = engine.choice_states(protocol, cohort=participant.cohort or "", values=values)
+    for state in states:
+        row = rows.get(state["key"])
+        state["reason"] = row.reason if row else None
+        state["set_at"] = row.set_at if row else None
+        state["set_by_user_id"] = row.set_by_user_id if row else None
+        state["protocol_version"] = protocol.version
+    return states
+
+
+def set_participant_choice(
+    *,
+    session: Session,
+    participant: Participant,
+    key: str,
+    value: str,
+    reason: str,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None,
+) -> tuple[dict[str, Any], PlanResult | None]:
+    """Set a participant's value for one of the protocol's choices (audited with before, after
+    and the reason). Only future, untouched events are re-planned: completed, cancelled and
+    hand-moved events, and those whose window has opened, stay as they are."""
+    protocol = participant_protocol(session=session, participant=participant, now=now)
+    try:
+        spec = protocol.choice(key)
+    except KeyError:
+        raise NotFound(
+            f"{protocol.study} version {protocol.version} has no choice {key!r}"
+        ) from None
+    if not spec.applies_to(participant.cohort or ""):
+        raise Conflict(
+            f"{key} is for the {', '.join(spec.cohorts or [])} cohort(s); this participant is in "
+            f"{participant.cohort or 'no cohort'}"
+        )
+    if not (reason and reason.strip()):
+        raise field_error("reason", "required: say why (it goes in the audit trail)")
+    allowed = spec.allowed()
+    try:
+        chosen = spec.normalise(value)
+    except ValueError:
+        chosen = ""
+    if chosen not in allowed:
+        raise field_error("value", f"one of {', '.join(allowed)}")
+    row = session.exec(
+        select(ParticipantChoiceValue).where(
+            ParticipantChoiceValue.participant_id == participant.id,
+            ParticipantChoiceValue.choice_key == key,
+        )
+    ).first()
+    before = row.value if row is not None else spec.normalise(spec.default)
+    if row is not None and row.value == chosen:
+        return _choice_state(session, participant, key, now), None
+    if row is None:
+        row = ParticipantChoiceValue(
+            participant_id=participant.id,  # type: ignore[arg-type]
+            choice_key=key,
+            value=chosen,
+            reason=reason.strip(),
+            set_by_user_id=actor_user_id,
+            set_at=now,
+        )
+    else:
+        row.value, row.reason = chosen, reason.strip()
+        row.set_by_user_id, row.set_at = actor_user_id, now
+    session.add(row)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action="participant.choice",
+        entity="participant",
+        entity_id=participant.id,
+        site_id=participant.site_id,
+        now=now,
+        before={key: before},
+        after={key: chosen, "protocol_version": protocol.version},
+        reason=reason.strip(),
+    )
+    result = plan_participant(
+        session=session,
+        participant=participant,
+        now=now,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        reason=f"{key} = {chosen}: {reason.strip()}",
+        future_only=True,
+        why=f"{key} = {chosen}",
+    )
+    return _choice_state(session, participant, key, now), result
+
+
+def _choice_state(
+    session: Session, participant: Participant, key: str, now: datetime
+) -> dict[str, Any]:
+    states = participant_choices(session=session, participant=participant, now=now)
+    return next(s for s in states if s["key"] == key)
 
 
 # --- lifecycle -----------------------------------------------------------------------------------
@@ -646,47 +796,73 @@ def cancel_event(
 # --- decision points -----------------------------------------------------------------------------
 
 
+def _event_record(e: ScheduleEvent) -> rules.EventRecord:
+    return rules.EventRecord(
+        event_id=e.id,  # type: ignore[arg-type]
+        key=e.key,
+        item_id=e.item_id,
+        event_type=e.event_type.value,
+        sequence=e.sequence,
+        status=e.status,
+        target_at=e.target_at,
+        target_date=e.target_date,
+        completed_on=e.completed_on,
+        outcome=e.outcome,
+        regimen=e.regimen,
+        status_reason=e.status_reason,
+    )
+
+
+def _result_records(session: Session, participant: Participant) -> list[rules.ResultRecord]:
+    """The participant's accepted ctDNA and imaging results, oldest first, as facts read them."""
+    rows = session.exec(
+        select(LabResult)
+        .where(
+            LabResult.participant_id == participant.id,
+            LabResult.status == ResultStatus.ACCEPTED,
+            col(LabResult.kind).in_([ResultKind.CTDNA, ResultKind.IMAGING]),
+        )
+        .order_by(col(LabResult.id))
+    ).all()
+    zone = ZoneInfo(participant.timezone)
+    out = []
+    for r in rows:
+        payload = r.payload or {}
+        pam = payload.get("pam_mutation")
+        retracts = payload.get("retracts_pam_mutation_of")
+        on = r.performed_on or (r.collected_at.astimezone(zone).date() if r.collected_at else None)
+        out.append(
+            rules.ResultRecord(
+                result_id=r.id,  # type: ignore[arg-type]
+                accession_id=r.accession_id,
+                lab=r.source,
+                kind=r.kind.value,
+                event_id=r.event_id,
+                on=on,
+                call=r.call.value if r.call else None,
+                recist=r.recist.value if r.recist else None,
+                pam_mutation=pam if isinstance(pam, bool) else None,
+                retracts_pam_mutation_of=retracts if isinstance(retracts, str) else None,
+            )
+        )
+    return out
+
+
 def gather_facts(
-    protocol: Protocol, decision_key: str, events: list[ScheduleEvent], point: ScheduleEvent
-) -> tuple[dict[str, str], list[str]]:
-    """The facts a decision table reads, from completed events' outcomes; and those still
-    awaited from their source events."""
-    table = protocol.decision(decision_key)
-    facts: dict[str, str] = {}
-    awaited: list[str] = []
-    done = [e for e in events if e.status == EventStatus.COMPLETED and e.outcome]
-    for name, spec in table.facts.items():
-        value: str | None = None
-        if spec.kind == FactKind.REGIMEN:
-            cycles = [
-                e
-                for e in events
-                if e.event_type == EventType.TREATMENT_CYCLE
-                and e.regimen
-                and e.target_at < point.target_at
-                and e.status not in (EventStatus.CANCELLED, EventStatus.NOT_APPLICABLE)
-            ]
-            value = max(cycles, key=lambda e: e.target_at).regimen if cycles else None
-        else:
-            field = {
-                FactKind.CTDNA_STATUS: "ctdna",
-                FactKind.RECIST_RESPONSE: "recist",
-                FactKind.PAM_MUTATION: "pam_mutation",
-            }[spec.kind]
-            sources = [
-                e
-                for e in done
-                if (e.item_id == spec.item if spec.item else e.event_type == EventType.CTDNA_DRAW)
-                and field in (e.outcome or {})
-            ]
-            if sources:
-                raw = max(sources, key=lambda e: (e.completed_on, e.sequence)).outcome[field]  # type: ignore[index]
-                value = ("true" if raw else "false") if isinstance(raw, bool) else str(raw)
-            elif spec.item:
-                awaited.append(name)
-        if value is not None:
-            facts[name] = value
-    return facts, awaited
+    protocol: Protocol,
+    decision_key: str,
+    events: list[ScheduleEvent],
+    point: ScheduleEvent,
+    results: list[rules.ResultRecord] | None = None,
+) -> tuple[dict[str, rules.Fact], list[str]]:
+    """The facts a decision table reads, each with its sources, from every relevant event and
+    result (server/schedules/rules.py derive_facts); and those still awaited."""
+    return rules.derive_facts(
+        protocol.decision(decision_key),
+        events=[_event_record(e) for e in events],
+        results=results or [],
+        point=_event_record(point),
+    )
 
 
 def refresh_decisions(*, session: Session, participant: Participant, now: datetime) -> int:
@@ -700,15 +876,18 @@ def refresh_decisions(*, session: Session, participant: Participant, now: dateti
     if not points:
         return 0
     protocol = participant_protocol(session=session, participant=participant, now=now)
+    results = _result_records(session, participant)
     opened = 0
     for point in points:
         decision_key = _decision_key(protocol, point)
         existing = session.exec(select(Decision).where(Decision.event_id == point.id)).first()
         if existing is not None and existing.status != DecisionStatus.DUE:
             continue
-        facts, awaited = gather_facts(protocol, decision_key, events, point)
+        found, awaited = gather_facts(protocol, decision_key, events, point, results)
         if awaited:
             continue
+        facts = {name: fact.value for name, fact in found.items()}
+        sources = [fact.as_dict() for fact in found.values()]
         outcome = engine.evaluate_decision(protocol.decision(decision_key), facts)
         if existing is None:
             existing = Decision(
@@ -718,15 +897,14 @@ def refresh_decisions(*, session: Session, participant: Participant, now: dateti
                 created_at=now,
             )
             opened += 1
-        elif existing.facts == facts:
+        elif existing.facts == facts and existing.fact_sources == sources:
             continue
         existing.facts = dict(facts)
+        existing.fact_sources = sources
         existing.rule_id = outcome.rule_id
         existing.recommended_regimen = outcome.regimen
         existing.recommended_cycles = outcome.cycles
-        existing.explanation = outcome.explanation
-        if outcome.options and not outcome.regimen:
-            existing.explanation = outcome.explanation
+        existing.explanation = outcome.explanation[:1000]
         session.add(existing)
         session.flush()
         audit.record(
@@ -740,10 +918,12 @@ def refresh_decisions(*, session: Session, participant: Participant, now: dateti
             after={
                 "decision": decision_key,
                 "facts": facts,
+                "fact_sources": sources,
                 "rule_id": outcome.rule_id,
                 "recommended_regimen": outcome.regimen,
                 "options": list(outcome.options),
                 "cycles": outcome.cycles,
+                "team_decides": outcome.team_decides,
             },
         )
     return opened
@@ -764,6 +944,13 @@ def decision_options(protocol: Protocol, decision: Decision) -> list[str]:
     table = protocol.decision(decision.decision_key)
     rule = next((r for r in table.rules if r.id == decision.rule_id), None)
     return list(rule.choose_from or []) if rule else []
+
+
+def decision_team_reason(protocol: Protocol, decision: Decision) -> str | None:
+    """The protocol's reason when the matched rule leaves the decision to the care team."""
+    table = protocol.decision(decision.decision_key)
+    rule = next((r for r in table.rules if r.id == decision.rule_id), None)
+    return rule.team_decides if rule else None
 
 
 def record_decision(
@@ -794,7 +981,7 @@ def record_decision(
             "reason",
             "required: the regimen differs from the rule's recommendation"
             if options
-            else "required: no rule matched, say why this regimen",
+            else "required: the protocol leaves this to the care team, say why this regimen",
         )
     chosen_cycles = cycles or decision.recommended_cycles
     if chosen_cycles is None:

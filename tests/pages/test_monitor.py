@@ -15,7 +15,7 @@ from server.auth import service as auth_service
 from server.auth.models import Role
 from server.clock import utcnow
 from server.participants.models import Participant
-from server.schedules.models import EventStatus, ScheduleEvent
+from server.schedules.models import EventStatus, ParticipantChoiceValue, ScheduleEvent
 
 PAGE_BLUEPRINTS = ("today", "participants_pages", "participant_page", "adherence_pages")
 
@@ -38,6 +38,7 @@ POSTS = {
     "today.alert_resolve": "/alerts/{alert}/resolve",
     "participant_page.complete_event": "/participants/{a1}/events/{event}/complete",
     "participant_page.record_decision": "/participants/{a1}/decisions/{decision}/record",
+    "participant_page.set_choice": "/participants/{a1}/choices/scan_modality",
     "participants_pages.enroll": "/participants/new",
 }
 
@@ -103,6 +104,7 @@ def test_monitor_posts_are_refused_and_change_nothing(web_as, scene, db):
         "note": "looked at it",
         "completed_on": utcnow().date().isoformat(),
         "choice": "x",
+        "value": "mri",
         "reason": "x",
         "study": "HEROES",
         "study_code": "M-001",
@@ -117,6 +119,7 @@ def test_monitor_posts_are_refused_and_change_nothing(web_as, scene, db):
     assert db.get(Alert, scene["alert"]).state == AlertState.OPEN
     assert db.get(ScheduleEvent, scene["event"]).status != EventStatus.COMPLETED
     assert db.exec(select(Participant).where(Participant.study_code == "M-001")).first() is None
+    assert db.exec(select(ParticipantChoiceValue)).first() is None
 
 
 def test_a_monitor_of_two_sites_reads_both_with_phones_hidden(client, world, db):

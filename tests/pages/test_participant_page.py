@@ -497,7 +497,12 @@ def test_decision_is_shown_and_the_team_records_its_choice_from_the_page(world, 
 
     page = Page(investigator.text(url(p)))
     shown = page.text(f"decision-{decision.id}")
-    assert "Recommended pyroht ×2" in shown and "ctdna after c1: positive" in shown
+    assert "Recommended pyroht ×2" in shown
+    # Each fact with its value and source (the draw and its date).
+    assert (
+        "ctdna after c1 positive ctDNA positive (recorded with the completion) · "
+        "ctDNA draw after cycle 1 · 2027-01-24"
+    ) in shown
     assert record in [f["action"] for f in page.post_forms()]
     # A nurse sees it but may not record a treatment choice (as in the API).
     nurse = web_as("nurse", "A")

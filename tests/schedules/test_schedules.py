@@ -354,7 +354,8 @@ def test_amendment_replans_only_future_untouched_events(world, db, api_as, app):
     registry = app.extensions["protocols"]
     v1 = registry["heroes"]
     data = v1.definition()
-    data["version"] = "2"
+    old, new = v1.version, str(int(v1.version) + 1)
+    data["version"] = new
     for item in data["schedule"]:
         if item["id"] == "ctdna":
             item["every"] = "8 weeks"
@@ -380,18 +381,18 @@ def test_amendment_replans_only_future_untouched_events(world, db, api_as, app):
         registry["heroes"] = v1
     after = _events(db, a1.id)
     db.expire_all()
-    assert db.get(Participant, a1.id).protocol_version == "2"
+    assert db.get(Participant, a1.id).protocol_version == new
     # History and hand-moved events stay as they were.
     assert after["ctdna_baseline:1"].status == EventStatus.COMPLETED
-    assert after["ctdna_baseline:1"].protocol_version == "1"
+    assert after["ctdna_baseline:1"].protocol_version == old
     assert after["ctdna:1"].target_date == before["ctdna:1"].target_date  # window already past
     assert after["ctdna:4"].target_date == date(2027, 12, 1)
-    assert after["ctdna:4"].protocol_version == "1"
+    assert after["ctdna:4"].protocol_version == old
     # Future untouched ones follow version 2 (first at 12 weeks, then every 8):
     # #2 = anchor 2027-01-04 + 20 weeks, #3 = + 28 weeks, #5 = + 44 weeks.
     assert after["ctdna:2"].target_date == date(2027, 5, 24)
     assert after["ctdna:3"].target_date == date(2027, 7, 19)
-    assert after["ctdna:3"].protocol_version == "2"
+    assert after["ctdna:3"].protocol_version == new
     assert after["ctdna:5"].target_date == date(2027, 11, 8)
     assert "ctdna:19" in after and "ctdna:20" not in after  # 12 + 8 x 18 = 156 weeks = 3 years
     # Imaging was not amended and stays as planned.
@@ -469,7 +470,7 @@ def test_decision_after_cycle_2_opens_with_the_rule_and_cycles_follow_the_choice
     assert db.exec(select(Decision)).one().chosen_regimen == "everoht"
 
 
-def test_decision_with_no_matching_rule_leaves_it_to_the_team(world, db, api_as):
+def test_decision_the_protocol_leaves_to_the_team_needs_a_reason(world, db, api_as):
     p = _enrol(
         db,
         world,
@@ -483,27 +484,27 @@ def test_decision_with_no_matching_rule_leaves_it_to_the_team(world, db, api_as)
     api = api_as("investigator", "A")
     ev = _events(db, p.id)
     with at("2027-02-16T02:00:00"):
-        for key, outcome in (
-            ("ctdna_baseline:1", {"ctdna": "negative"}),
-            ("ctdna_c1:1", {"ctdna": "negative"}),
-            ("imaging_c2:1", {"recist": "CR"}),
+        for key, outcome, on in (
+            ("ctdna_baseline:1", {"ctdna": "negative"}, "2027-01-03"),
+            ("ctdna_c1:1", {"ctdna": "negative"}, "2027-01-24"),
+            ("imaging_c2:1", {"recist": "NE"}, "2027-02-14"),
         ):
-            on = {
-                "ctdna_baseline:1": "2027-01-03",
-                "ctdna_c1:1": "2027-01-24",
-                "imaging_c2:1": "2027-02-14",
-            }[key]
             api.post(
                 f"{P}/{p.id}/events/{ev[key].id}/complete",
                 json={"completed_on": on, "outcome": outcome},
             )
         d = api.get(f"{P}/{p.id}/decisions").get_json()[0]
-        assert d["rule_id"] is None and d["recommended_regimen"] is None
-        assert "care team decides" in d["explanation"]
+        # Not a fall-through: the file's rule, with its quoted reason.
+        assert d["rule_id"] == "ctdna_neg_response_not_assessed"
+        assert d["recommended_regimen"] is None and d["options"] == []
+        assert "radiological evaluation is conducted" in d["team_decides"]
+        assert "the care team decides" in d["explanation"]
         url = f"{P}/{p.id}/decisions/{d['id']}/record"
-        assert api.post(url, json={"regimen": "nab_p_hp", "cycles": 2}).status_code == 422
+        refused = api.post(url, json={"regimen": "nab_p_hp", "cycles": 2})
+        assert refused.status_code == 422
+        assert "leaves this to the care team" in refused.get_json()["error"]["fields"]["reason"][0]
         r = api.post(
-            url, json={"regimen": "nab_p_hp", "cycles": 2, "reason": "complete response: continue"}
+            url, json={"regimen": "nab_p_hp", "cycles": 2, "reason": "repeat imaging shows PR"}
         )
         assert r.status_code == 200, r.get_json()
 
