@@ -587,9 +587,7 @@ def set_choice(participant_id: int, key: str) -> Response | tuple[str, int]:
     values = _form_values(("value", "reason"))
     form = FormState("choice", 0, {**values, "key": key})
     try:
-        problems = {
-            name: ["required"] for name in ("value", "reason") if not values[name]
-        }
+        problems = {name: ["required"] for name in ("value", "reason") if not values[name]}
         if len(values["reason"]) > 1000:
             problems["reason"] = ["at most 1000 characters"]
         if problems:

@@ -123,9 +123,7 @@ def seed_demo(if_empty: bool) -> None:
     click.echo(demo.WHAT_TO_LOOK_AT)
 
 
-@click.group(
-    "protocol", cls=AppGroup, help="Trial protocols: list, preview, decisions, amend."
-)
+@click.group("protocol", cls=AppGroup, help="Trial protocols: list, preview, decisions, amend.")
 def protocol_group() -> None:
     pass
 
@@ -267,17 +265,14 @@ def decision_report_lines(report: dict[str, Any]) -> list[str]:
         for rule in table["rules"]:
             when = ", ".join(f"{k}={'|'.join(v)}" for k, v in rule["when"].items()) or "any"
             out.append(
-                f"  {rule['id']}: {when} → {rule['outcome']} "
-                f"({rule['combinations']} combinations)"
+                f"  {rule['id']}: {when} → {rule['outcome']} ({rule['combinations']} combinations)"
             )
         names = [f["name"] for f in table["facts"]]
         widths = [max(len(f["name"]), *(len(v) for v in f["values"])) for f in table["facts"]]
         header = "  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
         out += ["", f"{header}  →  outcome  [rule]"]
         for row in table["rows"]:
-            cells = "  ".join(
-                row["facts"][n].ljust(w) for n, w in zip(names, widths, strict=True)
-            )
+            cells = "  ".join(row["facts"][n].ljust(w) for n, w in zip(names, widths, strict=True))
             rule = row["rule_id"] or "NONE"
             if row["also_matching"]:
                 rule += f", also {', '.join(row['also_matching'])}"

@@ -891,9 +891,7 @@ class TableRow:
         return self.rules[0] if self.rules else None
 
 
-def fact_values(
-    table: DecisionTable, name: str, regimens: Iterable[str] = ()
-) -> tuple[str, ...]:
+def fact_values(table: DecisionTable, name: str, regimens: Iterable[str] = ()) -> tuple[str, ...]:
     """The values a table's fact can take, `unknown` included. A regimen fact that no rule tells
     apart is one value, ANY_REGIMEN (whichever regimen is being given)."""
     spec = table.facts[name]
@@ -1355,9 +1353,7 @@ def timeline(
             for p in phases.values()
         ],
         "decisions": decisions,
-        "participant_choices": choice_states(
-            protocol, cohort=cohort, values=participant_choices
-        ),
+        "participant_choices": choice_states(protocol, cohort=cohort, values=participant_choices),
     }
 
 

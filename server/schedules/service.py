@@ -126,9 +126,7 @@ def _choice_rows(session: Session, participant_id: int) -> list[ParticipantChoic
     )
 
 
-def choice_values(
-    session: Session, protocol: Protocol, participant_id: int
-) -> dict[str, str]:
+def choice_values(session: Session, protocol: Protocol, participant_id: int) -> dict[str, str]:
     """The participant's values for the protocol's choices (a key the protocol version does not
     declare is left out: it cannot drive anything)."""
     declared = {c.key for c in protocol.choices}
