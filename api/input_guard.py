@@ -2,10 +2,11 @@
 
 - Ids in URLs are 1 … ID_MAX (an INTEGER column on PostgreSQL): anything else does not match a
   route (404), so no lookup ever receives a number the database cannot take.
-- A JSON body is at most MAX_CONTENT_LENGTH bytes (413), UTF-8 (400), nested at most
-  MAX_JSON_DEPTH levels (400, checked by a flat scan *before* any recursive parser runs), and
-  holds no lone UTF-16 surrogate ("\\ud800" escapes decode to strings no database can store: 422
-  naming the field).
+- A JSON body is at most MAX_CONTENT_LENGTH bytes (413), UTF-8 (400) and nested at most
+  MAX_JSON_DEPTH levels (400, checked by a flat scan *before* any recursive parser runs).
+- No string anywhere (JSON body, query string, form) holds a NUL, which PostgreSQL refuses, or a
+  lone UTF-16 surrogate ("\\ud800" escapes decode to strings no UTF-8 encodes): 422 naming the
+  field, before any view or query sees it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from typing import Any
 
 from flask import Flask, request
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.routing import IntegerConverter
 
 from server.db import ID_MAX
@@ -61,25 +62,44 @@ def json_depth_exceeds(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
-def surrogate_fields(value: Any, path: str = "") -> list[str]:
-    """Dotted paths of the strings (values or keys) in decoded JSON holding a lone surrogate."""
-    found: list[str] = []
-    stack: list[tuple[str, Any]] = [(path, value)]
+def text_problem(text: str) -> str | None:
+    """Why a decoded string cannot be stored, or None."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    if _SURROGATE.search(text):
+        return "not valid Unicode (a lone surrogate)"
+    return None
+
+
+def unstorable_fields(value: Any) -> dict[str, str]:
+    """Dotted paths of the strings (values or keys) in decoded JSON that no database can store,
+    with the reason: a NUL (PostgreSQL refuses it) or a lone surrogate (no UTF-8 encodes it)."""
+    found: dict[str, str] = {}
+    stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         where, item = stack.pop()
         if isinstance(item, str):
-            if _SURROGATE.search(item):
-                found.append(where or "_schema")
+            problem = text_problem(item)
+            if problem:
+                found[where or "_schema"] = problem
         elif isinstance(item, dict):
             for key, sub in item.items():
-                name = f"{where}.{key}" if where else str(key)
-                if _SURROGATE.search(key):
-                    found.append(where or "_schema")
+                problem = text_problem(key)
+                if problem:
+                    found[where or "_schema"] = f"a key {problem}"
                     continue
-                stack.append((name, sub))
+                stack.append((f"{where}.{key}" if where else str(key), sub))
         elif isinstance(item, list):
             stack.extend((f"{where}.{i}" if where else str(i), sub) for i, sub in enumerate(item))
-    return sorted(set(found))
+    return dict(sorted(found.items()))
+
+
+def _refuse(problems: dict[str, str]) -> None:
+    if problems:
+        summary = " | ".join(f"{name}: {message}" for name, message in problems.items())
+        raise ValidationFailed(
+            f"invalid input: {summary}", {name: [message] for name, message in problems.items()}
+        )
 
 
 def _is_json_body() -> bool:
@@ -88,7 +108,7 @@ def _is_json_body() -> bool:
 
 
 def check_json_body() -> None:
-    """Refuse oversized, non-UTF-8, too deeply nested or surrogate-bearing JSON bodies."""
+    """Refuse oversized, non-UTF-8, too deeply nested or unstorable JSON bodies."""
     if not request.content_length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
         return
     if not _is_json_body():
@@ -106,12 +126,30 @@ def check_json_body() -> None:
         decoded = json.loads(raw)
     except ValueError:
         raise BodyRejected("the request body is not valid JSON") from None
-    bad = surrogate_fields(decoded)
-    if bad:
-        message = "not valid Unicode (a lone surrogate)"
-        raise ValidationFailed(
-            f"invalid input: {', '.join(bad)}: {message}", {name: [message] for name in bad}
-        )
+    _refuse(unstorable_fields(decoded))
+
+
+def check_input() -> None:
+    """Every request: the path, the query string, a form and a JSON body hold only text a
+    database can store (422 naming the field; a path with a NUL is simply not found)."""
+    if "\x00" in request.path:
+        raise NotFound()
+    fields = [("_query", request.args)]
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        fields.append(("_form", request.form))
+    problems: dict[str, str] = {}
+    for where, multidict in fields:
+        for key, values in multidict.lists():
+            problem = text_problem(key)
+            if problem:
+                problems[where] = f"a name {problem}"
+                continue
+            for value in values:
+                problem = text_problem(value)
+                if problem:
+                    problems[key] = problem
+    _refuse(problems)
+    check_json_body()
 
 
 def init_app(app: Flask) -> None:
@@ -119,4 +157,4 @@ def init_app(app: Flask) -> None:
     app.url_map.converters["int"] = IdConverter
     if app.config.get("MAX_CONTENT_LENGTH") is None:
         app.config["MAX_CONTENT_LENGTH"] = MAX_CONTENT_LENGTH
-    app.before_request(check_json_body)
+    app.before_request(check_input)

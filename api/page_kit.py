@@ -88,14 +88,26 @@ def safe_next(target: str | None, default: str) -> str:
     return target
 
 
+def whole_number(raw: str, *, lo: int, hi: int) -> int | None:
+    """`raw` as a whole number from lo to hi, else None. Only ASCII digits (and a leading minus
+    when lo < 0): str.isdigit() also takes "²" and 5,000 digits, which int() refuses."""
+    text = raw.strip()
+    digits = text[1:] if text.startswith("-") and lo < 0 else text
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > len(str(max(abs(lo), hi))):
+        return None
+    value = int(text)
+    return value if lo <= value <= hi else None
+
+
 def query_int(name: str, default: int | None = None, *, lo: int = 0, hi: int = 10**9) -> int | None:
     """An optional integer query parameter; anything else is a clear 400 page."""
     raw = request.args.get(name, "").strip()
     if raw == "":
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    value = whole_number(raw, lo=lo, hi=hi)
+    if value is None:
         raise PageInputError(name, f"must be a whole number from {lo} to {hi}")
-    return int(raw)
+    return value
 
 
 def query_choice(name: str, choices: set[str] | list[str]) -> str | None:

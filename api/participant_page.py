@@ -19,7 +19,7 @@ from flask_login import login_required
 from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
 
-from api.page_kit import can, query_choice, require_page
+from api.page_kit import can, query_choice, require_page, whole_number
 from notifications.outbox import shown_body
 from server import worklist
 from server.adherence import service as adherence
@@ -527,9 +527,8 @@ def _parse_decision(values: dict[str, str]) -> dict[str, Any]:
         problems["regimen"] = ["required"]
     cycles: int | None = None
     if values["cycles"]:
-        if values["cycles"].isdigit() and 1 <= int(values["cycles"]) <= 100:
-            cycles = int(values["cycles"])
-        else:
+        cycles = whole_number(values["cycles"], lo=1, hi=100)
+        if cycles is None:
             problems["cycles"] = ["a whole number from 1 to 100"]
     if len(values["reason"]) > 1000:
         problems["reason"] = ["at most 1000 characters"]

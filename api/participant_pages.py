@@ -26,7 +26,7 @@ from flask_login import login_required
 from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
 
-from api.page_kit import PageInputError, query_choice, query_int, require_page
+from api.page_kit import PageInputError, query_choice, query_int, require_page, whole_number
 from api.schemas import ParticipantCreateSchema
 from server.auth.models import StaffUser
 from server.auth.rules import Permission
@@ -213,8 +213,9 @@ def _check(session: Session, user: StaffUser, form: FormState, now: datetime) ->
     raw: dict[str, Any] = {k: v[k] for k in FORM_FIELDS if v[k] and k != "cohort"}
     if cohort:
         raw["cohort"] = cohort
-    if v["site_id"].isdigit():
-        raw["site_id"] = int(v["site_id"])
+    site_id = whole_number(v["site_id"], lo=0, hi=10**18)  # the schema says which ids exist
+    if site_id is not None:
+        raw["site_id"] = site_id
     raw["has_sms_consent"] = bool(v["has_sms_consent"])
     try:
         args = ParticipantCreateSchema().load(raw)

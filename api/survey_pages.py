@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, render_template, request
 
+from api.page_kit import whole_number
 from server.clock import utcnow
 from server.db import get_session
 from server.errors import DomainError
@@ -134,8 +135,9 @@ def survey(token: str) -> Any:
         return _page(participant, event, surveys.current_answers(session, existing), {})
     answers: dict[str, Any] = {}
     for key, value in request.form.items():
-        if key.startswith("item-") and value.strip().lstrip("-").isdigit():
-            answers[key[5:]] = int(value)
+        number = whole_number(value, lo=-1000, hi=1000)  # answer codes are small
+        if key.startswith("item-") and number is not None:
+            answers[key[5:]] = number
     try:
         surveys.save(
             session=session,

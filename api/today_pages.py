@@ -16,7 +16,7 @@ from flask_login import login_required
 from sqlmodel import col, select
 from werkzeug.wrappers import Response
 
-from api.page_kit import query_choice, query_int, require_page, safe_next, staff
+from api.page_kit import query_choice, query_int, require_page, safe_next, staff, whole_number
 from notifications.models import OutboxMessage
 from server import worklist
 from server.alerts import service as alerts
@@ -25,7 +25,7 @@ from server.auth.models import StaffUser
 from server.auth.rules import Permission
 from server.auth.scoping import can_see_site, get_site, sites_query, visible_site_ids_subquery
 from server.clock import utcnow
-from server.db import get_session
+from server.db import ID_MAX, get_session
 from server.errors import Conflict, NotFound, ValidationFailed
 from server.participants.models import Participant, Site
 
@@ -60,8 +60,9 @@ def _site_param(user: StaffUser) -> int | None:
 def _site_in(path: str, user: StaffUser) -> int | None:
     """The `site` filter of a path we are sending the user back to (ignored if not theirs)."""
     raw = (parse_qs(urlsplit(path).query).get("site") or [""])[0]
-    if raw.isdigit() and can_see_site(session=get_session(), user=user, site_id=int(raw)):
-        return int(raw)
+    site_id = whole_number(raw, lo=1, hi=ID_MAX)
+    if site_id is not None and can_see_site(session=get_session(), user=user, site_id=site_id):
+        return site_id
     return None
 
 

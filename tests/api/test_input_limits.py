@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
-from api.input_guard import MAX_JSON_DEPTH, json_depth_exceeds, surrogate_fields
+from api.input_guard import MAX_JSON_DEPTH, json_depth_exceeds, unstorable_fields
 from server.db import ID_MAX
 from server.surveys import links
 from tests import clock
@@ -231,9 +231,31 @@ def test_a_lone_surrogate_in_a_ctdna_field_is_422_naming_the_field(api_as, db):
         assert list(error["fields"]) == ["identifier.0.value"]
 
 
-def test_surrogate_fields_names_every_place_a_lone_surrogate_hides():
-    decoded = {"a": "ok", "b": ["x", "\ud800"], "c": {"\udc00": 1}, "d": "😀"}
-    assert surrogate_fields(decoded) == ["b.1", "c"]
+def test_unstorable_fields_names_every_place_a_nul_or_lone_surrogate_hides():
+    decoded = {"a": "ok", "b": ["x", "\ud800"], "c": {"\udc00": 1}, "d": "😀", "e": {"f": "a\x00"}}
+    assert unstorable_fields(decoded) == {
+        "b.1": "not valid Unicode (a lone surrogate)",
+        "c": "a key not valid Unicode (a lone surrogate)",
+        "e.f": "must not contain NUL characters",
+    }
+
+
+def test_nul_characters_are_422_naming_the_field_wherever_they_come(api_as, web_as, db):
+    # PostgreSQL refuses a NUL in any text: it must never reach a query.
+    admin = api_as("admin", "A")
+    web = web_as("coordinator", "A")
+    with unchanged(db):
+        body = json.dumps({"study": "HEROES\u0000", "site_id": 1, "study_code": "A-900"})
+        error = _envelope(_raw(admin, "POST", f"{A}/participants", body), 422, "validation_error")
+        assert error["fields"] == {"study": ["must not contain NUL characters"]}
+        error = _envelope(admin.get(f"{A}/participants?search=A%00"), 422, "validation_error")
+        assert error["fields"] == {"search": ["must not contain NUL characters"]}
+        _envelope(admin.get(f"{A}/studies/HEROES%00/adherence"), 404, "not_found")
+        page = web.get("/participants?search=A%00")
+        assert page.status_code == 422
+        assert page.mimetype == "text/html"
+        form = web.post("/participants/new", data={"action": "preview", "study": "HE\x00"})
+        assert form.status_code == 422
 
 
 # --- signed survey links with impossible values ------------------------------------------------
@@ -370,3 +392,50 @@ def test_the_openapi_document_describes_every_request_body_and_real_statuses(cli
         "minimum": 1,
         "maximum": 2**31 - 1,
     }
+
+
+# --- the pages: numbers that str.isdigit() takes and int() refuses ------------------------------
+
+# "²" is a digit to str.isdigit() but not to int(); 5,000 digits are more than int() converts.
+NOT_NUMBERS = ["²", "9" * 5000]
+
+
+def test_page_number_fields_refuse_what_int_cannot_read(web_as, db):
+    web = web_as("coordinator", "A")
+    with unchanged(db):
+        for raw in NOT_NUMBERS:
+            resp = web.get("/participants", query_string={"page": raw})
+            assert resp.status_code == 400, raw
+            resp = web.post(
+                "/participants/new",
+                data={"action": "preview", "study": "HEROES", "site_id": raw, "study_code": "A-9"},
+            )
+            assert resp.status_code == 422, raw
+            assert "site_id" in resp.get_data(as_text=True)
+
+
+def test_survey_answers_that_are_not_numbers_are_refused_not_a_crash(app, client, db, world):
+    import re
+
+    import time_machine
+    from sqlmodel import select
+
+    from server.schedules.models import ScheduleEvent
+    from tests import factories
+
+    a1 = factories.a1_in_scenario(db, world)
+    qol1 = db.exec(
+        select(ScheduleEvent).where(
+            ScheduleEvent.participant_id == a1.id, ScheduleEvent.key == "qol:1"
+        )
+    ).one()
+    at = qol1.window_open_at + timedelta(hours=1)
+    token = links.make_token(app.config["SECRET_KEY"], qol1.id, at + timedelta(days=1))
+    with time_machine.travel(at, tick=False):
+        page = client.get(f"/s/{token}")
+        assert page.status_code == 200
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True))
+        with unchanged(db):
+            for raw in [*NOT_NUMBERS, "-²"]:
+                form = {"csrf_token": csrf.group(1), "item-q1": raw}
+                assert client.post(f"/s/{token}", data=form).status_code == 422, raw
