@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import marshmallow as ma
@@ -31,6 +32,38 @@ class StrictBoolean(ma.fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
+
+
+# The dates a trial can mean. Far ones (0001-01-01, 9999-12-31) overflow the date arithmetic of
+# windows and time zones, so they are 422 at the edge, checked on the date as written (before any
+# conversion to UTC, which overflows too).
+EARLIEST = date(1900, 1, 1)
+LATEST = date(2199, 12, 31)
+_DATE_RANGE = f"too far in the past or future: from {EARLIEST} to {LATEST}"
+
+
+class TrialDate(ma.fields.Date):
+    """A calendar date from EARLIEST to LATEST."""
+
+    default_error_messages = {"range": _DATE_RANGE}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        day = super()._deserialize(value, attr, data, **kwargs)
+        if not EARLIEST <= day <= LATEST:
+            raise self.make_error("range")
+        return day
+
+
+class TrialDateTime(ma.fields.AwareDateTime):
+    """An instant with its offset, on a date from EARLIEST to LATEST."""
+
+    default_error_messages = {"range": _DATE_RANGE}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        if not EARLIEST <= moment.date() <= LATEST:
+            raise self.make_error("range")
+        return moment
 
 
 class PatchSchema(ma.Schema):
@@ -78,7 +111,7 @@ class ParticipantCreateSchema(ma.Schema):
         metadata={"description": "pseudonymous code; never a name"},
     )
     cohort = ma.fields.String(validate=validate.Length(min=1, max=32), load_default=None)
-    anchor_date = ma.fields.Date(load_default=None)
+    anchor_date = TrialDate(load_default=None)
     status = ma.fields.String(validate=validate.OneOf(STATUS_VALUES), load_default="screening")
     timezone = ma.fields.String(
         validate=validate.Length(min=1, max=64),
@@ -100,7 +133,7 @@ class ParticipantUpdateSchema(PatchSchema):
     study_code = ma.fields.String(validate=StudyCode.validate)  # type: ignore[arg-type]
     site_id = Id(strict=True)
     cohort = ma.fields.String(validate=validate.Length(min=1, max=32), allow_none=True)
-    anchor_date = ma.fields.Date(allow_none=True)
+    anchor_date = TrialDate(allow_none=True)
     status = ma.fields.String(validate=validate.OneOf(STATUS_VALUES))
     timezone = ma.fields.String(validate=validate.Length(min=1, max=64))
     locale = ma.fields.String(validate=validate.OneOf(LOCALE_VALUES))
@@ -255,8 +288,8 @@ EVENT_TYPE_VALUES = [
 class ScheduleArgs(ma.Schema):
     status = ma.fields.String(validate=validate.OneOf(EVENT_STATUS_VALUES))
     type = ma.fields.String(validate=validate.OneOf(EVENT_TYPE_VALUES))
-    date_from = ma.fields.Date(data_key="from", metadata={"description": "local target date ≥"})
-    date_to = ma.fields.Date(data_key="to", metadata={"description": "local target date ≤"})
+    date_from = TrialDate(data_key="from", metadata={"description": "local target date ≥"})
+    date_to = TrialDate(data_key="to", metadata={"description": "local target date ≤"})
 
 
 class EventSchema(ma.Schema):
@@ -297,7 +330,7 @@ EVENT_REASON_MAX = 500
 
 
 class CompleteEventSchema(ma.Schema):
-    completed_on = ma.fields.Date(required=True, metadata={"description": "local date it happened"})
+    completed_on = TrialDate(required=True, metadata={"description": "local date it happened"})
     reason = ma.fields.String(
         validate=validate.Length(max=EVENT_REASON_MAX),
         load_default=None,
@@ -314,7 +347,7 @@ class CompleteEventSchema(ma.Schema):
 
 
 class RescheduleEventSchema(ma.Schema):
-    target_date = ma.fields.Date(required=True)
+    target_date = TrialDate(required=True)
     reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=EVENT_REASON_MAX))
 
 
@@ -382,7 +415,7 @@ class RecordDecisionSchema(ma.Schema):
 
 class PreviewSchema(ma.Schema):
     cohort = ma.fields.String(load_default=None, validate=validate.Length(min=1, max=32))
-    anchor_date = ma.fields.Date(required=True)
+    anchor_date = TrialDate(required=True)
     timezone = ma.fields.String(load_default=None, validate=validate.Length(min=1, max=64))
     choices = ma.fields.Dict(
         keys=ma.fields.String(validate=validate.Length(min=1, max=64)),
@@ -556,11 +589,11 @@ class _ResultBase(ma.Schema):
     study = ma.fields.String(load_default=None, validate=validate.Length(min=1, max=32))
     study_code = ma.fields.String(required=True, validate=validate.Length(min=1, max=32))
     accession_id = ma.fields.String(required=True, validate=validate.Length(min=1, max=64))
-    reported_at = ma.fields.AwareDateTime(load_default=None)
+    reported_at = TrialDateTime(load_default=None)
 
 
 class CtdnaResultSchema(_ResultBase):
-    collected_at = ma.fields.AwareDateTime(required=True)
+    collected_at = TrialDateTime(required=True)
     assay = ma.fields.String(load_default="Signatera", validate=validate.Length(max=64))
     call = ma.fields.String(
         required=True,
@@ -588,7 +621,7 @@ class CtdnaResultSchema(_ResultBase):
 
 class ImagingResultSchema(_ResultBase):
     modality = ma.fields.String(required=True, validate=validate.Length(min=1, max=32))
-    performed_on = ma.fields.Date(required=True)
+    performed_on = TrialDate(required=True)
     recist = ma.fields.String(
         required=True,
         validate=validate.Length(min=1, max=8),
@@ -598,7 +631,7 @@ class ImagingResultSchema(_ResultBase):
 
 
 class TumorMarkerResultSchema(_ResultBase):
-    collected_at = ma.fields.AwareDateTime(required=True)
+    collected_at = TrialDateTime(required=True)
     marker = ma.fields.String(required=True, validate=validate.OneOf(["CA15-3", "CEA"]))
     value = ma.fields.Float(required=True, validate=validate.Range(min=0))
     unit = ma.fields.String(required=True, validate=validate.OneOf(["U/mL", "ng/mL", "µg/L"]))
@@ -661,7 +694,7 @@ class AcknowledgeSchema(ma.Schema):
 class ResolveSchema(ma.Schema):
     note = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
     resume_treatment = StrictBoolean(load_default=False)
-    resumed_on = ma.fields.Date(load_default=None)
+    resumed_on = TrialDate(load_default=None)
 
 
 class OnCallSchema(ma.Schema):
@@ -741,10 +774,10 @@ class FhirObservationSchema(FhirSchema):
         metadata={"description": "the assay (text, e.g. Signatera)"},
     )
     subject = ma.fields.Nested(FhirSubjectSchema, required=True)
-    effectiveDateTime = ma.fields.AwareDateTime(
+    effectiveDateTime = TrialDateTime(
         required=True, metadata={"description": "collection time, with its offset"}
     )
-    issued = ma.fields.AwareDateTime(metadata={"description": "reported"})
+    issued = TrialDateTime(metadata={"description": "reported"})
     valueCodeableConcept = ma.fields.Nested(
         FhirCodeableConceptSchema, metadata={"description": "the call"}
     )

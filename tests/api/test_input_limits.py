@@ -258,6 +258,63 @@ def test_nul_characters_are_422_naming_the_field_wherever_they_come(api_as, web_
         assert form.status_code == 422
 
 
+# --- dates no trial means -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("day", ["0001-01-01", "9999-12-31"])
+def test_far_dates_are_422_naming_the_field_not_an_overflow(api_as, world, db, day):
+    # Windows, time zones and UTC conversion around year 1 or 9999 overflow Python's dates.
+    admin = api_as("admin", "A")
+    a1 = world.participants["A1"]
+    event = admin.get(f"{A}/participants/{a1.id}/schedule").get_json()[0]["id"]
+    instant = f"{day}T00:00:00+14:00" if day.startswith("0001") else f"{day}T23:59:59-14:00"
+    result = {"study": "HEROES", "study_code": "A-001", "accession_id": "FAR-1"}
+    with unchanged(db):
+        for method, path, body, field in (
+            ("POST", f"{A}/protocols/heroes/preview", {"anchor_date": day}, "anchor_date"),
+            (
+                "PATCH",
+                f"{A}/participants/{a1.id}",
+                {"anchor_date": day, "reason": "r"},
+                "anchor_date",
+            ),
+            (
+                "POST",
+                f"{A}/participants/{a1.id}/events/{event}/reschedule",
+                {"target_date": day, "reason": "r"},
+                "target_date",
+            ),
+            (
+                "POST",
+                f"{A}/results/ctdna",
+                {**result, "collected_at": instant, "call": "negative"},
+                "collected_at",
+            ),
+            (
+                "POST",
+                f"{A}/results/tumor-markers",
+                {**result, "collected_at": instant, "marker": "CEA", "value": 1, "unit": "ng/mL"},
+                "collected_at",
+            ),
+            (
+                "POST",
+                f"{A}/results/fhir/Observation",
+                {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "identifier": [{"value": "FAR-1"}],
+                    "code": {"text": "Signatera"},
+                    "subject": {"identifier": {"value": "A-001"}},
+                    "effectiveDateTime": instant,
+                },
+                "effectiveDateTime",
+            ),
+        ):
+            resp = admin.client.open(path, method=method, json=body, headers=admin._headers())
+            error = _envelope(resp, 422, "validation_error")
+            assert field in error["fields"], (path, error)
+
+
 # --- signed survey links with impossible values ------------------------------------------------
 
 
