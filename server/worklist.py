@@ -368,6 +368,9 @@ def _recommendation(protocol: Protocol | None, decision: Decision) -> str:
     options = schedules.decision_options(protocol, decision) if protocol else []
     if options:
         return "choose from: " + "; ".join(_regimen_label(protocol, o) for o in options)
+    reason = schedules.decision_team_reason(protocol, decision) if protocol else None
+    if reason:
+        return f"the protocol leaves it to the care team: {reason}"
     return "no rule matched — care team decides"
 
 

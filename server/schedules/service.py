@@ -491,7 +491,8 @@ def set_participant_choice(
 ) -> tuple[dict[str, Any], PlanResult | None]:
     """Set a participant's value for one of the protocol's choices (audited with before, after
     and the reason). Only future, untouched events are re-planned: completed, cancelled and
-    hand-moved events, and those whose window has opened, stay as they are."""
+    hand-moved events, and those whose window has opened, stay as they are. The plan result is
+    None when the value was already this one (nothing written)."""
     protocol = participant_protocol(session=session, participant=participant, now=now)
     try:
         spec = protocol.choice(key)
@@ -549,6 +550,7 @@ def set_participant_choice(
         after={key: chosen, "protocol_version": protocol.version},
         reason=reason.strip(),
     )
+    # A participant not being followed has nothing to re-plan: an empty result, not None.
     result = plan_participant(
         session=session,
         participant=participant,
@@ -559,7 +561,7 @@ def set_participant_choice(
         future_only=True,
         why=f"{key} = {chosen}",
     )
-    return _choice_state(session, participant, key, now), result
+    return _choice_state(session, participant, key, now), result or PlanResult()
 
 
 def _choice_state(

@@ -200,7 +200,9 @@ def test_a_pam_finding_is_cleared_only_by_a_result_that_retracts_it(world, db, a
     assert "PAM mutation retracted by result B-2" in page and "result B-1" in page
 
 
-def test_decision_rows_keep_facts_and_sources_apart_from_other_participants(world, db, api_as):
+def test_decision_rows_keep_facts_and_sources_apart_from_other_participants(
+    world, db, api_as, web_as
+):
     # Results of one participant never feed another's decision (PAM reads every result).
     p1, p2 = enrol(db, world, "NEO-P1"), enrol(db, world, "NEO-P2")
     api = api_as("coordinator", "A")
@@ -223,6 +225,9 @@ def test_decision_rows_keep_facts_and_sources_apart_from_other_participants(worl
         )
         assert r.status_code == 201
         d2 = only_decision(api, p2.id)
+        today = web_as("nurse", "A").text("/")
+    # Today lists it with the protocol's reason rather than "no rule matched".
+    assert "the protocol leaves it to the care team: ctDNA (+) but the PAM pathway status" in today
     assert d2["facts"]["pam_mutation"] == "unknown"
     assert d2["rule_id"] == "ctdna_pos_baseline_pam_unknown" and d2["team_decides"]
     assert db.exec(select(Decision).where(Decision.participant_id == p1.id)).one().rule_id == (

@@ -280,3 +280,19 @@ def test_the_enrolment_preview_lists_the_choices_with_their_defaults(world, db, 
         in listed
     )
     assert "decided by the treating oncologist" in listed
+
+
+def test_a_choice_for_a_participant_no_longer_followed_is_kept_and_plans_nothing(world, db, api_as):
+    p = enrol(db, world, "SH2-605")
+    api = api_as("investigator", "A")
+    r = api.post(f"{P}/{p.id}/withdraw", json={"reason": "moved abroad"})
+    assert r.status_code == 200, r.get_json()
+    r = put(
+        api, f"{P}/{p.id}/choices/{INTERVAL}", {"value": "5 months", "reason": "for the record"}
+    )
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["value"], r.get_json()["replanned"]) == (
+        "5 months",
+        {"created": 0, "moved": 0, "cancelled": 0},
+    )
+    assert {e.status for e in events(db, p.id).values()} == {EventStatus.CANCELLED}
