@@ -49,7 +49,8 @@ def status_callback(message_id: int) -> Response:
     """A delivery status for one outbox message (forward-only; repeats are harmless)."""
     if not _signed():
         return _forbidden()
-    error = request.form.get("ErrorCode")
+    # Twilio's codes are five digits; anything else ("²" passes isdigit) is no code at all.
+    error = request.form.get("ErrorCode", "")
     session = get_session()
     now = utcnow()
     message = outbox.apply_callback(
@@ -57,7 +58,7 @@ def status_callback(message_id: int) -> Response:
         message_id=message_id,
         sid=request.form.get("MessageSid") or request.form.get("SmsSid"),
         provider_status=request.form.get("MessageStatus") or request.form.get("SmsStatus") or "",
-        error_code=int(error) if error and error.isdigit() else None,
+        error_code=int(error) if error.isascii() and error.isdigit() and len(error) < 10 else None,
         now=now,
     )
     if message is not None and message.status in (

@@ -496,3 +496,16 @@ def test_survey_answers_that_are_not_numbers_are_refused_not_a_crash(app, client
             for raw in [*NOT_NUMBERS, "-²"]:
                 form = {"csrf_token": csrf.group(1), "item-q1": raw}
                 assert client.post(f"/s/{token}", data=form).status_code == 422, raw
+
+
+def test_a_signed_status_callback_with_a_code_that_is_no_number_is_stored_without_one(
+    app, client, db
+):
+    from tests.notifications.test_webhooks import in_flight, message, post_signed, status_params
+
+    message_id = in_flight(db)
+    for code in ["²", "9" * 5000, "99999999999"]:
+        params = status_params("failed") | {"ErrorCode": code}
+        resp = post_signed(app, client, f"/twilio/status/{message_id}", params)
+        assert resp.status_code == 204, code
+        assert message(db, message_id).error_code is None
