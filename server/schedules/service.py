@@ -127,14 +127,16 @@ def _choice_rows(session: Session, participant_id: int) -> list[ParticipantChoic
 
 
 def choice_values(session: Session, protocol: Protocol, participant_id: int) -> dict[str, str]:
-    """The participant's values for the protocol's choices (a key the protocol version does not
-    declare is left out: it cannot drive anything)."""
-    declared = {c.key for c in protocol.choices}
-    return {
-        r.choice_key: r.value
-        for r in _choice_rows(session, participant_id)
-        if r.choice_key in declared
-    }
+    """The participant's values for the protocol's choices. A key the protocol version does not
+    declare, or a value it no longer allows (after an amendment), is left out: the default
+    applies, and planning never fails on a stale value."""
+    out = {}
+    for row in _choice_rows(session, participant_id):
+        try:
+            out.update(engine.check_participant_choices(protocol, {row.choice_key: row.value}))
+        except ValueError:
+            continue
+    return out
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -464,8 +466,16 @@ def participant_choices(
     *, session: Session, participant: Participant, now: datetime
 ) -> list[dict[str, Any]]:
     """The choices the participant's protocol version leaves to the care team for their cohort:
-    allowed values, default, the value in force, and who set it, when and why."""
-    protocol = participant_protocol(session=session, participant=participant, now=now)
+    allowed values, default, the value in force, and who set it, when and why. Reads only: a
+    participant not yet on a version is shown the current one."""
+    if participant.protocol_version is None:
+        _, protocol = protocols.protocol_of_study(session, participant.study_id)
+    else:
+        protocol = protocols.protocol_version(
+            session=session,
+            protocol_key=protocols.protocol_of_study(session, participant.study_id)[0].protocol_key,
+            version=participant.protocol_version,
+        )
     rows = {r.choice_key: r for r in _choice_rows(session, participant.id)}  # type: ignore[arg-type]
     values = choice_values(session, protocol, participant.id)  # type: ignore[arg-type]
     states = engine.choice_states(protocol, cohort=participant.cohort or "", values=values)

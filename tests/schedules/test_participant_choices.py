@@ -296,3 +296,36 @@ def test_a_choice_for_a_participant_no_longer_followed_is_kept_and_plans_nothing
         {"created": 0, "moved": 0, "cancelled": 0},
     )
     assert {e.status for e in events(db, p.id).values()} == {EventStatus.CANCELLED}
+
+
+def test_an_amendment_that_no_longer_allows_a_value_falls_back_to_the_default(
+    world, db, api_as, app
+):
+    from server.protocols.definition import Protocol
+
+    p = enrol(db, world, "SH2-606")
+    api = api_as("coordinator", "A")
+    with at("2027-06-01T15:00:00"):
+        r = put(api, f"{P}/{p.id}/choices/{INTERVAL}", {"value": "6 months", "reason": "onc"})
+        assert r.status_code == 200, r.get_json()
+    registry = app.extensions["protocols"]
+    v2 = registry["stop-her2"]
+    data = v2.definition()
+    data["version"] = str(int(v2.version) + 1)
+    data["choices"][0]["range"]["max"] = "4 months"
+    registry["stop-her2"] = Protocol.model_validate(data).model_copy(
+        update={"key": "stop-her2", "sha256": "e" * 64, "source_file": "stop-her2.yaml"}
+    )
+    try:
+        with at("2027-06-01T16:00:00"):
+            result = app.test_cli_runner().invoke(
+                args=["protocol", "amend", "STOP-HER2", "--participant", p.study_code,
+                      "--reason", "amendment: 3-4 months"]
+            )  # fmt: skip
+            assert result.exit_code == 0, result.output
+            listed = api.get(f"{P}/{p.id}/choices").get_json()
+    finally:
+        registry["stop-her2"] = v2
+    assert (listed[0]["value"], listed[0]["is_default"]) == ("3 months", True)
+    assert listed[0]["allowed"] == ["3 months", "4 months"]
+    assert events(db, p.id)["restaging_scan:6"].target_date == date(2028, 6, 6)  # 3-monthly
