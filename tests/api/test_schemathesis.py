@@ -30,12 +30,13 @@ import collections
 import hashlib
 import os
 import random
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any
 
 import hypothesis
 import pytest
 import schemathesis
+from hypothesis import strategies as st
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation import GenerationMode
 
@@ -86,6 +87,26 @@ def _spec() -> dict[str, Any]:
 
 
 SPEC = _spec()
+
+# Dates and instants from the whole calendar, its ends often (year 1, 9999, offsets of ±14 h), and
+# around now: schemathesis' default draws only recent ones, and far dates overflowed window and
+# UTC arithmetic.
+_DAYS = st.one_of(
+    st.sampled_from([date.min, date.max]),
+    st.dates(min_value=date(2020, 1, 1), max_value=date(2035, 12, 31)),
+    st.dates(),
+)
+_OFFSETS = st.sampled_from([UTC, timezone(timedelta(hours=14)), timezone(-timedelta(hours=14))])
+schemathesis.openapi.format("date", _DAYS.map(date.isoformat))
+schemathesis.openapi.format(
+    "date-time",
+    st.builds(
+        lambda day, hour, offset: datetime.combine(day, time(hour), offset).isoformat(),
+        _DAYS,
+        st.integers(0, 23),
+        _OFFSETS,
+    ),
+)
 
 
 def _schema(operations: list[dict[str, Any]] | None = None) -> Any:
