@@ -16,6 +16,14 @@ def _resolve(spec: dict[str, Any], node: Any) -> Any:
     return node
 
 
+def _response(spec: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """A response, looked up when it refers to a shared one (the error statuses do)."""
+    if "$ref" in response:
+        name = response["$ref"].rsplit("/", 1)[-1]
+        return spec.get("components", {}).get("responses", {}).get(name, {})  # type: ignore[no-any-return]
+    return response
+
+
 @bp.get("/api/docs")
 def api_docs() -> str:
     """The API reference page."""
@@ -43,9 +51,12 @@ def api_docs() -> str:
                     "responses": {
                         code: _resolve(
                             spec,
-                            r.get("content", {}).get("application/json", {}).get("schema"),
+                            _response(spec, r)
+                            .get("content", {})
+                            .get("application/json", {})
+                            .get("schema"),
                         )
-                        for code, r in op.get("responses", {}).items()
+                        for code, r in sorted(op.get("responses", {}).items())
                     },
                     "public": op.get("security") == [],
                 }

@@ -441,6 +441,12 @@ def test_the_openapi_document_describes_every_request_body_and_real_statuses(cli
             assert "401" in op["responses"], (method, path)
         if "{" in path:
             assert "404" in op["responses"], (method, path)
+    # The reference page shows the same statuses, each error with the envelope.
+    docs = client.get("/api/docs").get_data(as_text=True)
+    blocks = docs.split("<h3>Response 404</h3>")[1:]
+    assert len(blocks) >= 40
+    for block in blocks:
+        assert "<code>error</code>" in block.split("</table>")[0]
     calendar = spec["paths"][f"{A}/mobile/calendar.ics"]["get"]["responses"]["200"]
     assert set(calendar["content"]) == {"text/calendar"}
     participant_id = spec["paths"][f"{A}/participants/{{participant_id}}"]["parameters"][0]
