@@ -156,7 +156,8 @@ def error_statuses(method: str, path: str, operation: dict[str, Any]) -> set[int
 
 
 class ErrorResponsesPlugin(BasePlugin):
-    """Documents each operation's error statuses, every one with the error envelope."""
+    """Documents each operation's error statuses, every one with the error envelope; a success
+    documented without a body is said to be JSON (the media type is then checked too)."""
 
     def operation_helper(
         self, path: str | None = None, operations: dict[str, Any] | None = None, **_: Any
@@ -165,6 +166,14 @@ class ErrorResponsesPlugin(BasePlugin):
             if method not in {"get", "put", "post", "patch", "delete"}:
                 continue
             responses = operation.setdefault("responses", {})
+            for status, response in responses.items():
+                if (
+                    str(status).startswith("2")
+                    and str(status) != "204"
+                    and isinstance(response, dict)
+                    and "content" not in response
+                ):
+                    response["content"] = {"application/json": {"schema": {}}}
             for status in sorted(error_statuses(method, path or "", operation)):
                 # flask-smorest registers one component per HTTP status (NOT_FOUND, …).
                 responses.setdefault(str(status), HTTPStatus(status).name)

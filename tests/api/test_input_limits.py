@@ -441,6 +441,9 @@ def test_the_openapi_document_describes_every_request_body_and_real_statuses(cli
             assert "401" in op["responses"], (method, path)
         if "{" in path:
             assert "404" in op["responses"], (method, path)
+        for status, response in op["responses"].items():
+            if status.startswith("2") and status != "204":
+                assert response.get("content"), (method, path, status)  # its media type
     # The reference page shows the same statuses, each error with the envelope.
     docs = client.get("/api/docs").get_data(as_text=True)
     blocks = docs.split("<h3>Response 404</h3>")[1:]
