@@ -9,9 +9,10 @@ Generation is fixed: schemathesis' seed (SEED), Hypothesis derandomized, no exam
 operation gets schemathesis' examples and coverage phases (boundary values, every required field
 missing, wrong types, unexpected methods) and then EXAMPLES fuzzed cases (positive and negative);
 a participant's token on a staff operation gets 5 fuzzed cases only (every answer there is 404).
-Dates are drawn from the whole calendar, its ends often. Valid-looking path ids and body fields are half the time swapped for real ones of the test world
-(participants, sites, users, the alert and messages of a positive ctDNA result), so the cases reach
-the services instead of stopping at "not found".
+Dates are drawn from the whole calendar, its ends often. Valid-looking path ids and body fields
+are half the time swapped for real ones of the test world (participants, sites, users, the alert
+and messages of a positive ctDNA result), so the cases reach the services instead of stopping at
+"not found".
 
 Checks: no 5xx; every status documented; every content type documented; every JSON answer valid
 against its documented schema; invalid input rejected with a 4xx; undeclared methods answer 405
