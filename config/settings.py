@@ -215,9 +215,7 @@ class ProductionConfig(BaseConfig):
             if absent:
                 # Webhooks fail closed: without the auth token no signature can be checked.
                 raise ConfigError(f"production needs Twilio settings: {', '.join(absent)}")
-        if self.RATELIMIT_STORAGE_URI.startswith("memory://") and not _env(
-            "RATELIMIT_STORAGE_URI"
-        ):
+        if self.RATELIMIT_STORAGE_URI.startswith("memory://") and not _env("RATELIMIT_STORAGE_URI"):
             # Each gunicorn worker would count on its own: an attacker gets workers x the budget.
             raise ConfigError(
                 "production needs REDIS_URL for the sign-in limits shared by every worker "
