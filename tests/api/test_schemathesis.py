@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation import GenerationMode
 
-from config.settings import TestingConfig
+from config import settings
 from server.app import create_app
 from server.participants import mobile
 from tests import clock, factories
@@ -83,7 +83,7 @@ APP = _CurrentApp()
 
 def _spec() -> dict[str, Any]:
     # The document is what the app serves; building it needs no database.
-    config = TestingConfig()
+    config = settings.TestingConfig()
     config.DATABASE_URL = "sqlite://"
     return create_app(config).extensions["stepdown_api"].spec.to_dict()  # type: ignore[no-any-return]
 
