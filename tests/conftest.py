@@ -7,6 +7,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -58,6 +59,18 @@ def _fresh_rate_limits(request: pytest.FixtureRequest) -> None:
         from api.rate_limits import limits_of
 
         limits_of(request.getfixturevalue("app")).reset()
+
+
+@pytest.fixture
+def daytime(frozen_clock: time_machine.Traveller) -> None:
+    """Move the frozen clock forward, if need be, to a time when participants at both world sites
+    are awake: 14:00-20:00 in Paris (08:00-14:00 in Boston) stays, otherwise the next 15:00 in
+    Paris. For tests of things staff do while the participant is awake (no activation code goes
+    into their night). Request it before `world` (e.g. `pytest.mark.usefixtures("daytime")`)."""
+    local = clock.NOW.astimezone(clock.PARIS)
+    if not 14 <= local.hour < 20:
+        day = local.date() if local.hour < 14 else local.date() + timedelta(days=1)
+        frozen_clock.move_to(clock.local(day, "15:00"))
 
 
 @pytest.fixture(scope="session")

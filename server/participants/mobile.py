@@ -62,12 +62,41 @@ def _hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def quiet_hours_until(participant: Participant, now: datetime) -> datetime | None:
+    """When the participant's quiet hours end, if `now` falls in them (else None)."""
+    from zoneinfo import ZoneInfo
+
+    from server.schedules.rules import defer_out_of_quiet_hours
+
+    resume = defer_out_of_quiet_hours(
+        now,
+        ZoneInfo(participant.timezone),
+        participant.quiet_hours_start,
+        participant.quiet_hours_end,
+    )
+    return resume if resume > now else None
+
+
 def send_activation_code(
     *, session: Session, participant: Participant, now: datetime, actor: str
 ) -> OutboxMessage:
-    """Issue a new 6-digit code (earlier ones stop working) and queue it by SMS; the message."""
+    """Issue a new 6-digit code (earlier ones stop working) and queue it by SMS; the message.
+
+    Refused during the participant's quiet hours: the SMS would wait for their morning and the
+    code (valid CODE_MINUTES) would be dead on arrival, while staff were told it was sent."""
     if not (participant.has_sms_consent and participant.phone_e164):
         raise Conflict("the participant has no phone number with SMS consent")
+    resume = quiet_hours_until(participant, now)
+    if resume is not None:
+        from zoneinfo import ZoneInfo
+
+        local = resume.astimezone(ZoneInfo(participant.timezone))
+        raise Conflict(
+            "it is the participant's quiet hours "
+            f"({participant.quiet_hours_start:%H:%M}-{participant.quiet_hours_end:%H:%M} "
+            f"{participant.timezone}): no SMS goes out before {local:%H:%M} their time, and a "
+            f"code lives {CODE_MINUTES} minutes; send it then"
+        )
     for old in session.exec(
         select(ActivationCode).where(
             ActivationCode.participant_id == participant.id, col(ActivationCode.used_at).is_(None)

@@ -168,12 +168,14 @@ def enroll(
     )
     queue_welcome(session=session, participant=participant, now=now)
     if participant.has_sms_consent and participant.phone_e164:
-        from server.participants.mobile import send_activation_code
+        from server.participants.mobile import quiet_hours_until, send_activation_code
 
-        # The app's one-time code goes at enrolment (it expires; staff can send a new one).
-        send_activation_code(
-            session=session, participant=participant, now=now, actor=actor_of(user)
-        )
+        # The app's one-time code goes at enrolment (it expires; staff can send a new one), unless
+        # it is the participant's night: it would expire before it could go.
+        if quiet_hours_until(participant, now) is None:
+            send_activation_code(
+                session=session, participant=participant, now=now, actor=actor_of(user)
+            )
     return participant
 
 

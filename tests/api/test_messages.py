@@ -19,22 +19,28 @@ P = "/api/v1/participants"
 PHONE = "+33612340101"
 
 
+def _enrol_at(db, world, moment, code, phone):
+    with time_machine.travel(moment, tick=False):
+        p = factories.make_participant(
+            db,
+            world.staff[("coordinator", "A")],
+            world.sites["A"],
+            world.study,
+            code,
+            anchor_date=clock.day("2027-01-04"),
+            phone=phone,
+            has_sms_consent=True,
+        )
+        db.commit()
+    return p
+
+
 @pytest.fixture
 def a1(world, db):
-    """Like the world's A1 but anchored relative to the clock: enrolled now, its baseline draw
-    window opens six days later (Paris), so its "window soon" reminder is due in three days."""
-    p = factories.make_participant(
-        db,
-        world.staff[("coordinator", "A")],
-        world.sites["A"],
-        world.study,
-        "A-101",
-        anchor_date=clock.day("2027-01-04"),
-        phone=PHONE,
-        has_sms_consent=True,
-    )
-    db.commit()
-    return p
+    """Like the world's A1 but anchored relative to the clock: enrolled at 15:00 Paris on the
+    clock's day, its baseline draw window opens six days later, so its "window soon" reminder is
+    due in three days."""
+    return _enrol_at(db, world, clock.local(clock.today(), "15:00"), "A-101", PHONE)
 
 
 def _reminders_soon(db, participant_id):
@@ -67,6 +73,34 @@ def test_enrolment_with_consent_queues_one_welcome(world, db, a1):
     assert not db.exec(
         select(OutboxMessage).where(OutboxMessage.participant_id == world.participants["A2"].id)
     ).all()
+
+
+def test_no_activation_code_goes_into_the_participants_night(world, db, api_as):
+    """A code lives 30 minutes: sent at night it would wait for the morning and be dead on arrival
+    while staff were told it was sent. Enrolment at night skips it; asking for one is a 409."""
+    night = clock.local(clock.today(), "23:30")
+    p = _enrol_at(db, world, night, "A-102", "+33612340102")
+    rows = db.exec(select(OutboxMessage).where(OutboxMessage.participant_id == p.id)).all()
+    assert [r.kind for r in rows] == ["welcome"]
+    assert rows[0].not_before_at == clock.local(clock.today() + timedelta(days=1), "08:00")
+    api = api_as("coordinator", "A")
+    with time_machine.travel(night, tick=False):
+        refused = api.post(f"{P}/{p.id}/activation")
+    assert refused.status_code == 409
+    assert "quiet hours" in refused.get_json()["error"]["message"]
+    assert "08:00" in refused.get_json()["error"]["message"]
+    db.expire_all()
+    assert (
+        len(db.exec(select(OutboxMessage).where(OutboxMessage.participant_id == p.id)).all()) == 1
+    )
+    with time_machine.travel(clock.local(clock.today() + timedelta(days=1), "08:00"), tick=False):
+        sent = api.post(f"{P}/{p.id}/activation")
+    assert sent.status_code == 202, sent.get_json()
+    db.expire_all()
+    kinds = [
+        r.kind for r in db.exec(select(OutboxMessage).where(OutboxMessage.participant_id == p.id))
+    ]
+    assert kinds == ["welcome", "activation_code"]
 
 
 def test_history_shows_intended_and_trail(world, db, api_as, a1):

@@ -6,12 +6,16 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import time_machine
 from sqlmodel import select
 
 from notifications.models import OutboxMessage
 from server.surveys.models import SurveyResponse
 from tests import factories
+
+# The app is set up while the participant is awake (no activation code goes into their night).
+pytestmark = pytest.mark.usefixtures("daytime")
 
 M = "/api/v1/mobile"
 NOW = datetime(2027, 1, 5, 10, 0, tzinfo=UTC)  # A1's first questionnaire (qol:1) is open

@@ -138,7 +138,7 @@ def test_monitor_audit_history_hides_phone(world, api_as):
 # --- create / get / list ------------------------------------------------------------------------
 
 
-def test_enrol_normalises_phone_and_audits(world, api_as, db):
+def test_enrol_normalises_phone_and_audits(daytime, world, api_as, db):
     resp = api_as("coordinator", "A").post(BASE, json=_new(world.sites["A"].id))
     assert resp.status_code == 201, resp.get_json()
     body = resp.get_json()
@@ -320,7 +320,7 @@ def test_withdraw_is_final_and_audited(world, api_as, db):
     assert api.post(f"{BASE}/{a1.id}/withdraw", json={}).status_code == 422
 
 
-def test_audit_endpoint_shows_before_and_after(world, api_as):
+def test_audit_endpoint_shows_before_and_after(daytime, world, api_as):
     a1 = world.participants["A1"]
     api = api_as("coordinator", "A")
     resp = api.patch(f"{BASE}/{a1.id}", json={"cohort": "continue", "reason": "baseline positive"})

@@ -192,7 +192,7 @@ def _dispatch(app: Flask, db: Session, scene: Scene) -> None:
 
 
 @pytest.fixture
-def scene(app: Flask, db: Session, world: factories.World) -> Scene:
+def scene(daytime: None, app: Flask, db: Session, world: factories.World) -> Scene:
     for role, phone in CARE_PHONES.items():
         user = world.staff[(role, "A")]
         user.phone_e164, user.is_phone_verified = phone, True
@@ -201,7 +201,7 @@ def scene(app: Flask, db: Session, world: factories.World) -> Scene:
     membership = db.exec(select(SiteMembership).where(SiteMembership.user_id == nurse.id)).one()
     membership.is_on_call = True
     db.add(membership)
-    # Enrolment (now) queues the welcome and a first activation code.
+    # Enrolment (now, in the participant's day) queues the welcome and a first activation code.
     participant = factories.make_participant(
         db,
         world.staff[("coordinator", "A")],

@@ -24,6 +24,7 @@ from server.adherence import service as adherence
 from server.alerts.models import Alert
 from server.audit import AuditEvent
 from server.participants import service as participants
+from server.participants.mobile import send_activation_code
 from server.participants.models import Locale, ParticipantStatus
 from server.schedules.models import Decision, DecisionStatus, EventStatus, ScheduleEvent
 from server.surveys import service as surveys
@@ -446,9 +447,12 @@ def test_qol_scores_appear_after_a_saved_response(world, web_as, db):
 
 def test_messages_are_listed_with_their_status_and_no_text(world, web_as, db):
     a1 = world.participants["A1"]
+    # A code asked for at T (10:00 in Paris; enrolment may have fallen in the participant's night).
+    send_activation_code(session=db, participant=a1, now=T, actor="test")
+    db.commit()
     rows = db.exec(select(OutboxMessage).where(OutboxMessage.participant_id == a1.id)).all()
     welcome = next(m for m in rows if m.kind == "welcome")
-    activation = next(m for m in rows if m.kind == "activation_code")
+    activation = [m for m in rows if m.kind == "activation_code"][-1]
     code = re.search(r"\b\d{6,8}\b", activation.body)
     assert code, activation.body
     outbox.advance(db, welcome, MessageStatus.FAILED, source="twilio", now=T, error_code=30003)
