@@ -193,7 +193,9 @@ def _report_summary(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-def fuzz_world(app: Any, client: Any, db: Any, world: factories.World, api_as: Any) -> Any:
+def fuzz_world(
+    daytime: None, app: Any, client: Any, db: Any, world: factories.World, api_as: Any
+) -> Any:
     """The world plus a positive ctDNA result (an alert, its messages) and an activation code;
     returns the known ids and values the generated cases may borrow."""
     APP.app = app
@@ -205,7 +207,7 @@ def fuzz_world(app: Any, client: Any, db: Any, world: factories.World, api_as: A
             "study": "HEROES",
             "study_code": "A-001",
             "accession_id": "FUZZ-1",
-            "collected_at": (clock.NOW - timedelta(hours=2)).isoformat(),
+            "collected_at": (clock.utcnow() - timedelta(hours=2)).isoformat(),
             "call": "positive",
         },
     )
@@ -253,7 +255,7 @@ def _participant_token(client: Any, db: Any, participant: Any) -> str:
         mobile.ActivationCode(
             participant_id=participant.id,
             code_hash=mobile._hash(code),
-            expires_at=clock.NOW + timedelta(minutes=30),
+            expires_at=clock.utcnow() + timedelta(minutes=30),
         )
     )
     db.commit()
