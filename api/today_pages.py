@@ -27,6 +27,7 @@ from server.auth.scoping import can_see_site, get_site, sites_query, visible_sit
 from server.clock import utcnow
 from server.db import ID_MAX, get_session
 from server.errors import Conflict, NotFound, ValidationFailed
+from server.health import service as health
 from server.participants.models import Participant, Site
 
 bp = Blueprint("today", __name__)
@@ -124,6 +125,8 @@ def _render_today(
         form_error=form_error,
         ack_note_max=ACK_NOTE_MAX,
         resolve_note_max=RESOLVE_NOTE_MAX,
+        # Red when no scheduler leader has run a job for 2 minutes or no dispatcher is alive.
+        system_down=health.today_banner(db, now),
     )
     return html, status
 

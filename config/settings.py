@@ -110,6 +110,12 @@ class BaseConfig:
     # fast: LIS and instrument clocks are often not NTP-disciplined); later is refused as future.
     RESULT_CLOCK_SKEW_SECONDS = 600
 
+    # The dead-man's switch: the scheduler leader POSTs here every minute (`<url>/fail` with the
+    # reasons when not ready), a Healthchecks-style check that alerts when the pings stop.
+    HEARTBEAT_URL: str | None = None
+    # A scheduler leader silent this long is fenced off and replaced by a standby (PostgreSQL).
+    SCHEDULER_LEASE_SECONDS = 10.0
+
     # Sign-in limits (README, "Sign-in limits"): Flask-Limiter's settings plus our failure ledger,
     # both kept in RATELIMIT_STORAGE_URI: REDIS_URL when set (shared by every gunicorn worker),
     # else this process's memory.
@@ -146,6 +152,14 @@ class BaseConfig:
         )
         if self.RESULT_CLOCK_SKEW_SECONDS < 0:
             raise ConfigError("RESULT_CLOCK_SKEW_SECONDS must be zero or more")
+        self.HEARTBEAT_URL = _env("HEARTBEAT_URL", self.HEARTBEAT_URL)
+        if self.HEARTBEAT_URL and not self.HEARTBEAT_URL.startswith(("https://", "http://")):
+            raise ConfigError("HEARTBEAT_URL must be an http(s):// URL")
+        self.SCHEDULER_LEASE_SECONDS = _env_float(
+            "SCHEDULER_LEASE_SECONDS", self.SCHEDULER_LEASE_SECONDS
+        )
+        if not 2 <= self.SCHEDULER_LEASE_SECONDS <= 60:
+            raise ConfigError("SCHEDULER_LEASE_SECONDS must be between 2 and 60")
         self.REDIS_URL = _env("REDIS_URL", self.REDIS_URL)
         self.RATELIMIT_STORAGE_URI = (
             _env("RATELIMIT_STORAGE_URI") or self.REDIS_URL or self.RATELIMIT_STORAGE_URI

@@ -68,6 +68,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         participants,
         results,
         schedules,
+        status_pages,
         survey_pages,
         surveys,
         today_pages,
@@ -90,6 +91,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         api.register_blueprint(blueprint)
         csrf.exempt(blueprint)  # bearer tokens: not exposed to CSRF
     app.register_blueprint(health.bp)
+    app.register_blueprint(status_pages.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(pages.bp)
     for page_blueprint in (today_pages, participant_pages, participant_page, adherence_pages):

@@ -34,6 +34,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(protocol_group)
     app.cli.add_command(scheduler_command)
     app.cli.add_command(dispatcher_command)
+    app.cli.add_command(status_command)
     app.cli.add_command(results_group)
 
 
@@ -392,48 +393,66 @@ def results_import(path: str, lab: str) -> None:
 @click.option("--no-dispatcher", is_flag=True, help="do not send SMS from this process")
 @with_appcontext
 def scheduler_command(once: bool, no_dispatcher: bool) -> None:
-    """Run the scheduler process (exactly one per installation) with the SMS dispatcher."""
-    import threading
-
-    from server import messaging, scheduler
+    """Run a scheduler process (with an SMS dispatcher unless --no-dispatcher). On PostgreSQL run
+    two or more, on different machines: one leads, the others take over within seconds. On
+    SQLite a second one refuses to start."""
+    from server import messaging, processes, scheduler
+    from server.leader import AnotherSchedulerRunning, SqliteLeader
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if once:
-        for job_id, result in scheduler.run_all_once(app).items():
-            click.echo(f"{job_id}: {result}")
-        if not no_dispatcher:
-            click.echo(f"dispatch: {messaging.build_dispatcher(app).run_once()}")
+        database = get_db(app)
+        single = None if database.is_postgresql else SqliteLeader(database.engine)
+        try:
+            if single is not None:
+                single.acquire()
+            for job_id, result in scheduler.run_all_once(app).items():
+                click.echo(f"{job_id}: {result}")
+            if not no_dispatcher:
+                click.echo(f"dispatch: {messaging.build_dispatcher(app).run_once()}")
+        except AnotherSchedulerRunning as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            if single is not None:
+                single.release()
         return
-    stop = threading.Event()
-    if not no_dispatcher:
-        messaging.start_dispatcher_thread(app, stop)
-    sched = scheduler.build(app)
-    click.echo("scheduler running: " + ", ".join(j.id for j in sched.get_jobs()))
     try:
-        sched.start()
-    finally:
-        stop.set()
+        processes.serve_scheduler(app, with_dispatcher=not no_dispatcher, announce=click.echo)
+    except AnotherSchedulerRunning as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command("dispatcher")
 @with_appcontext
 def dispatcher_command() -> None:
     """Run an extra SMS dispatcher (PostgreSQL only: SQLite runs exactly one, in the scheduler)."""
-    import threading
-
-    from server import messaging
-    from server.db import get_db as _get_db
+    from server import processes
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    if not _get_db(app).is_postgresql:
+    if not get_db(app).is_postgresql:
         raise click.UsageError("extra dispatchers need PostgreSQL; on SQLite the scheduler sends")
-    stop = threading.Event()
-    dispatcher = messaging.build_dispatcher(app)
-    click.echo("dispatcher running")
-    try:
-        dispatcher.run_forever(stop, messaging.make_waiter(app, stop))
-    except KeyboardInterrupt:
-        stop.set()
+    processes.serve_dispatcher(app, announce=click.echo)
+
+
+@click.command("status")
+@with_appcontext
+@click.option("--json", "as_json", is_flag=True, help="print the readiness and processes as JSON")
+def status_command(as_json: bool) -> None:
+    """Readiness (as GET /readyz decides it) and every scheduler and dispatcher heard from in
+    the last day: leader or standby, last beat, last job results. Exits 1 when not ready."""
+    import json
+
+    from server.health import service as health
+
+    with get_db().job_session() as session:
+        report = health.status(session, utcnow())
+        if as_json:
+            click.echo(json.dumps(health.status_dict(report), indent=2))
+        else:
+            for line in health.status_lines(report):
+                click.echo(line)
+    if not report.readiness.is_ready:
+        sys.exit(1)
 
 
 def _print_logins(emails: list[str]) -> None:

@@ -4,6 +4,7 @@ from notifications.models import MessageLog, OutboxMessage
 from server.alerts.models import Alert, AlertLog
 from server.audit import AuditEvent
 from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
+from server.health.models import LeaderLease, ProcessHeartbeat
 from server.participants.mobile import ActivationCode, ParticipantToken
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
 from server.protocols.models import ProtocolVersion, Study
@@ -21,6 +22,7 @@ __all__ = [
     "EventStatus",
     "EventType",
     "LabResult",
+    "LeaderLease",
     "Locale",
     "MessageLog",
     "OutboxMessage",
@@ -28,6 +30,7 @@ __all__ = [
     "ParticipantStatus",
     "ParticipantToken",
     "PfsEvent",
+    "ProcessHeartbeat",
     "ProtocolVersion",
     "Role",
     "ScheduleEvent",

@@ -124,6 +124,8 @@ OTHER = {
     "admin.UsersView",
     "admin.UserView",
     "health.healthz",
+    "health.readyz",
+    "status_pages.status",
     "participant_page.record_decision",
     "participant_page.complete_event",
     "participants_pages.enroll",

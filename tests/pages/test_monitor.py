@@ -17,7 +17,13 @@ from server.clock import utcnow
 from server.participants.models import Participant
 from server.schedules.models import EventStatus, ParticipantChoiceValue, ScheduleEvent
 
-PAGE_BLUEPRINTS = ("today", "participants_pages", "participant_page", "adherence_pages")
+PAGE_BLUEPRINTS = (
+    "today",
+    "participants_pages",
+    "participant_page",
+    "adherence_pages",
+    "status_pages",
+)
 
 # Every page GET route, with the path the monitor opens ({a1}, {alert} filled in below).
 GET_PAGES = {
@@ -31,7 +37,10 @@ GET_PAGES = {
     "adherence_pages.export_csv": "/adherence.csv?view=summary",
 }
 # Pages a monitor may not open at all.
-FORBIDDEN_GETS = {"participants_pages.enroll": "/participants/new"}
+FORBIDDEN_GETS = {
+    "participants_pages.enroll": "/participants/new",
+    "status_pages.status": "/admin/status",
+}
 # Every page POST route, with a target that exists at the monitor's site.
 POSTS = {
     "today.alert_acknowledge": "/alerts/{alert}/acknowledge",
