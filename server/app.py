@@ -36,6 +36,9 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     settings = config if isinstance(config, dict) else (config or load_config()).as_dict()
     app.config.from_mapping(settings)
     app.permanent_session_lifetime = timedelta(seconds=app.config["PERMANENT_SESSION_LIFETIME"])
+    # Browsers ask every site for /favicon.ico whatever the page links: serve it as a static file
+    # (same endpoint, so it is cached like one).
+    app.add_url_rule("/favicon.ico", endpoint="static", defaults={"filename": "favicon.ico"})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # The twilio client logs every request at INFO (about 11 lines per SMS): keep warnings only.
     logging.getLogger("twilio.http_client").setLevel(logging.WARNING)

@@ -150,7 +150,7 @@ def test_filters_narrow_the_list(app, web_as, world, db):
     assert listed(two.text(LIST)) == ["A-001", "A-002", "A-CONT", "A-SCR", "B-001", "S2-001"]
     html = two.text(f"{LIST}?site_id={site_b.id}")
     assert listed(html) == ["B-001"]
-    assert '<td class="nowrap site">SITE-B</td>' in row_of(html, "B-001")
+    assert '<td class="nowrap site" data-label="Site">SITE-B</td>' in row_of(html, "B-001")
     assert listed(two.text(f"{LIST}?site_id={site_a.id}&status=screening")) == ["A-SCR"]
 
 
@@ -281,9 +281,10 @@ def test_open_alerts_are_counted(web_as, world, db):
     db.commit()
     html = web_as("nurse", "A").text(LIST)
     assert re.search(
-        r'class="num alerts"><span class="badge critical"[^>]*>2<', row_of(html, "A-001")
+        r'class="num alerts" data-label="Alerts"><span class="badge critical"[^>]*>2<',
+        row_of(html, "A-001"),
     )
-    assert 'class="num alerts">0<' in row_of(html, "A-002")
+    assert 'class="num alerts" data-label="Alerts">0<' in row_of(html, "A-002")
 
 
 def test_the_json_api_list_is_unchanged(api_as, world):
