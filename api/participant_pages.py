@@ -36,6 +36,7 @@ from server.db import get_session
 from server.errors import DomainError
 from server.participants import service
 from server.participants.models import Locale, ParticipantStatus, Site
+from server.participants.rules import default_locale
 from server.protocols import rules as engine
 from server.protocols.definition import Protocol
 from server.protocols.models import Study
@@ -49,9 +50,15 @@ SEARCH_MAX = 32
 PREVIEW_ROWS = 40
 # The form enrols into the statuses that plan a schedule (that is what the preview shows).
 ENROLL_STATUSES = (ParticipantStatus.OFF_TREATMENT_MONITORING, ParticipantStatus.ACTIVE)
+# Short option texts (a select cuts long ones off, on a phone first); the meaning below the field.
 STATUS_LABELS = {
-    ParticipantStatus.OFF_TREATMENT_MONITORING: "Off treatment, monitored (therapy stopped)",
-    ParticipantStatus.ACTIVE: "Active (on study treatment)",
+    ParticipantStatus.OFF_TREATMENT_MONITORING: "Off treatment, monitored",
+    ParticipantStatus.ACTIVE: "Active",
+}
+STATUS_MEANINGS = {
+    ParticipantStatus.OFF_TREATMENT_MONITORING: "therapy stopped; followed by the protocol's "
+    "monitoring schedule",
+    ParticipantStatus.ACTIVE: "on study treatment (e.g. an adaptive arm's cycles)",
 }
 _MISSING = ma.fields.Field.default_error_messages["required"]
 LOCALE_LABELS = {Locale.EN: "English", Locale.FR: "Français", Locale.ZH: "中文"}
@@ -172,16 +179,26 @@ def _default_form(sites: list[Site], studies: list[tuple[Study, Protocol]]) -> F
     values = dict.fromkeys(FORM_FIELDS, "")
     values["has_sms_consent"] = ""
     values["status"] = ENROLL_STATUSES[0].value
-    values["locale"] = Locale.EN.value
-    if len(sites) == 1:
-        values["site_id"] = str(sites[0].id)
+    site = sites[0] if len(sites) == 1 else None
+    protocol = studies[0][1] if len(studies) == 1 else None
+    if site is not None:
+        values["site_id"] = str(site.id)
     if len(studies) == 1:
         study, protocol = studies[0]
         values["study"] = study.key
-        values["locale"] = protocol.locale.value
         if len(protocol.cohort_keys()) == 1:
             values["cohort"] = f"{study.key}:{protocol.cohort_keys()[0]}"
+    values["locale"] = _default_locale(site, protocol)
     return FormState(values)
+
+
+def _default_locale(site: Site | None, protocol: Protocol | None) -> str:
+    """The participant's language before anyone picks one: the site's (from its country; a
+    Paris site is French whatever the sponsor), else, no site chosen yet, the study's protocol's,
+    else English."""
+    if site is not None:
+        return default_locale(site.country)
+    return protocol.locale.value if protocol is not None else Locale.EN.value
 
 
 def _cohort_key(form: FormState) -> str | None:
@@ -300,8 +317,15 @@ def _digest(user: StaffUser, checked: Checked) -> str:
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def _timeline_view(timeline: dict[str, Any], now: datetime) -> dict[str, Any]:
-    events = timeline["events"]
+def _timeline_view(timeline: dict[str, Any], anchor: date, now: datetime) -> dict[str, Any]:
+    events = [
+        e
+        | {
+            "target_weekday": engine.weekday_date(date.fromisoformat(e["target_date"])),
+            "offset": engine.offset_from_anchor(anchor, date.fromisoformat(e["target_date"])),
+        }
+        for e in timeline["events"]
+    ]
     closed = sum(1 for e in events if datetime.fromisoformat(e["window_close_at"]) <= now)
     return {
         "events": events,
@@ -335,11 +359,14 @@ def enroll() -> str | Response | tuple[str, int]:
             "form": form,
             "sites": sites,
             "studies": studies,
-            "statuses": [(s.value, STATUS_LABELS[s]) for s in ENROLL_STATUSES],
+            "statuses": [(s.value, STATUS_LABELS[s], STATUS_MEANINGS[s]) for s in ENROLL_STATUSES],
             "locales": [(loc.value, LOCALE_LABELS[loc]) for loc in Locale],
             "zones": sorted(zoneinfo.available_timezones()),
             "client_data": {
-                "sites": {str(s.id): s.timezone for s in sites},
+                "sites": {
+                    str(s.id): {"tz": s.timezone, "locale": default_locale(s.country)}
+                    for s in sites
+                },
                 "studies": {st.key: {"locale": pr.locale.value} for st, pr in studies},
             },
             "preview": None,
@@ -351,9 +378,12 @@ def enroll() -> str | Response | tuple[str, int]:
     if request.method == "GET":
         return page(_default_form(sites, studies))
     action = request.form.get("action", "preview")
-    if action not in ("preview", "enroll"):
-        raise PageInputError("action", "must be preview or enroll")
+    if action not in ("preview", "enroll", "refresh"):
+        raise PageInputError("action", "must be preview, enroll or refresh")
     form = _read_form()
+    if action == "refresh":
+        # Without JavaScript: the study was chosen, show its cohorts (nothing is checked yet).
+        return page(form)
     now = utcnow()
     checked = _check(session, user, form, now)
     if checked is None:
@@ -397,7 +427,7 @@ def enroll() -> str | Response | tuple[str, int]:
     return page(
         form,
         409 if changed else 200,
-        preview=_timeline_view(checked.timeline, now),
+        preview=_timeline_view(checked.timeline, checked.anchor_date, now),
         digest=digest,
         changed=changed,
     )

@@ -1,7 +1,9 @@
 // Enrollment form niceties; the form works the same without them (the server checks all).
 // - the cohort list shows only the chosen study's cohorts, and what they mean;
+// - the study's title and the site's name show under their (short) options;
 // - the time zone field says which zone an empty value means (the chosen site's);
-// - the language follows the study's protocol until someone picks one by hand;
+// - the language follows the site's country (else the study's protocol) until someone picks
+//   one by hand;
 // - a double click sends the form once (a second "Enroll" would only hear "code already used").
 (function () {
   "use strict";
@@ -15,37 +17,50 @@
   var data = JSON.parse(dataEl.textContent);
   var localeTouched = false;
 
+  // The server sends only the chosen study's cohorts (so the form works without this script);
+  // the full list is in a <template>, from which the select is rebuilt as the study changes.
+  var allCohorts = document.getElementById("enroll-cohorts");
+
   function showCohorts() {
-    var groups = cohort.querySelectorAll("optgroup");
     var chosen = study.value;
-    var visible = [];
-    groups.forEach(function (group) {
-      var mine = !chosen || group.getAttribute("data-study") === chosen;
-      group.hidden = !mine;
-      group.disabled = !mine;
-      if (mine) visible = visible.concat(Array.prototype.slice.call(group.querySelectorAll("option")));
-    });
-    document.querySelectorAll(".cohort-help").forEach(function (help) {
+    if (allCohorts) {
+      var current = cohort.value;
+      cohort.innerHTML = "";
+      Array.prototype.forEach.call(allCohorts.content.children, function (node) {
+        var study_ = node.getAttribute("data-study");
+        if (node.tagName === "OPTION" || !chosen || study_ === chosen) {
+          cohort.appendChild(node.cloneNode(true));
+        }
+      });
+      cohort.value = current;
+      if (cohort.selectedIndex < 0) cohort.value = "";
+    }
+    document.querySelectorAll(".cohort-help[data-study], #study-help [data-study]").forEach(function (help) {
       help.hidden = help.getAttribute("data-study") !== chosen;
     });
-    var selected = cohort.selectedOptions[0];
-    if (selected && selected.value && selected.parentElement.disabled) cohort.value = "";
-    if (chosen && !cohort.value && visible.length === 1) cohort.value = visible[0].value;
+    var choices = cohort.querySelectorAll("optgroup option");
+    if (chosen && !cohort.value && choices.length === 1) cohort.value = choices[0].value;
   }
 
-  function showZone() {
+  function showSite() {
     if (!zone || !site) return;
-    var tz = data.sites[site.value];
-    zone.placeholder = tz ? "the site's: " + tz : "the site's time zone";
+    var info = data.sites[site.value];
+    zone.placeholder = info ? "the site's: " + info.tz : "the site's time zone";
+    document.querySelectorAll("#site-help [data-site]").forEach(function (help) {
+      help.hidden = help.getAttribute("data-site") !== site.value;
+    });
   }
 
-  function followStudyLocale() {
-    var info = data.studies[study.value];
-    if (locale && info && !localeTouched) locale.value = info.locale;
+  function followLocale() {
+    if (!locale || localeTouched) return;
+    // The site's language (from its country) when a site is chosen, else the study's.
+    var bySite = site && data.sites[site.value] && data.sites[site.value].locale;
+    var byStudy = data.studies[study.value] && data.studies[study.value].locale;
+    if (bySite || byStudy) locale.value = bySite || byStudy;
   }
 
-  study.addEventListener("change", function () { showCohorts(); followStudyLocale(); });
-  if (site) site.addEventListener("change", showZone);
+  study.addEventListener("change", function () { showCohorts(); followLocale(); });
+  if (site) site.addEventListener("change", function () { showSite(); followLocale(); });
   if (locale) locale.addEventListener("change", function () { localeTouched = true; });
   // A form shown again (preview, errors) keeps what the user chose.
   localeTouched = document.querySelector("#enroll-form input[name=digest]") !== null ||
@@ -61,5 +76,5 @@
     window.addEventListener("pageshow", function () { sending = false; });
   }
   showCohorts();
-  showZone();
+  showSite();
 })();

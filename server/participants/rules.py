@@ -56,3 +56,21 @@ def mask_phone(e164: str | None) -> str | None:
     if not e164:
         return e164
     return e164[:3] + "•" * max(0, len(e164) - 5) + e164[-2:]
+
+
+# Countries where one of our message languages is the language people are addressed in by
+# default; anywhere else (multilingual countries such as Belgium, Switzerland, Canada or
+# Singapore included) it is English, and staff pick the participant's own language.
+_COUNTRY_LANGUAGE = {
+    **dict.fromkeys(
+        ("FR", "MC", "GP", "MQ", "GF", "RE", "YT", "PM", "BL", "MF", "WF", "PF", "NC"), "fr"
+    ),
+    **dict.fromkeys(("CN", "TW", "HK", "MO"), "zh"),
+}
+
+
+def default_locale(country: str | None) -> str:
+    """The message language a participant at a site in this country (ISO 3166 alpha-2) gets
+    unless staff choose another: French or Chinese where that is the country's language, else
+    English."""
+    return _COUNTRY_LANGUAGE.get((country or "").upper(), "en")

@@ -1378,3 +1378,26 @@ def check_protocol(protocol: Protocol) -> list[tuple[str, str]]:
     for problem in _check_choice_timing(protocol):
         problems[problem] = None
     return list(problems)
+
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def weekday_date(day: date) -> str:
+    """A date with its weekday, "Mon 2027-03-29" (English names, whatever the locale)."""
+    return f"{WEEKDAYS[day.weekday()]} {day.isoformat()}"
+
+
+def offset_from_anchor(anchor: date, day: date) -> str:
+    """Where a date falls from the anchor, as protocols count: "week 12" for whole weeks, else
+    "month 3" for the same day of a later month, else "day 45" ("anchor day" on the anchor;
+    negative before it, e.g. "week -1" for a baseline a week before)."""
+    days = (day - anchor).days
+    if days == 0:
+        return "anchor day"
+    if days % 7 == 0:
+        return f"week {days // 7}"
+    span = relativedelta(day, anchor)
+    if span.days == 0:
+        return f"month {span.years * 12 + span.months}"
+    return f"day {days}"
