@@ -7,8 +7,6 @@ bookmarked, linked from a count, and exported as the same CSV.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -18,7 +16,7 @@ from flask import Blueprint, Response, render_template, request, url_for
 from flask_login import login_required
 from sqlmodel import col, select
 
-from api.page_kit import PageInputError, query_choice, query_int, require_page
+from api.page_kit import PageInputError, csv_download, query_choice, query_int, require_page
 from server.adherence import service as adherence
 from server.auth.models import StaffUser
 from server.auth.rules import Permission
@@ -55,8 +53,6 @@ VIEWS = ["summary", "event_type", "month", "participants"]
 MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 DEFAULT_MONTHS = 12
 MAX_MONTHS = 15 * 12  # the longest follow-up (STOP-HER2, 10 years) with room to spare
-# CSV cells a spreadsheet would run as a formula (OWASP "CSV injection").
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 Month = tuple[int, int]
 
@@ -294,16 +290,6 @@ def _figure_cells(t: adherence.Tally) -> list[Any]:
     ]
 
 
-def safe_cell(value: Any) -> Any:
-    """A CSV cell a spreadsheet will not run: text starting with = + - @ (or a tab/CR) gets a
-    leading apostrophe; numbers stay numbers; None is an empty cell."""
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
 def _table(sel: Selection, view: str, now: datetime) -> tuple[list[str], list[list[Any]]]:
     """The header and rows of one view, as the page shows them."""
     db = get_session()
@@ -360,12 +346,6 @@ def export_csv() -> Response:
     sel = _selection(now)
     view = query_choice("view", VIEWS) or "summary"
     header, rows = _table(sel, view, now)
-    out = io.StringIO()
-    # The BOM lets Excel read accents in site names as UTF-8.
-    out.write("\ufeff")
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(header)
-    writer.writerows([safe_cell(v) for v in row] for row in rows)
     filters = sel.described()
     if view == "participants":
         filters["measure"] = request.args.get("measure", "")
@@ -381,12 +361,4 @@ def export_csv() -> Response:
     )
     db.commit()
     filename = f"adherence-{view.replace('_', '-')}-{now:%Y-%m-%d}.csv"
-    return Response(
-        out.getvalue().encode("utf-8"),
-        mimetype="text/csv",
-        headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="{filename}"',
-            "Cache-Control": "no-store",
-        },
-    )
+    return csv_download(header, rows, filename)

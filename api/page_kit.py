@@ -7,18 +7,21 @@ service, render a template.
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from flask import Flask, abort, render_template, request
+from flask import Flask, Response, abort, render_template, request
 from flask_login import current_user
 
 from server.auth.models import StaffUser
 from server.auth.rules import Permission, has_permission
 from server.participants.models import Participant
 from server.participants.rules import mask_phone
+from server.protocols.rules import weekday_date
 
 
 class PageInputError(Exception):
@@ -72,6 +75,46 @@ def day(value: date | datetime | None) -> str:
     if value is None:
         return "—"
     return value.strftime("%Y-%m-%d")
+
+
+def weekday_day(value: date | datetime | None) -> str:
+    """A date with its weekday, "Mon 2027-03-29" (English names whatever the server locale)."""
+    if value is None:
+        return "—"
+    return weekday_date(value.date() if isinstance(value, datetime) else value)
+
+
+# CSV cells a spreadsheet would run as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ (or a tab/CR) gets a
+    leading apostrophe; numbers stay numbers; None is an empty cell."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_download(header: list[str], rows: list[list[Any]], filename: str) -> Response:
+    """A CSV attachment (UTF-8 with a BOM so Excel reads accents, CRLF lines, every cell made
+    formula-safe). The caller audits the export."""
+    out = io.StringIO()
+    out.write("\ufeff")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows([safe_cell(v) for v in row] for row in rows)
+    return Response(
+        out.getvalue().encode("utf-8"),
+        mimetype="text/csv",
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 def safe_next(target: str | None, default: str) -> str:
@@ -146,6 +189,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals.update(can=can, phone_for_display=phone_for_display)
     app.jinja_env.filters["local"] = local_time
     app.jinja_env.filters["day"] = day
+    app.jinja_env.filters["weekday"] = weekday_day
     app.jinja_env.filters["words"] = lambda v: str(getattr(v, "value", v) or "").replace("_", " ")
 
     @app.errorhandler(PageInputError)

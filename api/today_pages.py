@@ -16,14 +16,23 @@ from flask_login import login_required
 from sqlmodel import col, select
 from werkzeug.wrappers import Response
 
-from api.page_kit import query_choice, query_int, require_page, safe_next, staff, whole_number
+from api.page_kit import (
+    csv_download,
+    query_choice,
+    query_int,
+    require_page,
+    safe_next,
+    staff,
+    whole_number,
+)
 from notifications.models import OutboxMessage
-from server import worklist
+from server import audit, worklist
 from server.alerts import service as alerts
 from server.alerts.models import Alert, AlertLog, AlertState
 from server.auth.models import StaffUser
 from server.auth.rules import Permission
 from server.auth.scoping import can_see_site, get_site, sites_query, visible_site_ids_subquery
+from server.auth.service import actor_of
 from server.clock import utcnow
 from server.db import ID_MAX, get_session
 from server.errors import Conflict, NotFound, ValidationFailed
@@ -118,6 +127,8 @@ def _render_today(
         open_alerts=worklist.alerts_in_state(**scope, state=AlertState.OPEN),
         acked_alerts=worklist.alerts_in_state(**scope, state=AlertState.ACKNOWLEDGED),
         events=worklist.overdue_events(**scope, now=now),
+        coming=worklist.coming_up(**scope, now=now),
+        coming_days=worklist.COMING_UP_DAYS,
         results=worklist.overdue_results(**scope, now=now),
         unreachable=worklist.unreachable_participants(**scope, now=now),
         decisions=worklist.decisions_due(**scope),
@@ -137,6 +148,65 @@ def today() -> tuple[str, int]:
     """The signed-in landing page: today's work for my sites."""
     user = staff()
     return _render_today(user, _site_param(user))
+
+
+COMING_UP_COLUMNS = [
+    "site_code",
+    "study_code",
+    "event",
+    "event_type",
+    "window_opens",
+    "window_closes",
+    "target_date",
+    "time_zone",
+    "status",
+    "when",
+]
+
+
+@bp.get("/coming-up.csv")
+@login_required
+def coming_up_csv() -> Response:
+    """Today's "coming up" list as CSV, every row (not only the page's first 100), dates local
+    to each participant; each export is audited. Monitors may export too: read-only, participant
+    codes only."""
+    user = staff()
+    site_id = _site_param(user)
+    db = get_session()
+    now = utcnow()
+    found = worklist.coming_up(session=db, user=user, now=now, site_id=site_id, limit=0)
+    rows = [
+        [
+            r.site_code,
+            r.participant.study_code,
+            r.event.label,
+            r.event.event_type.value,
+            r.event.window_open_date.isoformat(),
+            r.event.window_close_date.isoformat(),
+            r.event.target_date.isoformat(),
+            r.participant.timezone,
+            r.event.status.value,
+            r.when,
+        ]
+        for r in found.rows
+    ]
+    sites = db.exec(sites_query(user)).all()
+    audit.record_export(
+        session=db,
+        actor=actor_of(user),
+        actor_user_id=user.id,
+        entity="worklist",
+        view="coming_up",
+        filters={
+            "site": next((s.code for s in sites if s.id == site_id), "all my sites"),
+            "days": worklist.COMING_UP_DAYS,
+        },
+        row_count=len(rows),
+        site_ids=[site_id] if site_id else [s.id for s in sites if s.id is not None],
+        now=now,
+    )
+    db.commit()
+    return csv_download(COMING_UP_COLUMNS, rows, f"coming-up-{now:%Y-%m-%d}.csv")
 
 
 # --- alert pages ---------------------------------------------------------------------------------

@@ -724,6 +724,7 @@ def pages(world: World, now: datetime) -> list[Page]:
     return [
         Page("today", "/ (Today)", "/", nurse),
         Page("today_admin", "/ (Today, admin of 3 sites)", "/", ("admin", "all")),
+        Page("coming_up_csv", "/coming-up.csv (Today, every row)", "/coming-up.csv", nurse),
         Page("alerts", "/alerts", "/alerts", nurse),
         Page("participants", "/participants (first page)", "/participants", nurse),
         Page(

@@ -97,3 +97,31 @@ def record(
     session.add(event)
     session.flush()
     return event
+
+
+def record_export(
+    *,
+    session: Session,
+    actor: str,
+    actor_user_id: int | None,
+    entity: str,
+    view: str,
+    filters: dict[str, Any],
+    row_count: int,
+    site_ids: list[int] | tuple[int, ...] | set[int],
+    now: datetime,
+) -> AuditEvent:
+    """Audit a CSV export of trial data (`<entity>.export`): who, which list with which filters,
+    how many rows, from which sites."""
+    sites = sorted(set(site_ids))
+    return record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action=f"{entity}.export",
+        entity=entity,
+        entity_id=view,
+        site_id=sites[0] if len(sites) == 1 else None,
+        now=now,
+        after={"view": view, "filters": filters, "rows": row_count, "site_ids": sites},
+    )

@@ -8,7 +8,7 @@ here writes: acting on a row goes through the domain services.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -27,7 +27,13 @@ from server.protocols.definition import Protocol
 from server.protocols.models import Study
 from server.results import service as results
 from server.schedules import service as schedules
-from server.schedules.models import Decision, DecisionStatus, EventStatus, ScheduleEvent
+from server.schedules.models import (
+    Decision,
+    DecisionStatus,
+    EventStatus,
+    EventType,
+    ScheduleEvent,
+)
 
 T = TypeVar("T")
 
@@ -221,6 +227,100 @@ def overdue_results(
         [ResultRow(r.event, r.participant, r.turnaround_days, r.days_waiting) for r in found],
         limit,
     )
+
+
+# How far ahead the "coming up" list looks (the week coordinators book in).
+COMING_UP_DAYS = 7
+# Decision points have their own section (Decisions due) and are not booked.
+NOT_BOOKED = (EventType.DECISION_POINT,)
+
+
+@dataclass
+class ComingRow:
+    event: ScheduleEvent
+    participant: Participant
+    site_code: str
+    local_today: date
+
+    @property
+    def opens_ahead(self) -> bool:
+        """The window has not opened yet (it opens within the coming days)."""
+        return self.event.window_open_date > self.local_today
+
+    @property
+    def days_to_open(self) -> int:
+        return (self.event.window_open_date - self.local_today).days
+
+    @property
+    def days_left(self) -> int:
+        """Days after today still in the window (0: today is its last day)."""
+        return (self.event.window_close_date - self.local_today).days
+
+    @property
+    def when(self) -> str:
+        """What happens next to the window, in words ("opens in 3 days", "last day today")."""
+        if self.opens_ahead:
+            n = self.days_to_open
+            return "opens tomorrow" if n == 1 else f"opens in {n} days"
+        n = self.days_left
+        if n <= 0:
+            return "open, last day today"
+        return "open, last day tomorrow" if n == 1 else f"open, last day in {n} days"
+
+
+def coming_up_query(user: StaffUser, now: datetime, site_id: int | None = None) -> Any:
+    """Pending events of followed participants at my sites whose window opens or closes in the
+    next COMING_UP_DAYS days, the next change first (an opening, else the closing)."""
+    horizon = now + timedelta(days=COMING_UP_DAYS)
+    next_change = sa.case(
+        (col(ScheduleEvent.window_open_at) > now, col(ScheduleEvent.window_open_at)),
+        else_=col(ScheduleEvent.window_close_at),
+    )
+    return (
+        select(ScheduleEvent, Participant, Site.code)
+        .join(Participant, col(Participant.id) == col(ScheduleEvent.participant_id))
+        .join(Site, col(Site.id) == col(Participant.site_id))
+        .where(
+            col(Participant.site_id).in_(site_scope(user, site_id)),
+            col(Participant.status).in_(FOLLOWED),
+            col(ScheduleEvent.status).in_([EventStatus.PLANNED, EventStatus.OPEN]),
+            col(ScheduleEvent.event_type).not_in(NOT_BOOKED),
+            sa.or_(
+                sa.and_(
+                    col(ScheduleEvent.window_open_at) > now,
+                    col(ScheduleEvent.window_open_at) <= horizon,
+                ),
+                sa.and_(
+                    col(ScheduleEvent.window_close_at) > now,
+                    col(ScheduleEvent.window_close_at) <= horizon,
+                ),
+            ),
+        )
+        .order_by(next_change, col(Participant.study_code), col(ScheduleEvent.id))
+    )
+
+
+def coming_up(
+    *,
+    session: Session,
+    user: StaffUser,
+    now: datetime,
+    site_id: int | None = None,
+    limit: int | None = None,
+) -> Section[ComingRow]:
+    """Windows opening or closing in the coming week at my sites (the list coordinators book
+    from), in one statement (the count rides along as a window function); `limit=0` means every
+    row (the CSV export)."""
+    q = coming_up_query(user, now, site_id)
+    if limit == 0:
+        found = [(e, p, code) for e, p, code in session.exec(q).all()]
+        total = len(found)
+    else:
+        counted = session.exec(q.add_columns(func.count().over()).limit(_limit(limit))).all()
+        found = [(e, p, code) for e, p, code, _ in counted]
+        total = int(counted[0][-1]) if counted else 0
+    out = [ComingRow(e, p, code, schedules.local_today(p, now)) for e, p, code in found]
+    return Section(out, total)
 
 
 # --- SMS reach -----------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ CARRY_MESSAGES_OR_ALERTS = {
     "today.alert_resolve": "alert action",
     "adherence_pages.export_csv": "CSV export",
     "adherence_pages.participants": "participants behind a count",
+    "today.coming_up_csv": "CSV export of the windows coming up",
     "participants.ParticipantView": "a participant",
     "participants.ParticipantsView": "participants",
     "participants_pages.participants": "participants list",
