@@ -12,10 +12,12 @@ TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 .PHONY: run test setup browser lint typecheck test-sqlite test-postgres test-shifted migrate seed clean
 
+# -qq: pip prints errors only (its notices and setuptools' build warnings would bury the logins).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@echo "installing Stepdown and its dependencies into $(VENV) (a few minutes the first time)"
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -qq --disable-pip-version-check -e ".[dev]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,15 +35,15 @@ migrate: setup
 	$(BIN)/stepdown db upgrade
 
 seed: migrate
-	$(BIN)/stepdown seed-demo --if-empty
+	PORT=$(PORT) FAKE_TWILIO_PORT=$(FAKE_TWILIO_PORT) $(BIN)/stepdown seed-demo --if-empty --quiet
 
 ## make run: set up, migrate the SQLite database, seed the demo once, then serve on
 ## http://127.0.0.1:8000 with the scheduler (and dispatcher) and the fake Twilio beside it; Ctrl-C
-## stops all three.
+## stops all three. The URLs and the demo logins are printed last, once the server answers.
+## Other ports: make run PORT=8300 FAKE_TWILIO_PORT=8310.
 run: seed
-	@echo "Stepdown on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/api/docs)"
-	@echo "Fake Twilio (what was sent): http://$(HOST):$(FAKE_TWILIO_PORT)/_fake/"
-	HOST=$(HOST) PORT=$(PORT) FAKE_TWILIO_PORT=$(FAKE_TWILIO_PORT) $(BIN)/python -m server.devrun
+# The seed writes SMS links (welcome, survey): they follow PORT like the server (config/settings.py).
+	@HOST=$(HOST) PORT=$(PORT) FAKE_TWILIO_PORT=$(FAKE_TWILIO_PORT) $(BIN)/python -m server.devrun
 
 lint: setup
 	$(BIN)/ruff check .

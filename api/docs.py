@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, current_app, render_template
@@ -61,9 +62,37 @@ def api_docs() -> str:
                     "public": op.get("security") == [],
                 }
             )
+    for op in operations:
+        op["anchor"] = _anchor(op["method"], op["path"])
     return render_template(
         "api_docs.html",
         info=spec.get("info", {}),
         operations=operations,
+        groups=_by_tag(spec, operations),
         schemas=spec.get("components", {}).get("schemas", {}),
     )
+
+
+def _anchor(method: str, path: str) -> str:
+    """A stable fragment id for an operation: "post-api-v1-participants-participant_id"."""
+    return re.sub(r"[^a-z0-9_]+", "-", f"{method} {path}".lower()).strip("-")
+
+
+def _by_tag(spec: dict[str, Any], operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Operations grouped by their first tag, in the document's tag order (then by name), each
+    group with the tag's description: the page's table of contents and its sections."""
+    described = {t["name"]: t.get("description", "") for t in spec.get("tags", [])}
+    order = list(described)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for op in operations:
+        groups.setdefault(op["tag"] or "other", []).append(op)
+    names = sorted(groups, key=lambda n: (order.index(n) if n in order else len(order), n))
+    return [
+        {
+            "name": name,
+            "anchor": "tag-" + re.sub(r"[^a-z0-9_]+", "-", name.lower()).strip("-"),
+            "description": described.get(name, ""),
+            "operations": groups[name],
+        }
+        for name in names
+    ]

@@ -195,6 +195,24 @@ class TestingConfig(BaseConfig):
     WTF_CSRF_ENABLED = True
     # Limits count in memory and every test starts from zero (tests/conftest.py); the Redis
     # pass is its own test (tests/api/test_rate_limits_redis.py).
+    def __init__(self) -> None:
+        # `make run PORT=8300 FAKE_TWILIO_PORT=8310`: every process `make run` starts, the demo
+        # seed included (it writes SMS links before the server starts), links to the port the
+        # server is on, unless PUBLIC_BASE_URL / TWILIO_BASE_URL say otherwise.
+        self.PUBLIC_BASE_URL = f"http://127.0.0.1:{_port('PORT', 8000)}"
+        self.TWILIO_BASE_URL = f"http://127.0.0.1:{_port('FAKE_TWILIO_PORT', 8010)}"
+        super().__init__()
+
+
+def _port(name: str, default: int) -> int:
+    """A TCP port from the environment (development only)."""
+    raw = _env(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if not (raw.strip().isascii() and raw.strip().isdigit() and 0 < int(raw) < 65536):
+        raise ConfigError(f"{name} must be a port number from 1 to 65535, got {raw!r}")
+    return int(raw)
+
     RATELIMIT_KEY_PREFIX = "stepdown-test"
     TWILIO_ACCOUNT_SID = "AC" + "1" * 32
     TWILIO_AUTH_TOKEN = "test-auth-token"

@@ -107,14 +107,16 @@ def create_admin(
 @click.command("seed-demo")
 @with_appcontext
 @click.option("--if-empty", is_flag=True, help="do nothing when any staff user exists")
-def seed_demo(if_empty: bool) -> None:
+@click.option("--quiet", is_flag=True, help="one line, no logins (`make run` prints them last)")
+def seed_demo(if_empty: bool, quiet: bool) -> None:
     """Create the demo: two sites, four studies, one staff user per role per site, and six
     participants with months of history (results, scans, questionnaires, alerts)."""
     with demo.one_transaction(get_db()) as session:
         if session.exec(select(StaffUser)).first() is not None:
             if if_empty:
-                click.echo("demo data already present; logins:")
-                _print_logins(demo.staff_emails(session))
+                click.echo("demo data already present" + ("" if quiet else "; logins:"))
+                if not quiet:
+                    _print_logins(demo.staff_emails(session))
                 return
             raise click.UsageError("the database already has users; seed-demo wants an empty one")
         emails = demo.seed(
@@ -122,10 +124,17 @@ def seed_demo(if_empty: bool) -> None:
         )
     _print_logins(emails)
     click.echo(demo.WHAT_TO_LOOK_AT)
+    if quiet:
+        click.echo(f"demo data created: {len(emails)} staff logins, links to {_public_url()}")
+        return
 
 
 @click.group("protocol", cls=AppGroup, help="Trial protocols: list, preview, decisions, amend.")
 def protocol_group() -> None:
+def _public_url() -> str:
+    return str(current_app.config["PUBLIC_BASE_URL"])
+
+
     pass
 
 
@@ -139,8 +148,13 @@ def protocol_list() -> None:
 
 @protocol_group.command("preview")
 @click.argument("protocol_key")
-@click.option("--cohort", default=None, help="cohort or arm key")
-@click.option("--anchor", "anchor", required=True, help="anchor date, YYYY-MM-DD")
+@click.option(
+    "--cohort",
+    default=None,
+    help="cohort or arm key; required when the protocol has several (`stepdown protocol list` "
+    "shows them, e.g. HEROES: stop or continue)",
+)
+@click.option("--anchor", "anchor", required=True, help="anchor date, YYYY-MM-DD (2027-01-04)")
 @click.option("--tz", "tz", default=None, help="IANA time zone (default: the protocol's)")
 @click.option(
     "--choice",
@@ -167,10 +181,21 @@ def protocol_preview(
     from server.schedules.service import resolve_cohort
 
     try:
-        protocol = protocols.find_protocol(protocol_key)
         anchor_date = date.fromisoformat(anchor)
         chosen = resolve_cohort(protocol, cohort, required=True)
         pairs = [arg.partition("=") for arg in choice_args]
+    except ValueError:
+        raise click.BadParameter(
+            f"{anchor!r} is not a date written YYYY-MM-DD (for 4 January 2027: 2027-01-04)",
+            param_hint="--anchor",
+        ) from None
+    try:
+        protocol = protocols.find_protocol(protocol_key)
+        if cohort is None and len(protocol.cohort_keys()) > 1:
+            raise click.UsageError(
+                f"--cohort is required for {protocol.study}: one of "
+                f"{', '.join(protocol.cohort_keys())}"
+            )
         if any(not sep for _, sep, _ in pairs):
             raise ValueError("write --choice KEY=VALUE")
         values = engine.check_participant_choices(
@@ -195,12 +220,14 @@ def protocol_preview(
         f"{protocol.study} v{protocol.version} — cohort {chosen}, anchor {anchor_date}, "
         f"times in {zone}"
     )
-    click.echo(f"{'target (local)':<22} {'window':<25} {'event':<44} phase")
+    click.echo(f"{'target (local)':<38} {'window':<25} {'event':<44} phase")
     for e in data["events"]:
         window = f"{e['window_open_date']} → {e['window_close_date']}"
         label = e["label"] + (f" [{e['regimen']}]" if e.get("regimen") else "")
-        target = e["target_local"][:16].replace("T", " ")
-        click.echo(f"{target:<22} {window:<25} {label[:44]:<44} {e['phase'] or ''}")
+        target = engine.weekday_date(date.fromisoformat(e["target_date"]))
+        offset = engine.offset_from_anchor(anchor_date, date.fromisoformat(e["target_date"]))
+        when = f"{target} {e['target_local'][11:16]} · {offset}"
+        click.echo(f"{when:<38} {window:<25} {label[:44]:<44} {e['phase'] or ''}")
     for decision in data["decisions"]:
         click.echo(
             f"decision {decision['id']}: {len(decision['rules'])} rules over "
@@ -457,13 +484,76 @@ def status_command(as_json: bool) -> None:
 
 def _print_logins(emails: list[str]) -> None:
     click.echo(f"Demo logins (password for all: {DEMO_PASSWORD}):")
+def login_lines(session: Any) -> list[str]:
+    """Each staff login with its role and sites ("admin@… — admin, PARIS-01 + BOSTON-01")."""
+    from server.auth.models import SiteMembership
+
+    sites = dict(session.exec(select(Site.id, Site.code)).all())
+    memberships: dict[int, list[str]] = {}
+    for user_id, site_id in session.exec(
+        select(SiteMembership.user_id, SiteMembership.site_id).order_by(col(SiteMembership.site_id))
+    ).all():
+        memberships.setdefault(user_id, []).append(sites.get(site_id, "?"))
+    users = session.exec(select(StaffUser).order_by(col(StaffUser.id))).all()
+    width = max((len(u.email) for u in users), default=0)
+    return [
+        f"{u.email:<{width}}  {u.role.value}, {' + '.join(memberships.get(u.id, [])) or 'no site'}"
+        for u in users
+    ]
+
+
     for email in emails:
         click.echo(f"  {email}")
 
 
-def main() -> None:
-    """Entry point of the `stepdown` console script."""
+# Commands extensions add to every Flask CLI (Flask-Limiter's is an entry-point plugin): not
+# Stepdown's, so `stepdown` neither lists nor runs them.
+FOREIGN_COMMANDS = frozenset({"limiter", "routes", "shell"})
+
+
+class StepdownGroup(FlaskGroup):
+    """Flask's command group without the commands that are not Stepdown's."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [n for n in super().list_commands(ctx) if n not in FOREIGN_COMMANDS]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return None if name in FOREIGN_COMMANDS else super().get_command(ctx, name)
+
+
+def stepdown_version() -> str:
+    """Stepdown's installed version (pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stepdown")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def build_cli() -> StepdownGroup:
+    """The `stepdown` command: Stepdown's commands, Flask's `run` (kept on purpose: `make run`
+    and the README use it) and flask-smorest's `openapi` (print or write the API document);
+    not Flask's `routes`/`shell` nor its --app/--env-file/--debug options or version."""
+    from flask.cli import run_command
+
     from server.app import create_app
 
-    cli = FlaskGroup(create_app=lambda: create_app(), help="Stepdown command line.")
-    sys.exit(cli.main())
+    cli = StepdownGroup(
+        create_app=lambda: create_app(),
+        add_default_commands=False,
+        add_version_option=False,
+        help="Stepdown command line: the database, accounts, the demo, protocols, results, "
+        "the scheduler and SMS dispatchers. `stepdown COMMAND --help` tells more.",
+    )
+    cli.params = [p for p in cli.params if p.name not in ("app", "env_file", "debug")]
+    cli.add_command(run_command)
+    click.version_option(
+        stepdown_version(), "--version", prog_name="stepdown", message="%(prog)s %(version)s"
+    )(cli)
+    return cli
+
+
+def main() -> None:
+    """Entry point of the `stepdown` console script."""
+    sys.exit(build_cli().main(prog_name="stepdown"))

@@ -142,13 +142,28 @@ def run_job(
             if heartbeats is not None:
                 _record(heartbeats, spec.id, failure_of(exc, time.monotonic() - started))
             raise
-        log.info("job %s: %s", spec.id, result)
+        # A tick that found nothing to do is DEBUG: `make run` shows what happens, not the timer.
+        log.log(logging.INFO if did_work(result) else logging.DEBUG, "job %s: %s", spec.id, result)
         if heartbeats is not None:
             _record(heartbeats, spec.id, outcome_of(result, time.monotonic() - started))
         return result
 
 
 def _record(heartbeats: Heartbeats, job_id: str, outcome: dict[str, Any]) -> None:
+# Result keys that count what a job looked at, not what it did.
+LOOKED_AT = frozenset({"events", "checked", "scanned", "seen"})
+
+
+def did_work(result: Any) -> bool:
+    """Whether a job's result says it did something: a non-zero count, or a dict or list holding
+    one (None, 0, {}, {"sent": 0, "failed": 0} and {"events": 3, "created": 0} are nothing)."""
+    if isinstance(result, dict):
+        return any(did_work(v) for k, v in result.items() if k not in LOOKED_AT)
+    if isinstance(result, list | tuple | set):
+        return any(did_work(v) for v in result)
+    return bool(result)
+
+
     try:
         heartbeats.record(job_id, outcome)
     except Exception:  # a heartbeat that cannot be written must not fail the job

@@ -446,7 +446,7 @@ def test_the_openapi_document_describes_every_request_body_and_real_statuses(cli
                 assert response.get("content"), (method, path, status)  # its media type
     # The reference page shows the same statuses, each error with the envelope.
     docs = client.get("/api/docs").get_data(as_text=True)
-    blocks = docs.split("<h3>Response 404</h3>")[1:]
+    blocks = docs.split("<h4>Response 404</h4>")[1:]
     assert len(blocks) >= 40
     for block in blocks:
         assert "<code>error</code>" in block.split("</table>")[0]
