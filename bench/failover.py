@@ -32,13 +32,18 @@ The run:
    to escalate), the leader gets SIGKILL;
 5. once the standby has run a job, and the first tier-3 SMS has reached the fake, a dispatcher
    gets SIGKILL (it is sending: the backlog keeps both busy);
-6. the bench waits until every outbox row is settled (sent, or final), at most --settle seconds:
+6. (unless --no-hang) once every alert has reached tier 3, the killed scheduler is started again
+   (as systemd would; it stands by) and the leader hangs (SIGSTOP, its database session left
+   open): the standby must fence it off and take over; resumed 5 s later (SIGCONT), the hung one
+   must stand by, having committed nothing;
+7. the bench waits until every outbox row is settled (sent, or final), at most --settle seconds:
    a reminder claimed by the dead dispatcher stays `sending` until its lease ends (600 s) and the
    survivor's reaper finds it in the provider's log (or sends it, if it is not there).
 
 Measured:
 - failover_s: from the SIGKILL to the start of the standby's first job as leader (its heartbeat
-  row: each job's finish time less its duration); also when it took the lock;
+  row: each job's finish time less its duration); also when it took the lock; the hung-leader
+  takeover (SIGSTOP to the first job of its successor) is printed beside it;
 - tier lateness: for every tier-2 and tier-3 SMS, the moment the fake received it less the
   moment that tier was due (the previous tier's notification time + its 1-minute timeout, from
   the alert's timeline); p50 / p99 / max;
@@ -325,7 +330,7 @@ def seed(app: Any, sites: int, now: datetime) -> World:
                 study_code=f"FO-{n:03d}",
                 timezone=None,
                 cohort="stop",
-                anchor_date=now.date(),
+                anchor_date=now.date() + timedelta(days=60),  # nothing missed yet
                 status=ParticipantStatus.OFF_TREATMENT_MONITORING,
                 locale=Locale.FR,
                 phone=None,
@@ -640,6 +645,8 @@ def measure(args: argparse.Namespace, url: str, children: Children) -> int:
     victim.kill9()
     log(f"SIGKILL to {victim.name} while {in_flight} messages were claimed (`sending`)")
 
+    hang = hang_phase(engine, children, env, standby, everyone, opened) if args.hang else None
+
     caused = {r.id for r in bench_rows(engine) if r.id is not None}
     deadline = time.monotonic() + args.settle
     last_report = 0.0
@@ -697,8 +704,15 @@ def measure(args: argparse.Namespace, url: str, children: Children) -> int:
     statuses = Counter(r.status.value for r in rows)
     log(f"outbox rows: {len(rows)} {dict(kinds)}; statuses {dict(statuses)}")
     if later:
-        log(f"not counted: {len(later)} rows not due yet (business-hours follow-ups)")
+        kinds_later = Counter(r.kind for r in later)
+        log(f"not counted: {len(later)} rows not due yet ({dict(kinds_later)})")
     log(f"failover (SIGKILL -> standby's first job): {fmt(failover)} s (target < 15 s)")
+    if hang is not None:
+        log(
+            f"hung leader (SIGSTOP -> the restarted standby's first job): {fmt(hang.takeover)} s; "
+            f"after SIGCONT the hung one {'stood by' if hang.stood_by else 'STILL CLAIMS THE LEAD'}"
+            f", and committed {hang.late_commits} job(s) after the takeover"
+        )
     for tier, values in sorted(lateness.items()):
         log(
             f"tier {tier} lateness (n={len(values)}): p50 {percentile(values, 50):.1f} s, "
@@ -722,7 +736,8 @@ def measure(args: argparse.Namespace, url: str, children: Children) -> int:
     if len(all_late) < expected_tiers:
         late_p99 = math.inf
     verdict = {
-        "failover": failover < TARGETS["failover_s"],
+        "failover": failover < TARGETS["failover_s"]
+        and (hang is None or (hang.takeover < TARGETS["failover_s"] and hang.stood_by)),
         "tiers": bool(all_late)
         and max(all_late) <= TARGETS["tier_late_s"]
         and len(all_late) == expected_tiers,
@@ -738,6 +753,68 @@ def measure(args: argparse.Namespace, url: str, children: Children) -> int:
         f"duplicated={duplicated} max_rate_per_s={most}"
     )
     return 0 if all(verdict.values()) else 1
+
+
+@dataclass
+class Hang:
+    takeover: float
+    stood_by: bool
+    late_commits: int
+
+
+def hang_phase(
+    engine: Engine,
+    children: Children,
+    env: dict[str, str],
+    leader: Child,
+    everyone: list[Child],
+    opened: dict[int, float],
+) -> Hang:
+    """systemd restarts the killed scheduler (it stands by); then the leader hangs (SIGSTOP):
+    the standby must fence it off and take over; resumed (SIGCONT), it must stand by and have
+    committed nothing since."""
+    wait_for("every alert at tier 3", lambda: all_tiers_done(engine, len(opened)), everyone, 240)
+    restarted = children.start(
+        "scheduler1-restarted", [*stepdown(), "scheduler", "--no-dispatcher"], env
+    )
+    everyone.append(restarted)
+
+    def standing_by() -> bool:
+        return any(
+            hb.pid == restarted.popen.pid and hb.beat >= 2 and not hb.is_leader
+            for hb in heartbeats(engine)
+        )
+
+    wait_for("the restarted scheduler to stand by", standing_by, everyone, 60)
+    stopped_at = time.time()
+    os.killpg(leader.popen.pid, signal.SIGSTOP)
+    log(f"SIGSTOP to the leader {leader.name}: it hangs, its session stays open")
+
+    def took_over() -> float | None:
+        for hb in heartbeats(engine):
+            if hb.pid == restarted.popen.pid and hb.is_leader:
+                return first_job_start(hb, stopped_at)
+        return None
+
+    everyone.remove(leader)
+    try:
+        started = wait_for("the restarted scheduler to take over", took_over, everyone, 60)
+        takeover = float(started) - stopped_at
+    except RuntimeError as exc:
+        log(str(exc))
+        takeover = math.inf
+    resumed_at = time.time()
+    os.killpg(leader.popen.pid, signal.SIGCONT)
+    log(f"SIGCONT to {leader.name} after {resumed_at - stopped_at:.1f} s")
+    time.sleep(5)
+    rows = {hb.pid: hb for hb in heartbeats(engine)}
+    old = rows.get(leader.popen.pid)
+    late = [
+        outcome
+        for outcome in ((old.last_results or {}).values() if old else [])
+        if epoch(outcome["at"]) > stopped_at and outcome.get("ok")
+    ]
+    return Hang(takeover, old is not None and not old.is_leader, len(late))
 
 
 def all_tiers_done(engine: Engine, alerts: int) -> bool:
@@ -760,6 +837,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spread", type=float, default=25.0, help="seconds to open the alerts")
     parser.add_argument("--settle", type=float, default=720.0, help="max seconds to settle")
     parser.add_argument("--redis-url", default=None, help="share the send rate through Redis")
+    parser.add_argument(
+        "--no-hang",
+        dest="hang",
+        action="store_false",
+        help="skip the hung-leader phase (SIGSTOP of the new leader once every tier is out)",
+    )
     args = parser.parse_args(argv)
     return run(args)
 

@@ -113,9 +113,10 @@ def serve_scheduler(
         threads[-1].start()
         sched = scheduler.build(app, sqlite_leader, heartbeats)
         standing = "the only scheduler of this SQLite database"
+    sender: Heartbeats | None = None
     if with_dispatcher:
-        dispatcher_heartbeats(app, stop)
-        messaging.start_dispatcher_thread(app, stop)
+        sender = dispatcher_heartbeats(app, stop)
+        threads.append(messaging.start_dispatcher_thread(app, stop))
     stop_on_sigterm()
     announce(f"scheduler {identity.id} ({standing}): " + ", ".join(j.id for j in sched.get_jobs()))
     try:
@@ -130,6 +131,8 @@ def serve_scheduler(
             thread.join(timeout=5)
         if elector is None:
             heartbeats.stop()
+        if sender is not None:
+            sender.stop()
         if sqlite_leader is not None:
             sqlite_leader.release()
 

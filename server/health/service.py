@@ -17,7 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -339,14 +339,17 @@ class StatusReport:
     heartbeat_url_set: bool
 
 
+def epoch_seconds(moment: datetime) -> float:
+    """A moment as seconds since the epoch (SQLite gives naive UTC)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 def status(
     session: Session, now: datetime, *, within: timedelta = timedelta(days=1)
 ) -> StatusReport:
     """Everything `stepdown status` and the admin page show."""
     rows = session.exec(
-        select(ProcessHeartbeat)
-        .where(col(ProcessHeartbeat.last_beat_at) >= now - within)
-        .order_by(col(ProcessHeartbeat.role), col(ProcessHeartbeat.started_at).desc())
+        select(ProcessHeartbeat).where(col(ProcessHeartbeat.last_beat_at) >= now - within)
     ).all()
     processes = [
         ProcessRow(
@@ -357,6 +360,15 @@ def status(
         )
         for row in rows
     ]
+    # Schedulers first, the live leader at the top; the living before the gone; newest first.
+    processes.sort(
+        key=lambda p: (
+            p.heartbeat.role != ProcessRole.SCHEDULER,
+            p.state != "alive",
+            not p.heartbeat.is_leader,
+            -epoch_seconds(p.heartbeat.started_at),
+        )
+    )
     lease = session.get(LeaderLease, LEASE_NAME)
     url = current_app.config.get("HEARTBEAT_URL") if has_app_context() else None
     return StatusReport(

@@ -1,0 +1,88 @@
+"""When the background processes stop, staff see it, on a phone (390x844) and a laptop (1280x800):
+Today's red banner, and the administrators' status page with each scheduler and dispatcher,
+nothing scrolling sideways. Screenshots are kept in test-artifacts/."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from server.clock import utcnow
+from server.db import get_db
+from server.health.models import ProcessRole
+from server.health.service import Heartbeats, ProcessIdentity
+from tests import factories
+from tests.browser.test_care_pages_browser import ARTIFACTS, browser, served
+from tests.results.test_concurrency import fresh_app
+
+__all__ = ["browser", "fresh_app", "served"]
+
+SIZES = {"phone": {"width": 390, "height": 844}, "laptop": {"width": 1280, "height": 800}}
+
+
+def _open(browser: Any, size: str) -> tuple[Page, list[str]]:
+    page = browser.new_context(viewport=SIZES[size]).new_page()
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    return page, failed
+
+
+def _log_in(page: Page, base: str, email: str) -> None:
+    page.goto(f"{base}/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(factories.PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_load_state()
+
+
+def _fits(page: Page, size: str) -> None:
+    assert page.evaluate("document.documentElement.scrollWidth") <= SIZES[size]["width"]
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_a_stopped_scheduler_shows_on_today_and_on_the_status_page(served, browser, size):
+    app, base, _ids = served
+    session_factory = get_db(app).session
+    # The leader ran its last job 3 minutes ago and went quiet; a standby and a dispatcher live.
+    quiet = Heartbeats(
+        session_factory,
+        ProcessIdentity.new(ProcessRole.SCHEDULER),
+        clock=lambda: utcnow() - timedelta(minutes=3),
+    )
+    quiet.register()
+    quiet.beat(is_leader=True, epoch=3)
+    quiet.record("alerts.escalate", {"ok": True, "seconds": 0.012, "result": "{'advanced': 2}"})
+    standby = Heartbeats(session_factory, ProcessIdentity.new(ProcessRole.SCHEDULER))
+    standby.register()
+    dispatcher = Heartbeats(session_factory, ProcessIdentity.new(ProcessRole.DISPATCHER))
+    dispatcher.register()
+
+    page, failed = _open(browser, size)
+    _log_in(page, base, "admin.a@example.test")
+    banner = page.get_by_role("alert").filter(has_text="background processes have stopped")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("have not run for 3 min")
+    _fits(page, size)
+    page.screenshot(path=str(ARTIFACTS / f"status-today-banner-{size}.png"), full_page=True)
+
+    page.goto(f"{base}/admin/status")
+    expect(page.get_by_role("heading", name="Not ready")).to_be_visible()
+    expect(page.get_by_text("no scheduler leader has run a job for 3 min")).to_be_visible()
+    rows = page.locator("table.processes tbody tr")
+    expect(rows).to_have_count(3)
+    stale = rows.filter(has_text=quiet.identity.id)
+    expect(stale).to_contain_text("was leader")
+    expect(stale).to_contain_text("alerts.escalate")
+    expect(rows.filter(has_text=standby.identity.id)).to_contain_text("standby")
+    _fits(page, size)
+    right = page.evaluate(
+        "Math.max(...[...document.querySelectorAll('table.processes td')]"
+        ".map(c => c.getBoundingClientRect().right))"
+    )
+    assert right <= SIZES[size]["width"]
+    page.screenshot(path=str(ARTIFACTS / f"status-page-{size}.png"), full_page=True)
+    assert failed == [], failed
+    page.context.close()
