@@ -149,7 +149,6 @@ def run_job(
         return result
 
 
-def _record(heartbeats: Heartbeats, job_id: str, outcome: dict[str, Any]) -> None:
 # Result keys that count what a job looked at, not what it did.
 LOOKED_AT = frozenset({"events", "checked", "scanned", "seen"})
 
@@ -164,6 +163,7 @@ def did_work(result: Any) -> bool:
     return bool(result)
 
 
+def _record(heartbeats: Heartbeats, job_id: str, outcome: dict[str, Any]) -> None:
     try:
         heartbeats.record(job_id, outcome)
     except Exception:  # a heartbeat that cannot be written must not fail the job
