@@ -34,6 +34,7 @@ browser:
 migrate: setup
 	$(BIN)/stepdown db upgrade
 
+# The seed writes SMS links (welcome, survey): they follow PORT like the server (config/settings.py).
 seed: migrate
 	PORT=$(PORT) FAKE_TWILIO_PORT=$(FAKE_TWILIO_PORT) $(BIN)/stepdown seed-demo --if-empty --quiet
 
@@ -42,7 +43,6 @@ seed: migrate
 ## stops all three. The URLs and the demo logins are printed last, once the server answers.
 ## Other ports: make run PORT=8300 FAKE_TWILIO_PORT=8310.
 run: seed
-# The seed writes SMS links (welcome, survey): they follow PORT like the server (config/settings.py).
 	@HOST=$(HOST) PORT=$(PORT) FAKE_TWILIO_PORT=$(FAKE_TWILIO_PORT) $(BIN)/python -m server.devrun
 
 lint: setup

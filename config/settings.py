@@ -184,17 +184,6 @@ class DevelopmentConfig(BaseConfig):
     TWILIO_AUTH_TOKEN = "dev-fake-auth-token"
     TWILIO_FROM_NUMBER = "+15005550006"
 
-
-class TestingConfig(BaseConfig):
-    """The test suite: the database comes from the test fixtures."""
-
-    ENV_NAME = "testing"
-    TESTING = True
-    SECRET_KEY = "test-secret"
-    DATABASE_URL = "sqlite://"
-    WTF_CSRF_ENABLED = True
-    # Limits count in memory and every test starts from zero (tests/conftest.py); the Redis
-    # pass is its own test (tests/api/test_rate_limits_redis.py).
     def __init__(self) -> None:
         # `make run PORT=8300 FAKE_TWILIO_PORT=8310`: every process `make run` starts, the demo
         # seed included (it writes SMS links before the server starts), links to the port the
@@ -213,6 +202,17 @@ def _port(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a port number from 1 to 65535, got {raw!r}")
     return int(raw)
 
+
+class TestingConfig(BaseConfig):
+    """The test suite: the database comes from the test fixtures."""
+
+    ENV_NAME = "testing"
+    TESTING = True
+    SECRET_KEY = "test-secret"
+    DATABASE_URL = "sqlite://"
+    WTF_CSRF_ENABLED = True
+    # Limits count in memory and every test starts from zero (tests/conftest.py); the Redis
+    # pass is its own test (tests/api/test_rate_limits_redis.py).
     RATELIMIT_KEY_PREFIX = "stepdown-test"
     TWILIO_ACCOUNT_SID = "AC" + "1" * 32
     TWILIO_AUTH_TOKEN = "test-auth-token"

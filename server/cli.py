@@ -122,19 +122,19 @@ def seed_demo(if_empty: bool, quiet: bool) -> None:
         emails = demo.seed(
             session=session, now=utcnow(), public_base_url=current_app.config["PUBLIC_BASE_URL"]
         )
-    _print_logins(emails)
-    click.echo(demo.WHAT_TO_LOOK_AT)
     if quiet:
         click.echo(f"demo data created: {len(emails)} staff logins, links to {_public_url()}")
         return
+    _print_logins(emails)
+    click.echo(demo.WHAT_TO_LOOK_AT)
 
 
-@click.group("protocol", cls=AppGroup, help="Trial protocols: list, preview, decisions, amend.")
-def protocol_group() -> None:
 def _public_url() -> str:
     return str(current_app.config["PUBLIC_BASE_URL"])
 
 
+@click.group("protocol", cls=AppGroup, help="Trial protocols: list, preview, decisions, amend.")
+def protocol_group() -> None:
     pass
 
 
@@ -182,8 +182,6 @@ def protocol_preview(
 
     try:
         anchor_date = date.fromisoformat(anchor)
-        chosen = resolve_cohort(protocol, cohort, required=True)
-        pairs = [arg.partition("=") for arg in choice_args]
     except ValueError:
         raise click.BadParameter(
             f"{anchor!r} is not a date written YYYY-MM-DD (for 4 January 2027: 2027-01-04)",
@@ -196,6 +194,8 @@ def protocol_preview(
                 f"--cohort is required for {protocol.study}: one of "
                 f"{', '.join(protocol.cohort_keys())}"
             )
+        chosen = resolve_cohort(protocol, cohort, required=True)
+        pairs = [arg.partition("=") for arg in choice_args]
         if any(not sep for _, sep, _ in pairs):
             raise ValueError("write --choice KEY=VALUE")
         values = engine.check_participant_choices(
@@ -482,8 +482,6 @@ def status_command(as_json: bool) -> None:
         sys.exit(1)
 
 
-def _print_logins(emails: list[str]) -> None:
-    click.echo(f"Demo logins (password for all: {DEMO_PASSWORD}):")
 def login_lines(session: Any) -> list[str]:
     """Each staff login with its role and sites ("admin@… — admin, PARIS-01 + BOSTON-01")."""
     from server.auth.models import SiteMembership
@@ -502,6 +500,8 @@ def login_lines(session: Any) -> list[str]:
     ]
 
 
+def _print_logins(emails: list[str]) -> None:
+    click.echo(f"Demo logins (password for all: {DEMO_PASSWORD}):")
     for email in emails:
         click.echo(f"  {email}")
 
