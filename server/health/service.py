@@ -111,12 +111,14 @@ class Heartbeats:
         )
 
     def record(self, key: str, outcome: dict[str, Any]) -> None:
-        """Keep the latest outcome under `key` (a job id, or "dispatch") and tick."""
+        """Keep the latest outcome under `key` (a job id, or "dispatch"); a success is a tick (a
+        leader whose every job fails is not ticking, and readiness says so)."""
         now = self.clock()
         with self._lock:
             self.results[key] = {"at": now.isoformat(), **outcome}
             snapshot = dict(self.results)
-        self._update(last_tick_at=now, last_results=snapshot, last_beat_at=now)
+        ticked = {"last_tick_at": now} if outcome.get("ok") else {}
+        self._update(last_results=snapshot, last_beat_at=now, **ticked)
 
     def stop(self) -> None:
         """A clean exit: no longer leader, stopped now."""

@@ -368,6 +368,10 @@ def test_no_leader_no_ping_and_a_dead_monitor_is_a_failed_job(app, db, monitor):
     with pytest.raises(OSError):
         tick(app, leader, "health.deadman")
     assert leader.results["health.deadman"]["ok"] is False
+    # A failing job is no tick: a leader whose every job fails is reported, not "ready".
+    row = db.get(ProcessHeartbeat, leader.identity.id)
+    assert row is not None and row.last_tick_at is None
+    assert row.last_results["health.deadman"]["error"].startswith("URLError")
 
 
 def test_the_leader_prunes_heartbeats_of_processes_gone_a_week(app, db, frozen_clock):
