@@ -343,7 +343,8 @@ class PgLeaderElector:
         holder = conn.execute(
             "SELECT l.pid, a.application_name FROM pg_locks l"
             " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.classid = %s::int8::oid AND l.objid = %s::int8::oid"
+            " WHERE l.locktype = 'advisory'"
+            " AND l.classid = %s::int8::oid AND l.objid = %s::int8::oid"
             " AND l.objsubid = 2 AND l.granted"
             " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             (LOCK_CLASS, LOCK_ID),
