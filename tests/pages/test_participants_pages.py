@@ -80,7 +80,7 @@ def test_the_list_shows_my_sites_participants_with_their_columns(web_as, world, 
     # Anchored two months from now: nothing due yet, no percentage, no missed event; the next
     # event is the first one planned, with its label and local target date.
     row = row_of(html, later.study_code)
-    assert re.search(r'class="num adherence">.*nothing due yet', row)
+    assert re.search(r'class="num adherence"[^>]*>.*nothing due yet', row)
     first = db.exec(
         select(ScheduleEvent)
         .where(ScheduleEvent.participant_id == later.id)
