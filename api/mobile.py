@@ -149,28 +149,35 @@ def schedule() -> list[dict[str, Any]]:
 
 
 def _questionnaire(participant: Participant, event: ScheduleEvent) -> dict[str, Any]:
+    session = get_session()
     instrument = surveys.instrument_for(event)
-    locale = participant.locale.value
-    response = surveys.find_response(get_session(), participant, event)
+    wording = surveys.text_for(session=session, participant=participant, instrument=instrument)
+    response = surveys.find_response(session, participant, event)
     return {
         "event_id": event.id,
         "instrument": instrument.key,
-        "title": instrument.title.get(locale) or instrument.title.get("en"),
+        "title": wording.title,
+        "intro": wording.intro,
+        # The site's loaded wording answered (None: the instrument file's own wording).
+        "text_version": wording.text_version,
         "window_close_local": schedules.event_dict(event, participant.timezone)[
             "window_close_local"
         ],
         "status": response.status.value if response else "not_started",
-        "answers": surveys.current_answers(get_session(), response),
+        "answers": surveys.current_answers(session, response),
         "items": [
             {
-                "id": item.id,
-                "number": item.number,
-                "text": item.text_in(locale),
-                "required": item.required,
-                "show_if": item.show_if.model_dump() if item.show_if else None,
-                "responses": instrument.answers_for(item.id).model_dump(mode="json"),
+                "id": q.id,
+                "number": q.number,
+                "text": q.text,
+                "heading": q.heading,
+                "required": q.required,
+                "show_if": q.show_if.model_dump() if q.show_if else None,
+                # The answers as the survey page shows them, in my language.
+                "choices": [{"value": c.value, "label": c.label} for c in q.choices],
+                "responses": instrument.answers_for(q.id).model_dump(mode="json"),
             }
-            for item in instrument.items
+            for q in wording.questions
         ],
     }
 
@@ -178,7 +185,8 @@ def _questionnaire(participant: Participant, event: ScheduleEvent) -> dict[str, 
 @blp.route("/questionnaires")
 @blp.response(200)
 def questionnaires() -> list[dict[str, Any]]:
-    """My questionnaires open now, with their questions in my language and my saved answers."""
+    """My questionnaires open now, with their questions in my language and my saved answers (one
+    whose text the site has not loaded in my language yet is not offered until it has)."""
     participant = me()
     now = utcnow()
     events = (
@@ -196,7 +204,12 @@ def questionnaires() -> list[dict[str, Any]]:
         )
         .all()
     )
-    return [_questionnaire(participant, e) for e in events]
+    session = get_session()
+    return [
+        _questionnaire(participant, e)
+        for e in events
+        if surveys.is_offered(session=session, participant=participant, event=e)
+    ]
 
 
 @blp.route("/questionnaires/<int:event_id>/answers", methods=["POST"])

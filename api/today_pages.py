@@ -38,6 +38,7 @@ from server.db import ID_MAX, get_session
 from server.errors import Conflict, NotFound, ValidationFailed
 from server.health import service as health
 from server.participants.models import Participant, Site
+from server.surveys import texts
 
 bp = Blueprint("today", __name__)
 
@@ -131,6 +132,9 @@ def _render_today(
         coming_days=worklist.COMING_UP_DAYS,
         results=worklist.overdue_results(**scope, now=now),
         unreachable=worklist.unreachable_participants(**scope, now=now),
+        waiting_texts=texts.waiting_for_text(
+            session=db, site_ids=worklist.site_scope(user, site_id), now=now
+        ),
         decisions=worklist.decisions_due(**scope),
         routes=worklist.route_problems(**scope),
         form_error=form_error,

@@ -22,6 +22,7 @@ from server.participants.models import Site
 from server.participants.rules import is_valid_timezone
 from server.protocols import service as protocols
 from server.protocols.models import Study
+from server.surveys.commands import instruments_group
 
 __all__ = ["DEMO_PASSWORD", "main", "register"]
 
@@ -36,6 +37,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(dispatcher_command)
     app.cli.add_command(status_command)
     app.cli.add_command(results_group)
+    app.cli.add_command(instruments_group)
 
 
 @click.group("db", cls=AppGroup, help="Database schema (migrations).")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -43,8 +44,14 @@ from server.schedules import reminders
 from server.schedules import service as schedules
 from server.schedules.models import ScheduleEvent
 from server.surveys import service as surveys
+from server.surveys import texts
+from server.surveys.registry import instruments
 
 DEMO_PASSWORD = "stepdown-demo-2026"
+# A stand-in for the Paris site's licensed French QLQ-C30 text (the EORTC wording never ships).
+DEMO_QLQ_C30_TEXT = (
+    Path(__file__).resolve().parents[1] / "config" / "instruments" / "texts"
+) / "eortc_qlq_c30.demo-fr.yaml"
 
 DEMO_SITES = [
     ("PARIS-01", "Institut d'oncologie (démo) Paris", "FR", "Europe/Paris"),
@@ -82,6 +89,13 @@ class DemoParticipant:
 DEMO_PARTICIPANTS = [
     DemoParticipant("HEROES", "PARIS-01", "HER-001", "stop", 30, Locale.FR, "+33612340001"),
     DemoParticipant("HEROES", "PARIS-01", "HER-002", "stop", 345, Locale.FR, "+33612340002"),
+    # Both stop anti-HER2 in two days: their baseline questionnaire is open.
+    DemoParticipant("HEROES", "PARIS-01", "HER-003", "stop", -2, Locale.FR, "+33612340004"),
+    DemoParticipant("HEROES", "PARIS-01", "HER-004", "stop", -2, Locale.EN, "+33612340005"),
+    # Their baseline questionnaire is the site's own check-in (real text in their language).
+    DemoParticipant("HEROES", "PARIS-01", "HER-005", "stop", -2, Locale.FR, "+33612340006"),
+    DemoParticipant("HEROES", "PARIS-01", "HER-006", "stop", -2, Locale.EN, "+33612340007"),
+    DemoParticipant("HEROES", "PARIS-01", "HER-007", "stop", -2, Locale.ZH, "+33612340008"),
     DemoParticipant("STOP-HER2", "BOSTON-01", "SH2-001", "stop", 60, Locale.EN, "+16175550101"),
     DemoParticipant("STOP-HER2", "BOSTON-01", "SH2-002", "continue", 10, Locale.EN, "+16175550102"),
     DemoParticipant("FREE-HER", "BOSTON-01", "FH-001", None, 200, Locale.EN, "+16175550103"),
@@ -322,6 +336,35 @@ class DemoStory:
 
         self.step(at, f"{code} {key} answered", run)
 
+    def check_in(self, code: str, key: str, at: datetime) -> None:
+        """The coordinator has the participant answer Stepdown's check-in for this questionnaire
+        (HEROES leaves its quality-of-life instrument to the site)."""
+
+        def run() -> None:
+            user = self.coordinator(code)
+            surveys.use_instrument(
+                session=self.session,
+                participant=self.participants[code],
+                event=self.event(code, key),
+                instrument_key="qol_checkin",
+                now=at,
+                actor=actor_of(user),
+                actor_user_id=user.id,
+                reason="the site's short check-in, in the participant's language",
+            )
+
+        self.step(at, f"{code} {key} asks the check-in", run)
+
+    def reminders(self, code: str, at: datetime) -> None:
+        """The scheduler writes the participant's reminders due in the next 48 hours."""
+
+        def run() -> None:
+            reminders.materialize(
+                session=self.session, now=at, participant_id=self.participants[code].id
+            )
+
+        self.step(at, f"{code} reminders", run)
+
     def scheduler_tick(self, at: datetime, *, results_watchdog: bool = False) -> None:
         """What the scheduler does every minute (and, with the watchdog, every hour)."""
 
@@ -447,6 +490,18 @@ class DemoStory:
                     membership.is_on_call = True
                     session.add(membership)
         session.flush()
+        # HEROES asks the EORTC QLQ-C30, whose wording each site loads from its licensed copy:
+        # the admin loaded the French one (here the demo's stand-in) before the first enrolment.
+        # No English text: HER-004's questionnaire waits for it, and Today says why.
+        texts.load_text(
+            session=session,
+            instrument=instruments()["eortc_qlq_c30"],
+            locale="fr",
+            raw=DEMO_QLQ_C30_TEXT.read_bytes(),
+            source_file=DEMO_QLQ_C30_TEXT.name,
+            actor=actor_of(admin),
+            now=at,
+        )
 
     # -- the participants' histories ---------------------------------------------------------------
 
@@ -511,6 +566,27 @@ class DemoStory:
         drawn = d(c, 336, "09:40")
         self.complete(c, "ctdna:4", drawn)
         self.ctdna(c, 5, drawn, "positive", 0.42, self.now)
+
+        # HER-003 and HER-004 (HEROES, Paris): baseline ctDNA negative; they stop anti-HER2 in
+        # two days and their baseline quality-of-life questionnaire opened five days ago.
+        # HER-003 reads French: her SMS with the survey link waits in the outbox (`make run`
+        # sends it through the fake Twilio). HER-004 reads English, which the site has no
+        # QLQ-C30 text for: her questionnaire and its reminders wait (Today says why).
+        for c in ("HER-003", "HER-004"):
+            self.enroll(c, d(c, -25, "11:00"))
+            self.complete(c, "ctdna_baseline:1", d(c, -21, "09:40"))
+            self.ctdna(c, 1, d(c, -21, "09:40"), "negative", 0.0, d(c, -11, "14:00"))
+            self.reminders(c, d(c, -8, "12:00"))
+
+        # HER-005, HER-006 and HER-007 (HEROES, Paris) read French, English and Chinese: the
+        # coordinator gave their baseline questionnaire the site's own check-in at enrolment, so
+        # each SMS links to it in her language (Stepdown's wording, in the instrument file).
+        for c in ("HER-005", "HER-006", "HER-007"):
+            self.enroll(c, d(c, -25, "11:00"))
+            self.check_in(c, "qol:1", d(c, -25, "11:05"))
+            self.complete(c, "ctdna_baseline:1", d(c, -21, "09:40"))
+            self.ctdna(c, 1, d(c, -21, "09:40"), "negative", 0.0, d(c, -11, "14:00"))
+            self.reminders(c, d(c, -8, "12:00"))
 
         # SH2-001 (STOP-HER2, Boston): baseline scan clear. The weeks 4-6 visit window closed
         # while she was away: the scheduler marked the visit and both blood draws missed. She
@@ -596,6 +672,10 @@ What the demo shows (nurse.paris / coordinator.boston see their own site; admin 
            quality of life over a year; a late draw whose missed-window alert was resolved
   NEO-001  regimen decision after cycle 2 due today, with the protocol's recommendation
   HER-001  a month into monitoring, on track
+  HER-003  stops anti-HER2 in two days; her SMS (fake Twilio) links to the open quality-of-life
+           questionnaire, step by step in French (the demo's stand-in for the licensed text)
+  HER-004  reads English: no English QLQ-C30 text is loaded, so her questionnaire waits (Today)
+  HER-005  her SMS links to the site's check-in, in French; HER-006 in English, HER-007 in Chinese
   SH2-001  weeks 4-6 window missed: one event still missed, two done late (adherence)
   SH2-002  replied STOP by SMS two hours ago: unreachable
   FH-001   a ctDNA result overdue (alert acknowledged, result still missing)

@@ -79,9 +79,10 @@ def job_specs() -> list[JobSpec]:
         ),
         JobSpec(
             "alerts.watchdog",
-            60,
+            15,
             alerts.watchdog,
-            "page operators when an open alert is 5 minutes past its next tier",
+            "page operators when an open alert is 5 minutes past its next tier, or its SMS is "
+            "not with the provider 60 s after it was due",
         ),
         JobSpec(
             "alerts.check_routes",

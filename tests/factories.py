@@ -118,8 +118,65 @@ def token_for(db: Session, user: StaffUser) -> str:
     return token
 
 
-def build_world(db: Session) -> World:
+LANGUAGE_WORD = {"en": "Made-up question", "fr": "Question inventée", "zh": "虚构问题"}
+MADEUP_TITLE = {"en": "Made-up questionnaire", "fr": "Questionnaire inventé", "zh": "虚构问卷"}
+
+
+def madeup_text(key: str, locale: str) -> str:
+    """A made-up text file for an installed instrument (NOT any licensed wording): every item
+    "Made-up question 12 ...", every answer "Made-up answer 3", a heading before the 8th item."""
+    import yaml
+
+    from server.surveys.registry import instruments
+
+    instrument = instruments()[key]
+    word = LANGUAGE_WORD[locale]
+    data = {
+        "instrument": key,
+        "version": str(instrument.version),
+        "locale": locale,
+        "source": "made up for the tests",
+        "title": MADEUP_TITLE[locale],
+        "headings": {instrument.items[min(7, len(instrument.items) - 1)].id: f"{word}: heading"},
+        "items": {item.id: f"{word} {item.number} ({locale})" for item in instrument.items},
+        "responses": {
+            name: {value: f"{word} answer {value}" for value in answers.values}
+            if answers.options is not None
+            else {answers.lowest: f"{word} low", answers.highest: f"{word} high"}
+            for name, answers in instrument.responses.items()
+            if any(item.responses == name for item in instrument.items)
+        },
+    }
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+def load_madeup_texts(
+    db: Session, key: str = "eortc_qlq_c30", locales: tuple[str, ...] = ("en", "fr", "zh")
+) -> None:
+    """The site has loaded a (made-up) text for a licensed instrument in these languages, so its
+    questionnaires can be sent (as a site running HEROES does with its licensed QLQ-C30)."""
+    from server.surveys import texts
+    from server.surveys.registry import instruments
+
+    for locale in locales:
+        texts.load_text(
+            session=db,
+            instrument=instruments()[key],
+            locale=locale,
+            raw=madeup_text(key, locale).encode(),
+            source_file=f"{key}.madeup-{locale}.yaml",
+            actor="test",
+            now=utcnow(),
+        )
+
+
+def build_world(db: Session, *, with_texts: bool = True) -> World:
+    """Two sites, HEROES, staff of every role, three participants; the QLQ-C30 (HEROES' QoL
+    instrument) has a made-up text in every language, as a site would have loaded its own
+    (`with_texts=False`: none, so its questionnaires wait)."""
     w = World()
+    if with_texts:
+        load_madeup_texts(db)
     w.sites["A"] = make_site(db, "SITE-A", "FR", "Europe/Paris")
     w.sites["B"] = make_site(db, "SITE-B", "US", "America/New_York")
     w.study = make_study(db)

@@ -1,18 +1,18 @@
-// Branching: an item is shown only when the earlier answer it depends on says so.
+// Progressive enhancement only: the survey works without it. After a step loads, the focus goes
+// to what changed (the step's heading, or the list of problems) so a screen reader announces it
+// and a keyboard starts there; a problem's link puts the focus on its question's first answer.
 (function () {
-  var form = document.querySelector("form");
-  if (!form) return;
-  function update() {
-    document.querySelectorAll("fieldset[data-show-item]").forEach(function (field) {
-      var source = form.querySelector('input[name="item-' + field.dataset.showItem + '"]:checked');
-      var wanted = field.dataset.showIn.split(",");
-      var show = source !== null && wanted.indexOf(source.value) !== -1;
-      field.classList.toggle("hidden", !show);
-      if (!show) {
-        field.querySelectorAll("input").forEach(function (i) { i.checked = false; });
-      }
-    });
+  var target = document.querySelector("[data-focus]");
+  if (target) {
+    target.focus();
   }
-  form.addEventListener("change", update);
-  update();
+  document.querySelectorAll(".error-summary a[data-target]").forEach(function (link) {
+    link.addEventListener("click", function (event) {
+      var input = document.getElementById(link.getAttribute("data-target"));
+      if (!input) return;
+      event.preventDefault();
+      input.scrollIntoView({ block: "center" });
+      input.focus();
+    });
+  });
 })();

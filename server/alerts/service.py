@@ -740,11 +740,94 @@ def overdue_escalations(*, session: Session, now: datetime, grace_minutes: int =
     )
 
 
+# An alert SMS not with the provider this long after it was due: the dispatcher is stuck or
+# dead, or the provider keeps refusing it.
+UNSENT_AFTER = timedelta(seconds=60)
+
+
+def unsent_alert_sms(
+    *, session: Session, now: datetime, after: timedelta = UNSENT_AFTER
+) -> list[tuple[Alert, OutboxMessage]]:
+    """Open alerts (not the operators' own) with an urgent SMS still pending or sending `after`
+    it was due: due at its not-before time if never tried, else at its first claim (retries
+    push the not-before time on, so it alone would hide a message failing for minutes)."""
+    from sqlalchemy import func, or_
+
+    from notifications.models import PRIORITY_STAFF_NOTICE as URGENT_BELOW
+    from notifications.models import MessageLog
+
+    late = now - after
+    rows = session.exec(
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.category == MessageCategory.STAFF_ALERT,
+            col(OutboxMessage.priority) < URGENT_BELOW,
+            col(OutboxMessage.status).in_([MessageStatus.PENDING, MessageStatus.SENDING]),
+            col(OutboxMessage.ref).startswith("alert:"),
+            or_(col(OutboxMessage.not_before_at) <= late, col(OutboxMessage.attempts) > 0),
+        )
+        .order_by(col(OutboxMessage.id))
+        .limit(500)
+    ).all()
+    tried = [m.id for m in rows if m.attempts > 0]
+    first_claim = dict(
+        session.exec(
+            select(MessageLog.message_id, func.min(MessageLog.at))
+            .where(
+                col(MessageLog.message_id).in_(tried),
+                MessageLog.status == MessageStatus.SENDING,
+            )
+            .group_by(col(MessageLog.message_id))
+        ).all()
+        if tried
+        else []
+    )
+    overdue: dict[int, OutboxMessage] = {}
+    for m in rows:
+        claimed = first_claim.get(m.id) if m.attempts > 0 and m.id is not None else None
+        due = claimed if claimed is not None else m.not_before_at
+        if due.replace(tzinfo=due.tzinfo or now.tzinfo) < late:
+            overdue.setdefault(int((m.ref or "").split(":")[1]), m)
+    if not overdue:
+        return []
+    alerts = session.exec(
+        select(Alert)
+        .where(
+            col(Alert.id).in_(list(overdue)),
+            col(Alert.state) == AlertState.OPEN,
+            col(Alert.kind) != AlertKind.OPERATOR,  # its own SMS stuck would page about itself
+        )
+        .order_by(col(Alert.id))
+    ).all()
+    return [(a, overdue[a.id]) for a in alerts if a.id is not None]
+
+
 def watchdog(*, session: Session, now: datetime) -> dict[str, int]:
     """Dead-man's switch of the escalation engine: an open alert more than 5 minutes past its
-    next tier means the escalation job is not running; page the operators."""
+    next tier means the escalation job is not running; an alert SMS not with the provider 60 s
+    after it was due means the dispatcher is not sending. Either pages the operators."""
     import logging
 
+    unsent = unsent_alert_sms(session=session, now=now)
+    for alert, message in unsent:
+        logging.getLogger("stepdown.watchdog").error(
+            "alert %s: SMS %s still %s %s after it was due",
+            alert.id,
+            message.id,
+            message.status.value,
+            UNSENT_AFTER,
+        )
+        open_alert(
+            session=session,
+            kind=AlertKind.OPERATOR,
+            trigger_key=f"watchdog:unsent:{alert.id}:{alert.tier}:{alert.repeats_done}",
+            participant=None,
+            site_id=alert.site_id,
+            summary=f"alert {alert.id}: its tier {alert.tier} SMS is not with the SMS provider "
+            f"{int(UNSENT_AFTER.total_seconds())} s after it was due",
+            now=now,
+            actor="system:watchdog",
+        )
     stalled = overdue_escalations(session=session, now=now)
     for alert in stalled:
         logging.getLogger("stepdown.watchdog").error(
@@ -762,7 +845,7 @@ def watchdog(*, session: Session, now: datetime) -> dict[str, int]:
             now=now,
             actor="system:watchdog",
         )
-    return {"stalled": len(stalled)}
+    return {"stalled": len(stalled), "unsent_sms": len(unsent)}
 
 
 def check_routes(*, session: Session, now: datetime) -> dict[str, int]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from server.clock import utcnow
 from server.db import str_enum
+from server.participants.models import Locale
 
 
 class ResponseStatus(enum.StrEnum):
@@ -32,6 +34,9 @@ class SurveyResponse(SQLModel, table=True):
     channel: str = Field(max_length=16)
     started_at: datetime = Field(default_factory=utcnow)
     submitted_at: datetime | None = Field(default=None)
+    # The version of the site's loaded text the participant answered (instrument_text.version);
+    # None when the questions' wording comes with the instrument file itself.
+    text_version: int | None = Field(default=None)
 
 
 class SurveyAnswer(SQLModel, table=True):
@@ -61,3 +66,32 @@ class SurveyScore(SQLModel, table=True):
     answered: int
     total: int
     is_missing: bool
+
+
+class InstrumentText(SQLModel, table=True):
+    """The item and answer wording of one instrument in one language, as a site loaded it from
+    its licensed copy (`stepdown instruments load-text`). A later load is a new version; the
+    highest version is the one shown, earlier ones stay as the record of what was asked."""
+
+    __tablename__ = "instrument_text"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "instrument_key", "locale", "version", name="uq_instrument_text_version"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    instrument_key: str = Field(max_length=64)
+    locale: Locale = Field(sa_type=str_enum(Locale))
+    version: int
+    # The instrument file's version the text was checked against (a new edition needs new text).
+    instrument_version: str = Field(max_length=32)
+    # {"title", "intro", "headings": {item: text}, "items": {item: text},
+    #  "responses": {set: {value: label}}}: see server/surveys/texts.py.
+    content: dict[str, Any] = Field(sa_type=sa.JSON)
+    sha256: str = Field(max_length=64)
+    source_file: str = Field(max_length=255)
+    # What the file says of itself (which licensed copy, which translation).
+    source: str | None = Field(default=None, max_length=300)
+    loaded_by: str = Field(max_length=100)
+    loaded_at: datetime = Field(default_factory=utcnow)

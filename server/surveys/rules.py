@@ -6,13 +6,16 @@ key or None means "not answered". Nothing here touches a database or sends anyth
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from server.surveys.definition import Instrument, Item, ScaleType, Severity
 
 Answers = Mapping[str, object]
+
+# A step of the survey page holds at most this many questions (one screen or two on a phone).
+STEP_SIZE = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,4 +147,37 @@ def critical_answers(instrument: Instrument, answers: Answers) -> list[CriticalA
         assert isinstance(value, int)
         if instrument.responses[item.responses].accepts(value) and item.critical_if.matches(value):
             out.append(CriticalAnswer(item.id, item.critical_if.severity))
+    return out
+
+
+def steps(
+    instrument: Instrument, headings: Collection[str] = (), size: int = STEP_SIZE
+) -> list[list[str]]:
+    """The items grouped into the survey's short steps (item ids, in order).
+
+    A step holds at most `size` items sharing one answer set; an item with a heading (a loaded
+    text's "During the past week:") starts a new step, and so does an item shown only after an
+    answer in the current step, so a page never changes under the participant's finger and
+    works without JavaScript. A longer run is split evenly (7 items: 4 + 3, not 5 + 2)."""
+    runs: list[list[str]] = []
+    for item in instrument.items:
+        current = runs[-1] if runs else None
+        if (
+            current is None
+            or item.id in headings
+            or item.responses != instrument.item(current[-1]).responses
+            or (item.show_if is not None and item.show_if.item in current)
+        ):
+            runs.append([item.id])
+        else:
+            current.append(item.id)
+    out: list[list[str]] = []
+    for run in runs:
+        count = -(-len(run) // size)
+        base, extra = divmod(len(run), count)
+        start = 0
+        for k in range(count):
+            end = start + base + (1 if k < extra else 0)
+            out.append(run[start:end])
+            start = end
     return out

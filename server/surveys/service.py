@@ -3,14 +3,12 @@ same response), scored, the questionnaire event completed, critical answers aler
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime
 from typing import Any
 
 from flask import current_app, has_app_context
 from sqlmodel import Session, col, select
 
-from config.settings import INSTRUMENTS_DIR
 from server import audit
 from server.alerts import service as alerts
 from server.alerts.models import AlertKind
@@ -18,26 +16,11 @@ from server.errors import Conflict, NotFound, ValidationFailed
 from server.participants.models import Participant
 from server.schedules import service as schedules
 from server.schedules.models import EventStatus, EventType, ScheduleEvent
-from server.surveys import rules
-from server.surveys.definition import Instrument, load_all
+from server.surveys import rules, texts
+from server.surveys.definition import Instrument
 from server.surveys.models import ResponseStatus, SurveyAnswer, SurveyResponse, SurveyScore
-
-
-def init_app(app: Any) -> None:
-    """Load every instrument file; a bad one stops the app with file and field named."""
-    app.extensions["instruments"] = load_all(app.config["INSTRUMENTS_DIR"])
-
-
-@functools.cache
-def _default() -> dict[str, Instrument]:
-    return load_all(INSTRUMENTS_DIR)
-
-
-def instruments() -> dict[str, Instrument]:
-    """The instruments, by key."""
-    if has_app_context() and "instruments" in current_app.extensions:
-        return current_app.extensions["instruments"]  # type: ignore[no-any-return]
-    return _default()
+from server.surveys.registry import init_app as init_app
+from server.surveys.registry import instruments as instruments
 
 
 def instrument_for(event: ScheduleEvent) -> Instrument:
@@ -91,6 +74,7 @@ def save(
         raise Conflict("this questionnaire was already submitted")
     if event.status not in (EventStatus.PLANNED, EventStatus.OPEN, EventStatus.MISSED):
         raise Conflict(f"this questionnaire is {event.status.value}")
+    wording = text_for(session=session, participant=participant, instrument=instrument)
     merged = {**current_answers(session, existing), **answers}
     problems = rules.validate_answers(instrument, merged, partial=not submit)
     if problems:
@@ -105,6 +89,8 @@ def save(
         channel=channel,
         started_at=now,
     )
+    # The wording answered: the loaded text's version (the last save's, at submission).
+    response.text_version = wording.text_version
     session.add(response)
     session.flush()
     stored = {
@@ -171,7 +157,12 @@ def save(
         entity_id=response.id,
         site_id=participant.site_id,
         now=now,
-        after={"instrument": instrument.key, "items": len(final), "channel": channel},
+        after={
+            "instrument": instrument.key,
+            "items": len(final),
+            "channel": channel,
+            "text_version": response.text_version,
+        },
     )
     for critical in rules.critical_answers(instrument, final):
         alerts.open_alert(
@@ -216,30 +207,75 @@ def scores_over_time(*, session: Session, participant: Participant) -> dict[str,
     return out
 
 
-def options_for(instrument: Instrument, item_id: str, locale: str) -> list[dict[str, Any]]:
-    """An item's answer choices as (value, label) in a language, for a form."""
-    responses = instrument.answers_for(item_id)
-    data = responses.model_dump(mode="json")
-    out = []
-    if data.get("options"):
-        for option in data["options"]:
-            label = option["label"]
-            out.append(
-                {
-                    "value": option["value"],
-                    "label": label.get(locale) or label.get("en")
-                    if isinstance(label, dict)
-                    else str(label),
-                }
-            )
-        return out
-    low, high = int(data["min"]), int(data["max"])
-    anchors = data.get("anchors") or {}
-    for value in range(low, high + 1):
-        anchor = anchors.get(str(value)) or anchors.get(value)
-        label = (anchor.get(locale) or anchor.get("en")) if isinstance(anchor, dict) else None
-        out.append({"value": value, "label": f"{value} – {label}" if label else str(value)})
-    return out
+def text_for(
+    *, session: Session, participant: Participant, instrument: Instrument
+) -> texts.Wording:
+    """The instrument in the participant's language, or Conflict when it has no usable text in
+    it yet (a licensed instrument whose text the site has not loaded: nothing is asked)."""
+    locale = participant.locale.value
+    problem = texts.problem_for(session, instrument, locale)
+    if problem is not None:
+        raise Conflict(f"this questionnaire cannot be shown in your language yet ({problem})")
+    return texts.wording_for(session, instrument, locale)
+
+
+def is_offered(*, session: Session, participant: Participant, event: ScheduleEvent) -> bool:
+    """Whether a questionnaire event can be shown to its participant now (its text exists)."""
+    return not texts.questionnaire_waits(session, event=event, locale=participant.locale.value)
+
+
+def use_instrument(
+    *,
+    session: Session,
+    participant: Participant,
+    event: ScheduleEvent,
+    instrument_key: str,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None = None,
+    reason: str,
+) -> ScheduleEvent:
+    """Ask one questionnaire with another installed instrument, where the protocol leaves the
+    instrument to the site (`site_defaults: [instrument]`, as HEROES does for its quality-of-life
+    measures): audited with the reason; the event keeps it when the schedule is re-planned, and
+    its reminders are looked at again (a questionnaire that waited for its text may now go)."""
+    from server.schedules import reminders
+
+    if event.event_type != EventType.QUESTIONNAIRE or event.participant_id != participant.id:
+        raise NotFound("questionnaire not found")
+    if instruments().get(instrument_key) is None:
+        raise ValidationFailed(
+            "no such instrument",
+            fields={"instrument": [f"installed: {', '.join(sorted(instruments()))}"]},
+        )
+    if event.status not in (EventStatus.PLANNED, EventStatus.OPEN):
+        raise Conflict(f"this questionnaire is {event.status.value}")
+    if find_response(session, participant, event) is not None:
+        raise Conflict("this questionnaire has answers already: its instrument stays")
+    protocol = schedules.participant_protocol(session=session, participant=participant, now=now)
+    if "instrument" not in protocol.item(event.item_id).site_defaults:
+        raise Conflict("the protocol names this questionnaire's instrument: it cannot change")
+    before = event.instrument
+    event.instrument = instrument_key
+    event.is_touched = True  # a re-plan from the protocol keeps the site's choice
+    event.updated_at = now
+    session.add(event)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action="schedule_event.instrument",
+        entity="schedule_event",
+        entity_id=event.id,
+        site_id=participant.site_id,
+        now=now,
+        before={"instrument": before},
+        after={"instrument": instrument_key},
+        reason=reason,
+    )
+    reminders.materialize(session=session, now=now, participant_id=participant.id)
+    return event
 
 
 def survey_link(participant: Participant, event: ScheduleEvent) -> str | None:

@@ -1,15 +1,23 @@
-"""A real browser (Debian's Chromium, driven by Playwright, no browser download) on a phone-sized
-screen: open the link from the SMS, answer, send, see the thank-you page. Screenshots are kept in
+"""The survey page in a real browser (Debian's Chromium driven by Playwright, no browser download)
+at 390x844 (a phone) and 1280x800: open the link from the SMS, answer one tap per question, step
+by step with progress, problems in the participant's language with the focus moved to them, then
+the thank-you page; without JavaScript too. The QLQ-C30 shows the text a site loaded with
+`stepdown instruments load-text` (a short made-up file: the EORTC wording is licensed); the
+check-in shows its own wording in English, French and Chinese. Screenshots are kept in
 test-artifacts/."""
 
 from __future__ import annotations
 
 import os
 import threading
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 from sqlmodel import select
 from werkzeug.serving import make_server
 
@@ -26,6 +34,12 @@ from tests.results.test_concurrency import fresh_app
 __all__ = ["fresh_app"]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+MADEUP_FR = (
+    Path(__file__).resolve().parents[1] / "surveys" / "data" / "eortc_qlq_c30.madeup-fr.yaml"
+)
+PHONE = {"width": 390, "height": 844}
+SMALL_PHONE = {"width": 360, "height": 740}
+DESKTOP = {"width": 1280, "height": 800}
 
 
 def chromium_path() -> str:
@@ -39,9 +53,46 @@ def chromium_path() -> str:
     raise AssertionError("Debian's chromium is not installed: `make test` installs it")
 
 
-def test_answer_the_questionnaire_from_the_sms_link_on_a_phone(fresh_app):
-    now = datetime.now(UTC)
-    with fresh_app.app_context(), get_db(fresh_app).job_session() as s:
+@contextmanager
+def _chromium() -> Iterator[Any]:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _page(browser: Any, size: dict[str, int], *, javascript: bool = True) -> Page:
+    phone = size["width"] < 600
+    context = browser.new_context(
+        viewport=size,
+        device_scale_factor=2 if phone else 1,
+        is_mobile=phone,
+        has_touch=phone,
+        java_script_enabled=javascript,
+    )
+    return context.new_page()  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _served(app: Any, people: list[tuple[str, Locale, str]]) -> Iterator[dict[str, str]]:
+    """The app on a real port with one HEROES participant per (code, locale, instrument) whose
+    first questionnaire (qol:1) is open now; yields each one's survey link."""
+    now = datetime.now(UTC)  # the suite's frozen clock
+    with app.app_context(), get_db(app).job_session() as s:
         site = auth_service.create_site(
             session=s,
             actor=None,
@@ -60,75 +111,200 @@ def test_answer_the_questionnaire_from_the_sms_link_on_a_phone(fresh_app):
             full_name="C",
             password="x" * 12,
             role=Role.COORDINATOR,
-            site_ids=[site.id],
-            now=now,
-        )  # type: ignore[list-item]
-        # Anchor today: the first questionnaire (qol:1) is open now.
-        p = participants.enroll(
-            session=s,
-            user=coordinator,
-            study="HEROES",
-            site_id=site.id,
-            study_code="WEB-01",  # type: ignore[arg-type]
-            timezone="Europe/Paris",
-            cohort="stop",
-            anchor_date=(now + timedelta(hours=2)).date(),
-            status=ParticipantStatus.OFF_TREATMENT_MONITORING,
-            locale=Locale.EN,
-            phone="+33612349999",
-            has_sms_consent=True,
+            site_ids=[site.id],  # type: ignore[list-item]
             now=now,
         )
-        event = s.exec(
-            select(ScheduleEvent).where(
-                ScheduleEvent.participant_id == p.id, ScheduleEvent.key == "qol:1"
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        app.config["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{server.server_port}"
+        links = {}
+        for n, (code, locale, instrument) in enumerate(people):
+            p = participants.enroll(
+                session=s,
+                user=coordinator,
+                study="HEROES",
+                site_id=site.id,  # type: ignore[arg-type]
+                study_code=code,
+                timezone="Europe/Paris",
+                cohort="stop",
+                # Anchor today: the first questionnaire (qol:1, day 0) is open now.
+                anchor_date=now.astimezone(ZoneInfo("Europe/Paris")).date(),
+                status=ParticipantStatus.OFF_TREATMENT_MONITORING,
+                locale=locale,
+                phone=f"+3361234{9000 + n}",
+                has_sms_consent=True,
+                now=now,
             )
-        ).one()
-        event_id = event.id
-        server = make_server("127.0.0.1", 0, fresh_app, threaded=True)
-        fresh_app.config["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{server.server_port}"
-        link = survey_link(p, event)
-    assert link is not None
+            event = s.exec(
+                select(ScheduleEvent).where(
+                    ScheduleEvent.participant_id == p.id, ScheduleEvent.key == "qol:1"
+                )
+            ).one()
+            event.instrument = instrument
+            s.add(event)
+            link = survey_link(p, event)
+            assert link is not None
+            links[code] = link
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     ARTIFACTS.mkdir(exist_ok=True)
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium_path(),
-                headless=True,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                ],
-            )
-            page = browser.new_page(
-                viewport={"width": 360, "height": 740},
-                device_scale_factor=2,
-                is_mobile=True,
-                has_touch=True,
-            )
-            page.goto(link)
-            assert page.locator("h1").inner_text()
-            # Nothing wider than the phone: no horizontal scrolling.
-            assert page.evaluate("document.documentElement.scrollWidth") <= 360
-            page.screenshot(path=str(ARTIFACTS / "survey-form-360.png"), full_page=True)
-            for field in page.locator("fieldset.item").all():
-                if field.is_visible():
-                    field.locator("label.choice").first.click()
-            page.get_by_role("button", name="Send my answers").click()
-            page.wait_for_load_state()
-            assert "Thank you!" in page.locator("h1").inner_text()
-            page.screenshot(path=str(ARTIFACTS / "survey-thank-you-360.png"), full_page=True)
-            browser.close()
+        yield links
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+def _fits(page: Page, width: int) -> None:
+    """No sideways scrolling; every answer a full tap target (at least 48 px high)."""
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    heights = page.eval_on_selector_all(
+        "label.choice", "els => els.map(e => e.getBoundingClientRect().height)"
+    )
+    assert heights and min(heights) >= 48, heights
+
+
+def _answer_step(page: Page) -> None:
+    """One tap per question: the first answer of each."""
+    for field in page.locator("fieldset.item").all():
+        field.locator("label.choice").first.click()
+
+
+def test_the_qlq_c30_with_a_loaded_text_step_by_step_on_a_phone_and_a_desktop(fresh_app):
+    people = [
+        ("WEB-01", Locale.FR, "eortc_qlq_c30"),
+        ("WEB-02", Locale.FR, "eortc_qlq_c30"),
+    ]
+    loaded = fresh_app.test_cli_runner().invoke(
+        args=["instruments", "load-text", "qlq-c30", "--locale", "fr", str(MADEUP_FR)]
+    )
+    assert loaded.exit_code == 0, loaded.output
+    with _served(fresh_app, people) as links, _chromium() as browser:
+        page = _page(browser, PHONE)
+        page.goto(links["WEB-01"])
+        expect(page.locator("h1")).to_have_text("Questionnaire fictif de qualité de vie")
+        expect(page.locator("#step-title")).to_have_text("Étape 1 sur 8")
+        expect(page.locator("legend").first).to_have_text(
+            "1. Question fictive 1 : marcher longtemps ?"
+        )
+        expect(page.locator(".intro")).to_have_text("Ceci est un texte inventé pour les tests.")
+        _fits(page, PHONE["width"])
+        page.screenshot(path=str(ARTIFACTS / "survey-qlq-c30-fr-step1-390.png"), full_page=True)
+
+        # Next with nothing chosen: the problems, in French, announced and focused.
+        page.get_by_role("button", name="Suivant").click()
+        expect(page.locator("#error-summary")).to_contain_text(
+            "Merci de répondre aux questions signalées ci-dessous."
+        )
+        assert page.locator("p.error").all_inner_texts() == ["Merci de choisir une réponse."] * 4
+        expect(page.locator("#error-summary")).to_be_focused()
+        _fits(page, PHONE["width"])
+        page.screenshot(path=str(ARTIFACTS / "survey-qlq-c30-fr-errors-390.png"), full_page=True)
+        # A problem's link puts the focus on its question's first answer.
+        page.locator("#error-summary a").first.click()
+        expect(page.locator("#q-q1-0")).to_be_focused()
+
+        for step in range(1, 9):
+            expect(page.locator("#step-title")).to_have_text(f"Étape {step} sur 8")
+            if step > 1:  # the new step is announced: the focus is on its heading
+                expect(page.locator("#step-title")).to_be_focused()
+            if step == 3:  # the loaded heading starts the step of item 8
+                expect(page.locator(".section-heading")).to_have_text(
+                    "Ces derniers jours (titre fictif) :"
+                )
+                page.screenshot(
+                    path=str(ARTIFACTS / "survey-qlq-c30-fr-step3-390.png"), full_page=True
+                )
+            _answer_step(page)
+            if step < 8:
+                page.get_by_role("button", name="Suivant").click()
+        expect(page.locator("legend").last).to_have_text(
+            "30. Question fictive 30 : votre qualité de vie ?"
+        )
+        _fits(page, PHONE["width"])
+        page.screenshot(path=str(ARTIFACTS / "survey-qlq-c30-fr-last-390.png"), full_page=True)
+        page.get_by_role("button", name="Envoyer mes réponses").click()
+        expect(page.locator("h1")).to_have_text("Merci !")
+        page.screenshot(path=str(ARTIFACTS / "survey-qlq-c30-fr-thanks-390.png"), full_page=True)
+
+        # The same questionnaire at 1280x800.
+        desk = _page(browser, DESKTOP)
+        desk.goto(links["WEB-02"])
+        expect(desk.locator("#step-title")).to_have_text("Étape 1 sur 8")
+        _fits(desk, DESKTOP["width"])
+        desk.screenshot(path=str(ARTIFACTS / "survey-qlq-c30-fr-step1-1280.png"), full_page=True)
+
+        # Without JavaScript: plain forms, the same steps.
+        bare = _page(browser, PHONE, javascript=False)
+        bare.goto(links["WEB-02"])
+        bare.get_by_role("button", name="Suivant").click()
+        expect(bare.locator("p.error").first).to_have_text("Merci de choisir une réponse.")
+        _answer_step(bare)
+        bare.get_by_role("button", name="Suivant").click()
+        expect(bare.locator("#step-title")).to_have_text("Étape 2 sur 8")
+        bare.get_by_role("button", name="Retour").click()
+        expect(bare.locator("#step-title")).to_have_text("Étape 1 sur 8")
+        assert bare.locator("input:checked").count() == 4  # kept at each step
     with fresh_app.app_context(), get_db(fresh_app).job_session() as s:
-        assert s.get(ScheduleEvent, event_id).status == EventStatus.COMPLETED
-    assert (ARTIFACTS / "survey-thank-you-360.png").stat().st_size > 1000
+        done = s.exec(select(ScheduleEvent).where(ScheduleEvent.key == "qol:1")).all()
+        assert sorted(e.status for e in done) == [EventStatus.COMPLETED, EventStatus.OPEN]
+
+
+CHECKIN = {
+    Locale.EN: ("How are you today?", "1. Overall, how do you feel today?", "Step {n} of {t}"),
+    Locale.FR: (
+        "Comment allez-vous aujourd'hui ?",
+        "1. Dans l'ensemble, comment vous sentez-vous aujourd'hui ?",
+        "Étape {n} sur {t}",
+    ),
+    Locale.ZH: ("您今天感觉怎么样？", "1. 总的来说，您今天感觉如何？", "第 {n} 步，共 {t} 步"),
+}
+
+
+def test_the_check_in_in_english_french_and_chinese(fresh_app):
+    people = [(f"CHK-{loc.value.upper()}", loc, "qol_checkin") for loc in CHECKIN]
+    with _served(fresh_app, people) as links, _chromium() as browser:
+        for locale, (title, first, progress) in CHECKIN.items():
+            page = _page(browser, PHONE)
+            page.goto(links[f"CHK-{locale.value.upper()}"])
+            expect(page.locator("h1")).to_have_text(title)
+            expect(page.locator("legend").first).to_have_text(first)
+            expect(page.locator("#step-title")).to_have_text(progress.format(n=1, t=3))
+            _fits(page, PHONE["width"])
+            name = f"survey-checkin-{locale.value}-390.png"
+            page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+        # At 360 px too: no sideways scroll, the 0-10 scale in two columns of full-size targets,
+        # and one tap chooses an answer.
+        small = _page(browser, SMALL_PHONE)
+        small.goto(links["CHK-FR"])
+        _fits(small, SMALL_PHONE["width"])
+        widths = small.eval_on_selector_all(
+            "label.choice", "els => els.map(e => e.getBoundingClientRect().width)"
+        )
+        assert min(widths) >= 140, widths
+        small.locator("label.choice", has_text="10 – Très bien").tap()
+        expect(small.locator("#q-wellbeing-10")).to_be_checked()
+        small.screenshot(path=str(ARTIFACTS / "survey-checkin-fr-360.png"), full_page=True)
+        # The Chinese participant answers it all; a fever adds the chills question (step 4).
+        page.locator("label.choice", has_text="7").first.click()
+        page.get_by_role("button", name="下一步").click()
+        _answer_step(page)
+        page.screenshot(path=str(ARTIFACTS / "survey-checkin-zh-step2-390.png"), full_page=True)
+        page.get_by_role("button", name="下一步").click()
+        page.locator("#field-new_lump label.choice", has_text="否").click()
+        page.locator("#field-fever label.choice", has_text="是").click()
+        page.get_by_role("button", name="下一步").click()
+        expect(page.locator("#step-title")).to_have_text("第 4 步，共 4 步")
+        expect(page.locator("legend")).to_have_text("8. 发烧时，您是否还有发冷或寒战？")
+        page.screenshot(path=str(ARTIFACTS / "survey-checkin-zh-step4-390.png"), full_page=True)
+        _answer_step(page)
+        page.get_by_role("button", name="提交我的回答").click()
+        expect(page.locator("h1")).to_have_text("谢谢！")
+
+        desk = _page(browser, DESKTOP)
+        desk.goto(links["CHK-EN"])
+        _fits(desk, DESKTOP["width"])
+        desk.get_by_role("button", name="Next").click()
+        expect(desk.locator("#error-summary")).to_contain_text(
+            "Question 1: Please choose an answer."
+        )
+        desk.screenshot(path=str(ARTIFACTS / "survey-checkin-en-errors-1280.png"), full_page=True)

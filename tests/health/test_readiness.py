@@ -94,7 +94,7 @@ def test_readyz_is_503_within_2_minutes_of_every_scheduler_stopping_and_200_when
 
     leader = start(app, ProcessRole.SCHEDULER)
     dispatcher = start(app, ProcessRole.DISPATCHER)
-    assert tick(app, leader) == {"stalled": 0}
+    assert tick(app, leader) == {"stalled": 0, "unsent_sms": 0}
     status, body = readyz(client)
     assert (status, body["status"], body["reasons"]) == (200, "ready", [])
     assert body["scheduler_last_job_at"] == utcnow().isoformat()
@@ -274,7 +274,7 @@ def test_the_status_page_and_command_show_the_same_processes(app, db, web_as, fr
     for hb in (leader, standby, dispatcher):
         assert hb.identity.id in page
     assert "leader" in page and "standby" in page and "stale" in page  # the leader: 40 s silent
-    assert "alerts.watchdog" in page and "{&#39;stalled&#39;: 0}" in page
+    assert "alerts.watchdog" in page and "{&#39;stalled&#39;: 0, &#39;unsent_sms&#39;: 0}" in page
     assert web_as("nurse", "A").get("/admin/status").status_code == 403
 
     report = health.status(db, utcnow())
@@ -283,7 +283,7 @@ def test_the_status_page_and_command_show_the_same_processes(app, db, web_as, fr
     text = "\n".join(lines)
     for hb in (leader, standby, dispatcher):
         assert hb.identity.id in text
-    assert "alerts.watchdog: {'stalled': 0}" in text
+    assert "alerts.watchdog: {'stalled': 0, 'unsent_sms': 0}" in text
     as_json = health.status_dict(report)
     assert as_json["readiness"]["status"] == "ready"
     standing = {p["id"]: (p["standing"], p["state"]) for p in as_json["processes"]}

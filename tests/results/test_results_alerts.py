@@ -377,15 +377,22 @@ def test_dead_route_is_flagged_before_it_matters(world, db, api_as):
     assert kinds == {"dead_route"}
 
 
-def test_watchdog_pages_operators_when_escalation_stalls(world, db, api_as, care_team):
+def test_watchdog_pages_operators_when_escalation_stalls(app, world, db, api_as, care_team):
     lab = api_as("coordinator", "A")
     with at(T0):
         post_negative_baseline(lab)
         lab.post("/api/v1/results/ctdna", json=ctdna())
+        send_staff_sms(app)  # tier 1 went out; only the escalation job stalls
     with at(T0 + timedelta(minutes=20)):  # next tier due at +15: 5 minutes late, not more
-        assert alerts.watchdog(session=db, now=datetime.now(UTC)) == {"stalled": 0}
+        assert alerts.watchdog(session=db, now=datetime.now(UTC)) == {
+            "stalled": 0,
+            "unsent_sms": 0,
+        }
     with at(T0 + timedelta(minutes=20, seconds=1)):
-        assert alerts.watchdog(session=db, now=datetime.now(UTC)) == {"stalled": 1}
+        assert alerts.watchdog(session=db, now=datetime.now(UTC)) == {
+            "stalled": 1,
+            "unsent_sms": 0,
+        }
     operator = db.exec(select(Alert).where(Alert.kind == "operator")).one()
     assert [m.to_e164 for m in staff_sms(db, operator.id)] == [care_team["admin"]]
 
