@@ -308,3 +308,39 @@ def test_the_check_in_in_english_french_and_chinese(fresh_app):
             "Question 1: Please choose an answer."
         )
         desk.screenshot(path=str(ARTIFACTS / "survey-checkin-en-errors-1280.png"), full_page=True)
+
+
+def test_today_says_which_questionnaires_wait_for_their_text(fresh_app):
+    """No QLQ-C30 text is loaded: the coordinator's Today lists the waiting questionnaires, the
+    language and the command to run, readable on a phone and a laptop."""
+    people = [("WAIT-EN", Locale.EN, "eortc_qlq_c30"), ("WAIT-FR", Locale.FR, "eortc_qlq_c30")]
+    with _served(fresh_app, people) as links, _chromium() as browser:
+        base = links["WAIT-EN"].split("/s/")[0]
+        for name, size in (("390", PHONE), ("1280", DESKTOP)):
+            page = _page(browser, size)
+            page.goto(f"{base}/login")
+            page.get_by_label("Email").fill("c@web.test")
+            page.get_by_label("Password").fill("x" * 12)
+            page.get_by_role("button", name="Log in").click()
+            section = page.locator("#questionnaire-texts")
+            expect(section).to_contain_text("Questionnaires waiting for their text")
+            expect(section.locator("li[data-locale=en]")).to_contain_text(
+                "EORTC QLQ-C30 (version 3.0) in English: no English text loaded. "
+                "1 questionnaire waiting (WAIT-EN)"
+            )
+            expect(section.locator("li[data-locale=fr]")).to_contain_text(
+                "stepdown instruments load-text eortc_qlq_c30 --locale fr FILE"
+            )
+            assert page.evaluate("document.documentElement.scrollWidth") <= size["width"]
+            right = page.evaluate(
+                "Math.max(...[...document.querySelectorAll('#questionnaire-texts *')]"
+                ".map(e => e.getBoundingClientRect().right))"
+            )
+            assert right <= size["width"], right
+            section.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / f"today-waiting-texts-{name}.png"))
+            # The participant's link says, in her language, that it is not ready yet.
+            page.goto(links["WAIT-FR"])
+            expect(page.locator("h1")).to_have_text("Ce questionnaire n'est pas encore prêt.")
+            if name == "390":
+                page.screenshot(path=str(ARTIFACTS / "survey-not-ready-fr-390.png"))
