@@ -9,10 +9,17 @@ from flask_smorest import Blueprint
 from sqlmodel import col, select
 
 from api.common import commit
-from api.schemas import AcknowledgeSchema, AlertListArgs, AlertSchema, OnCallSchema, ResolveSchema
+from api.schemas import (
+    AcknowledgeSchema,
+    AlertLevelsSchema,
+    AlertListArgs,
+    AlertSchema,
+    OnCallSchema,
+    ResolveSchema,
+)
 from notifications.models import OutboxMessage
 from server import audit
-from server.alerts import service
+from server.alerts import rules, service
 from server.alerts.models import Alert, AlertLog, AlertState
 from server.auth.models import SiteMembership, StaffUser
 from server.auth.rules import Permission
@@ -46,7 +53,7 @@ def _dict(alert: Alert, full: bool = False) -> dict[str, Any]:
     session = get_session()
     # The acknowledgement code stays out: it is in the alerted staff's own SMS, nowhere else.
     d = alert.model_dump(exclude={"ack_code"})
-    for key in ("kind", "severity", "state"):
+    for key in ("kind", "level", "state"):
         d[key] = getattr(alert, key).value
     participant = session.get(Participant, alert.participant_id) if alert.participant_id else None
     d["study_code"] = participant.study_code if participant else None
@@ -157,9 +164,29 @@ def escalation(site_id: int) -> dict[str, Any]:
     return {
         "site_id": site.id,
         "policy": service.policy_of(site),
+        # How each level reaches people here (PUT /sites/{id}/alert-levels changes it).
+        "alert_levels": rules.level_settings(site.escalation_policy),
         "tiers": health,
         "has_dead_route": any(t["is_dead"] for t in health),
     }
+
+
+@blp.route("/sites/<int:site_id>/alert-levels", methods=["PUT"])
+@blp.arguments(AlertLevelsSchema)
+@blp.response(200)
+def set_alert_levels(args: dict[str, Any], site_id: int) -> dict[str, Any]:
+    """The site's alert-level settings (admins): a level per alert kind over the protocol's,
+    which levels and kinds page at night (`page_24_7`), the night and the morning digest of
+    routine tasks. A setting left out goes back to its default; alerts already open keep the
+    settings they opened with."""
+    user = require(Permission.MANAGE_SITES)
+    session = get_session()
+    site = get_site(session=session, user=user, site_id=site_id)
+    after = service.set_alert_levels(
+        session=session, site=site, settings=args, actor=user, now=utcnow()
+    )
+    commit()
+    return {"site_id": site.id, **after}
 
 
 @blp.route("/sites/<int:site_id>/on-call", methods=["PUT"])

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from flask import Flask, Response, abort, render_template, request
 from flask_login import current_user
 
+from server import labels
 from server.auth.models import StaffUser
 from server.auth.rules import Permission, has_permission
 from server.participants.models import Participant
@@ -190,7 +191,10 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["local"] = local_time
     app.jinja_env.filters["day"] = day
     app.jinja_env.filters["weekday"] = weekday_day
-    app.jinja_env.filters["words"] = lambda v: str(getattr(v, "value", v) or "").replace("_", " ")
+    # Human labels from one table (server/labels.py); `words` is the older name of the filter.
+    app.jinja_env.filters["label"] = labels.label
+    app.jinja_env.filters["words"] = labels.label
+    app.jinja_env.filters["actor"] = labels.actor
 
     @app.errorhandler(PageInputError)
     def _page_input(error: PageInputError) -> Any:

@@ -21,9 +21,10 @@ from werkzeug.wrappers import Response
 
 from api.page_kit import can, query_choice, require_page, whole_number
 from notifications.outbox import shown_body
+from server import labels as human
 from server import worklist
 from server.adherence import service as adherence
-from server.alerts.models import Alert
+from server.alerts.models import Alert, AlertState, Level
 from server.audit import AuditEvent
 from server.auth.models import StaffUser
 from server.auth.rules import Permission
@@ -61,6 +62,7 @@ OUTCOME_CHOICES: dict[EventType, dict[str, list[tuple[str, str]]]] = {
     EventType.IMAGING: {"recist": [(r, r) for r in schedules.RECIST]},
 }
 E164 = re.compile(r"\+\d{7,15}")
+LEVEL_ORDER = {Level.CRITICAL: 0, Level.URGENT: 1, Level.ROUTINE: 2}
 
 
 # --- view models ---------------------------------------------------------------------------------
@@ -363,11 +365,11 @@ def _page(
     about.update({("decision", str(d["decision"].id)): "decision" for d in decisions})
     about.update(
         {
-            ("lab_result", str(r.id)): f"{r.kind.value.replace('_', ' ')} result {r.accession_id}"
+            ("lab_result", str(r.id)): f"{human.label(r.kind)} result {r.accession_id}"
             for r in [*results["ctdna"], *results["imaging"], *results["markers"]]
         }
     )
-    about.update({("alert", str(a.id)): f"alert #{a.id}" for a in alerts})
+    about.update({("alert", str(a.id)): f"{human.label(a.kind)} alert" for a in alerts})
     about.update({("outbox_message", str(m.id)): f"message #{m.id}" for m, _ in messages})
     audit_rows = list(
         reversed(
@@ -382,7 +384,8 @@ def _page(
         | {a.resolved_by_user_id for a in alerts}
         | {d["decision"].decided_by_user_id for d in decisions}
         | {c["set_by_user_id"] for c in choices}
-        | {a.actor_user_id for a in audit_rows},
+        | {a.actor_user_id for a in audit_rows}
+        | human.staff_ids([a.actor for a in audit_rows]),
     )
     see_phone = can(Permission.SEE_PHONE_NUMBERS)
     qol = _qol(session, participant)
@@ -416,6 +419,11 @@ def _page(
         qol=qol,
         messages=messages,
         alerts=alerts,
+        # Not resolved yet, at the top of the page: to acknowledge first, then the most urgent.
+        open_alerts=sorted(
+            (a for a in alerts if a.state != AlertState.RESOLVED),
+            key=lambda a: (a.state != AlertState.OPEN, LEVEL_ORDER[a.level], a.opened_at),
+        ),
         audit=_audit_rows(audit_rows, about, see_phone),
         names=names,
         recent_shown=RECENT_SHOWN,

@@ -668,7 +668,12 @@ class AlertListArgs(ma.Schema):
 class AlertSchema(ma.Schema):
     id = ma.fields.Integer()
     kind = ma.fields.String()
-    severity = ma.fields.String()
+    level = ma.fields.String(
+        metadata={
+            "description": "critical (act now, pages day and night), urgent (act today) or "
+            "routine (a task in the morning SMS; no reply, no escalation)"
+        }
+    )
     state = ma.fields.String()
     participant_id = ma.fields.Integer(allow_none=True)
     study_code = ma.fields.String(allow_none=True)
@@ -699,6 +704,83 @@ class ResolveSchema(ma.Schema):
 
 class OnCallSchema(ma.Schema):
     user_ids = ma.fields.List(Id(strict=True), required=True)
+
+
+# Alert levels and kinds as the site's settings name them (server/alerts/rules.py).
+_LEVELS = ("critical", "urgent", "routine")
+_CLINICAL_KINDS = (
+    "ctdna_positive",
+    "ctdna_positive_baseline",
+    "progression",
+    "redraw_needed",
+    "result_overdue",
+    "missed_window",
+    "critical_answer",
+)
+_CLOCK = validate.Regexp(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", error="a time of day, HH:MM")
+
+
+class NightSchema(ma.Schema):
+    start = ma.fields.String(required=True, validate=_CLOCK)
+    end = ma.fields.String(required=True, validate=_CLOCK)
+
+    @ma.validates_schema
+    def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("start") == data.get("end"):
+            raise ma.ValidationError("the night must end at another time", field_name="end")
+
+
+class DigestSchema(ma.Schema):
+    at = ma.fields.String(required=True, validate=_CLOCK)
+    weekdays = ma.fields.List(
+        ma.fields.Integer(strict=True, validate=validate.Range(min=0, max=6)),
+        required=True,
+        validate=validate.Length(min=1, max=7),
+        metadata={"description": "0 = Monday … 6 = Sunday"},
+    )
+
+    @ma.validates("weekdays")
+    def _distinct(self, value: list[int], **_: Any) -> None:
+        if len(set(value)) != len(value):
+            raise ma.ValidationError("each weekday once")
+
+
+class AlertLevelsSchema(ma.Schema):
+    """A site's alert-level settings (`page_24_7` always, an empty list if nothing may page at
+    night); another left out goes back to its default."""
+
+    levels = ma.fields.Dict(
+        keys=ma.fields.String(validate=validate.OneOf(_CLINICAL_KINDS)),
+        values=ma.fields.String(validate=validate.OneOf(_LEVELS)),
+        metadata={
+            "description": "a level per alert kind, over the protocol's (default: none, so each "
+            "kind keeps its protocol's level, else its own default)"
+        },
+    )
+    page_24_7 = ma.fields.List(
+        ma.fields.String(validate=validate.OneOf((*_LEVELS, *_CLINICAL_KINDS))),
+        required=True,
+        validate=validate.Length(max=len(_LEVELS) + len(_CLINICAL_KINDS)),
+        metadata={
+            "description": "the levels and alert kinds whose SMS go out at night too (default: "
+            "critical and critical_answer); the others wait for the night's end, and routine "
+            "tasks always wait for the morning digest"
+        },
+    )
+    night = ma.fields.Nested(
+        NightSchema, metadata={"description": "site time (default 21:00 to 08:00)"}
+    )
+    digest = ma.fields.Nested(
+        DigestSchema,
+        metadata={"description": "when routine tasks go out (default 08:00, Monday to Friday)"},
+    )
+
+    @ma.validates("page_24_7")
+    def _never_routine(self, value: list[str], **_: Any) -> None:
+        if "routine" in value:
+            raise ma.ValidationError("routine tasks never page at night (the morning digest)")
+        if len(set(value)) != len(value):
+            raise ma.ValidationError("each level or kind once")
 
 
 # --- FHIR R4 Observation (the subset POST /results/fhir/Observation reads) --------------------

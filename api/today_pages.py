@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import login_required
@@ -26,7 +27,8 @@ from api.page_kit import (
     whole_number,
 )
 from notifications.models import OutboxMessage
-from server import audit, worklist
+from server import audit, labels, worklist
+from server.alerts import briefing
 from server.alerts import service as alerts
 from server.alerts.models import Alert, AlertLog, AlertState
 from server.auth.models import StaffUser
@@ -246,24 +248,18 @@ def _staff_id(actor: str | None) -> int | None:
     return None
 
 
-def _actor(actor: str | None, names: dict[int, str]) -> str:
-    """Who did it, by name for staff ("staff:12" → their name)."""
-    uid = _staff_id(actor)
-    return names.get(uid, actor or "") if uid is not None else (actor or "")
-
-
 def _detail(detail: dict[str, Any], names: dict[int, str]) -> str:
     """A timeline entry's detail in words (note, channel, recipients, cancelled SMS, error)."""
     parts = []
     if detail.get("note"):
         parts.append(f"“{detail['note']}”")
     if detail.get("channel"):
-        parts.append(f"via {detail['channel']}")
+        parts.append(labels.label(detail["channel"], "ack_channel"))
     recipients = detail.get("recipients")
     if isinstance(recipients, list):
-        parts.append("to " + ", ".join(names.get(u, f"staff {u}") for u in recipients))
+        parts.append("to " + ", ".join(names.get(u, "a former staff member") for u in recipients))
     elif isinstance(recipients, str):
-        parts.append("nobody reachable in " + recipients.replace("_", " "))
+        parts.append("nobody reachable: " + labels.label(recipients, "recipients"))
     if detail.get("cancelled_messages"):
         parts.append(f"{detail['cancelled_messages']} pending SMS cancelled")
     if detail.get("error_code"):
@@ -293,14 +289,19 @@ def _render_alert(
         if isinstance(recipients, list):
             staff_ids |= {u for u in recipients if isinstance(u, int)}
     names = worklist.staff_names(db, set(staff_ids))
+    now = utcnow()
+    zone = ZoneInfo(site.timezone) if site else ZoneInfo("UTC")
     html = render_template(
         "alert.html",
+        brief=briefing.build(session=db, alert=alert, now=now),
+        when=lambda moment, relative=False: briefing.when(moment, zone, now if relative else None),
+        day_text=briefing.day_text,
         alert=alert,
         participant=participant,
         site=site,
         tz=site.timezone if site else "UTC",
         timeline=timeline,
-        actors={e.id: _actor(e.actor, names) for e in timeline},
+        actors={e.id: labels.actor(e.actor, names) for e in timeline},
         details={e.id: _detail(e.detail or {}, names) for e in timeline},
         messages=messages,
         names=names,

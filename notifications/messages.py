@@ -75,9 +75,15 @@ class MessageKind(enum.StrEnum):
     HELP = "help"
     UNKNOWN_SENDER = "unknown_sender"
     # to the care team
+    # Alerts by level: critical (ALERT_NEW, ALERT_ESCALATED: "URGENT"), urgent (action today),
+    # routine (a task: ALERT_TASK or a kind's own task text; no reply needed); ALERT_BUNDLE lists
+    # a phone's critical alerts and tasks due at once (the morning digest).
     ALERT_NEW = "alert_new"
     ALERT_BUNDLE = "alert_bundle"
     ALERT_ESCALATED = "alert_escalated"
+    ALERT_URGENT = "alert_urgent"
+    ALERT_URGENT_ESCALATED = "alert_urgent_escalated"
+    ALERT_TASK = "alert_task"
     ALERT_ACK_CONFIRMED = "alert_ack_confirmed"
     ACK_CODE_UNKNOWN = "ack_code_unknown"
     PARTICIPANT_UNREACHABLE = "participant_unreachable"
@@ -142,6 +148,9 @@ KIND_SPECS: Mapping[MessageKind, KindSpec] = {
     # Pluralised by its number of items (see _compose_bundle).
     MessageKind.ALERT_BUNDLE: _staff("items", "link"),
     MessageKind.ALERT_ESCALATED: _staff("code", "ack_code", "link", "tier"),
+    MessageKind.ALERT_URGENT: _staff("code", "ack_code", "link"),
+    MessageKind.ALERT_URGENT_ESCALATED: _staff("code", "ack_code", "link", "tier"),
+    MessageKind.ALERT_TASK: _staff("code", "link"),
     MessageKind.ALERT_ACK_CONFIRMED: _staff("code"),
     MessageKind.ACK_CODE_UNKNOWN: _staff(),
     MessageKind.PARTICIPANT_UNREACHABLE: _staff("code", "link"),
@@ -173,7 +182,8 @@ _ACK_CODE = re.compile(r"[0-9]{6}|[0-9]{4}")
 
 CODE_HIDDEN = "[code hidden]"
 LINK_HIDDEN = "[link hidden]"
-# Parameters that are secrets whoever reads the message; `items` are a bundle's (code, ack code).
+# Parameters that are secrets whoever reads the message; `items` are a bundle's (code, ack code)
+# pairs (a task's ack code is empty: no reply needed).
 _SECRET_PARAMS: Mapping[str, str] = {
     "activation_code": CODE_HIDDEN,
     "ack_code": CODE_HIDDEN,
@@ -284,6 +294,9 @@ class Entry:
     item: str = ""  # alert bundles: one alert
     separator: str = ""
     more: Mapping[str, str] | None = None  # alert bundles: "and N more", by plural category
+    task_item: str = ""  # alert bundles: one task (no reply needed)
+    tasks: Mapping[str, str] | None = None  # the tasks after a bundle's alerts, by their number
+    digest: Mapping[str, str] | None = None  # a bundle of tasks only, by their number
 
 
 @dataclass(frozen=True)
@@ -342,8 +355,8 @@ def _check_entry(kind: MessageKind, entry: Entry, where: str) -> None:
     shown = [p for p in spec.required if p not in _HIDDEN_PARAMS]
     allowed = set(shown) | set(spec.optional) | {"day"}
     if kind is MessageKind.ALERT_BUNDLE:
-        allowed |= {"items", "more", "count"}
-        shown.append("items")
+        allowed |= {"items", "more", "count", "tasks"}
+        shown += ["items", "more", "tasks"]
     for form, template in entry.text.items():
         names = _fields(template, f"{where}.text.{form}")
         if unknown := names - allowed:
@@ -360,11 +373,31 @@ def _check_entry(kind: MessageKind, entry: Entry, where: str) -> None:
     if kind is MessageKind.ALERT_BUNDLE:
         if _fields(entry.item, f"{where}.item") != {"code", "ack_code"}:
             raise CatalogError(f"{where}.item: must show {{code}} and {{ack_code}}")
+        if _fields(entry.task_item, f"{where}.task_item") != {"code"}:
+            raise CatalogError(f"{where}.task_item: must show {{code}}")
         for form, template in (entry.more or {}).items():
             if _fields(template, f"{where}.more.{form}") != {"rest"}:
                 raise CatalogError(f"{where}.more.{form}: must show {{rest}}")
-        if entry.more is None or "more" not in _fields(entry.text["other"], where):
-            raise CatalogError(f"{where}: a bundle needs `more` and a {{more}} slot")
+        if entry.more is None or entry.tasks is None or entry.digest is None:
+            raise CatalogError(f"{where}: a bundle needs `more`, `tasks` and `digest`")
+        for form, template in entry.tasks.items():
+            names = _fields(template, f"{where}.tasks.{form}")
+            if "task_items" not in names or names - {"task_items", "task_count"}:
+                raise CatalogError(
+                    f"{where}.tasks.{form}: shows {{task_items}} (and {{task_count}})"
+                )
+        for form, template in entry.digest.items():
+            names = _fields(template, f"{where}.digest.{form}")
+            if not {"task_items", "more", "link"} <= names or names - {
+                "task_items",
+                "more",
+                "link",
+                "count",
+            }:
+                raise CatalogError(
+                    f"{where}.digest.{form}: shows {{task_items}}, {{more}} and {{link}} "
+                    "(and {count})"
+                )
 
 
 def _all_strings(node: object) -> Iterable[str]:
@@ -412,6 +445,9 @@ def parse_catalog(source: str, *, locale: str) -> Catalog:
             item=_string(node.get("item", ""), f"{where}.item"),
             separator=_string(node.get("separator", ""), f"{where}.separator"),
             more=_plural(node["more"], f"{where}.more") if "more" in node else None,
+            task_item=_string(node.get("task_item", ""), f"{where}.task_item"),
+            tasks=_plural(node["tasks"], f"{where}.tasks") if "tasks" in node else None,
+            digest=_plural(node["digest"], f"{where}.digest") if "digest" in node else None,
         )
         _check_entry(kind, entry, where)
         entries[kind] = entry
@@ -480,6 +516,7 @@ def _tz_param(name: str, value: object) -> tzinfo:
 
 
 def _items_param(name: str, value: object) -> list[tuple[str, str]]:
+    """A bundle's (code, ack code) pairs; an empty ack code is a task (no reply needed)."""
     if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
         raise MessageParameterError(name, f"parameter {name!r} must be a non-empty list")
     items = []
@@ -488,7 +525,10 @@ def _items_param(name: str, value: object) -> list[tuple[str, str]]:
             raise MessageParameterError(name, f"{name}[{index}] must be a (code, ack_code) pair")
         code, ack = item
         items.append(
-            (_text_param(f"{name}[{index}].code", code), _ack_param(f"{name}[{index}].ack", ack))
+            (
+                _text_param(f"{name}[{index}].code", code),
+                "" if ack == "" else _ack_param(f"{name}[{index}].ack", ack),
+            )
         )
     return items
 
@@ -585,16 +625,43 @@ def _compose(
 
 
 def _compose_bundle(catalog: Catalog, values: Mapping[str, Any], shown: int) -> str:
-    """An alert bundle listing its first `shown` alerts and counting the rest."""
+    """An alert bundle listing its first `shown` items and counting the rest: its alerts (each
+    with its code; a bundle's codes are critical alerts' only), then its tasks (no reply needed),
+    or a digest of tasks only."""
     entry = catalog.entries[MessageKind.ALERT_BUNDLE]
     items: list[tuple[str, str]] = values["items"]
-    listed = entry.separator.join(
-        entry.item.format_map({"code": code, "ack_code": ack}) for code, ack in items[:shown]
+    listed = items[:shown]
+    alerts = [(code, ack) for code, ack in listed if ack]
+    tasks = entry.separator.join(
+        entry.task_item.format_map({"code": code}) for code, ack in listed if not ack
     )
+    alert_count = sum(1 for _code, ack in items if ack)
+    task_count = len(items) - alert_count
     rest = len(items) - shown
     more = _plural_form(catalog, entry.more or {}, rest).format_map({"rest": rest}) if rest else ""
-    template = _plural_form(catalog, entry.text, len(items))
-    fields = {"items": listed, "more": more, "count": str(len(items)), "link": values["link"]}
+    link = values["link"]
+    if not alert_count:
+        template = _plural_form(catalog, entry.digest or {}, task_count)
+        fields = {"task_items": tasks, "more": more, "count": str(task_count), "link": link}
+        return template.format_map(fields)
+    tasks_part = (
+        _plural_form(catalog, entry.tasks or {}, task_count).format_map(
+            {"task_items": tasks, "task_count": str(task_count)}
+        )
+        if tasks
+        else ""
+    )
+    listed_alerts = entry.separator.join(
+        entry.item.format_map({"code": code, "ack_code": ack}) for code, ack in alerts
+    )
+    template = _plural_form(catalog, entry.text, alert_count)
+    fields = {
+        "items": listed_alerts,
+        "tasks": tasks_part,
+        "more": more,
+        "count": str(alert_count),
+        "link": link,
+    }
     return template.format_map(fields)
 
 
@@ -622,7 +689,7 @@ def _masked(kind: MessageKind, values: Mapping[str, Any]) -> dict[str, Any]:
         if name not in values:
             continue
         if name == "items":
-            masked[name] = [(code, marker) for code, _ack in values[name]]
+            masked[name] = [(code, marker if ack else "") for code, ack in values[name]]
         else:
             masked[name] = marker
     return masked
@@ -680,6 +747,7 @@ def bundle_prefix(locale: str | None, items: list[tuple[str, str]], link: str) -
     for k in range(2, len(items) + 1):
         sms = compose(MessageKind.ALERT_BUNDLE, locale, items=items[:k], link=link)
         if not all(code in sms.text and ack in sms.text for code, ack in items[:k]):
+            # (an empty ack, a task's, is in every text: its code is what must be listed)
             break
         best, shown = sms, k
     return best, shown

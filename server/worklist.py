@@ -17,7 +17,7 @@ from sqlmodel import Session, col, func, select
 
 from notifications.models import MessageStatus, OutboxMessage
 from server.alerts import service as alerts
-from server.alerts.models import Alert, AlertState, Severity
+from server.alerts.models import Alert, AlertState, Level
 from server.auth.models import Role, SiteMembership, StaffUser
 from server.clock import local_date
 from server.errors import NotFound
@@ -141,9 +141,9 @@ def _slice(items: list[T], limit: int | None) -> Section[T]:
 
 # --- alerts --------------------------------------------------------------------------------------
 
-SEVERITY_RANK = sa.case(
-    (col(Alert.severity) == Severity.CRITICAL, 0),
-    (col(Alert.severity) == Severity.HIGH, 1),
+LEVEL_RANK = sa.case(
+    (col(Alert.level) == Level.CRITICAL, 0),
+    (col(Alert.level) == Level.URGENT, 1),
     else_=2,
 )
 
@@ -156,7 +156,7 @@ def alerts_in_state(
     site_id: int | None = None,
     limit: int | None = None,
 ) -> Section[AlertRow]:
-    """Alerts of one state at my sites, most severe first, then the oldest."""
+    """Alerts of one state at my sites, most urgent level first, then the oldest."""
     acker = aliased(StaffUser)
     since = Alert.opened_at if state == AlertState.OPEN else Alert.acknowledged_at
     q = (
@@ -168,7 +168,7 @@ def alerts_in_state(
             col(Alert.site_id).in_(site_scope(user, site_id)),
             col(Alert.state) == state,
         )
-        .order_by(SEVERITY_RANK, col(since), col(Alert.id))
+        .order_by(LEVEL_RANK, col(since), col(Alert.id))
     )
     rows, total = _section(session, q, limit)
     return Section([AlertRow(a, s, code, by) for a, s, code, by in rows], total)
@@ -546,7 +546,7 @@ def alert_list(
         states = [AlertState(state)] if state else [AlertState.OPEN, AlertState.ACKNOWLEDGED]
         open_first = sa.case((col(Alert.state) == AlertState.OPEN, 0), else_=1)
         q = q.where(col(Alert.state).in_(states)).order_by(
-            open_first, SEVERITY_RANK, col(Alert.opened_at), col(Alert.id)
+            open_first, LEVEL_RANK, col(Alert.opened_at), col(Alert.id)
         )
     elif state == "resolved":
         q = q.where(col(Alert.state) == AlertState.RESOLVED).order_by(

@@ -25,10 +25,15 @@ class AlertKind(enum.StrEnum):
     OPERATOR = "operator"
 
 
-class Severity(enum.StrEnum):
+class Level(enum.StrEnum):
+    """How soon a person must act, which decides how the alert reaches them (see
+    server/alerts/rules.py): critical (now, day or night, reply ACK, escalates), urgent (today:
+    held at night, reply ACK, escalates), routine (a task in the morning digest: no reply, no
+    escalation)."""
+
     CRITICAL = "critical"
-    HIGH = "high"
-    NORMAL = "normal"
+    URGENT = "urgent"
+    ROUTINE = "routine"
 
 
 class AlertState(enum.StrEnum):
@@ -50,7 +55,8 @@ class Alert(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     trigger_key: str = Field(max_length=120, unique=True)
     kind: AlertKind = Field(sa_type=str_enum(AlertKind))
-    severity: Severity = Field(sa_type=str_enum(Severity))
+    # Fixed when the alert opens (site policy, else the protocol, else the kind's default).
+    level: Level = Field(sa_type=str_enum(Level))
     state: AlertState = Field(default=AlertState.OPEN, sa_type=str_enum(AlertState))
     participant_id: int | None = Field(default=None, foreign_key="participant.id", index=True)
     site_id: int | None = Field(default=None, foreign_key="site.id")

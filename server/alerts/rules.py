@@ -1,5 +1,21 @@
-"""Pure decisions about alerts: which route an alert kind takes, which tier is due, business hours,
-acknowledgement codes and SMS replies."""
+"""Pure decisions about alerts: each alert's level, which route it takes, when its SMS may go out
+(night, the morning digest), which tier is due, acknowledgement codes and SMS replies.
+
+Levels (each kind's default below; a protocol file's `alerts:` block or the site's
+`escalation_policy.levels` may set another, the site's word last):
+
+- critical: act now. SMS at once, day or night (the site's `page_24_7`), reply ACK, escalates
+  through the `clinical` route: the on-call nurse, after 15 minutes every nurse and the
+  coordinator, after 30 more the investigator, repeated twice every 30 minutes.
+- urgent: act today. SMS at once in the day, held until the night ends (21:00-08:00 site time)
+  unless `page_24_7` names it; reply ACK; escalates through the `urgent` route: nurses and
+  coordinators, after 60 minutes the investigator (each step also held at night).
+- routine: a task. Never an SMS at night nor at once: one SMS per person at the site's morning
+  digest (08:00 Monday to Friday, site time), listing every task due to them; no reply is needed
+  and it never escalates (it stays on Today until someone resolves it).
+
+System alerts (a stalled escalation, a dead route) go to the admins (`operator` route).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +23,13 @@ import hashlib
 import hmac
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from server.alerts.models import AlertKind, Severity
+from server.alerts.models import AlertKind, Level
 
 # Recipient groups a tier can name (resolved against the site's staff by the service).
 ON_CALL_NURSES = "on_call_nurses"
@@ -22,13 +39,36 @@ INVESTIGATORS = "investigators"
 ADMINS = "admins"
 RECIPIENT_GROUPS = (ON_CALL_NURSES, NURSES_AND_COORDINATORS, COORDINATORS, INVESTIGATORS, ADMINS)
 
-# The default escalation policy of a site (a site may store its own in site.escalation_policy).
+# The level of each kind when neither the protocol nor the site says otherwise.
+DEFAULT_LEVEL_OF_KIND: Mapping[AlertKind, Level] = {
+    AlertKind.CTDNA_POSITIVE: Level.CRITICAL,
+    AlertKind.CTDNA_POSITIVE_BASELINE: Level.CRITICAL,
+    AlertKind.PROGRESSION: Level.CRITICAL,
+    AlertKind.CRITICAL_ANSWER: Level.URGENT,
+    AlertKind.REDRAW_NEEDED: Level.ROUTINE,
+    AlertKind.RESULT_OVERDUE: Level.ROUTINE,
+    AlertKind.MISSED_WINDOW: Level.ROUTINE,
+    AlertKind.DEAD_ROUTE: Level.URGENT,
+    AlertKind.OPERATOR: Level.CRITICAL,
+}
+
+# The system's own alerts reach the admins whatever their level.
+SYSTEM_KINDS = frozenset({AlertKind.DEAD_ROUTE, AlertKind.OPERATOR})
+# The route each level takes (the names predate levels: a site's own `clinical` route is still
+# what its critical alerts follow).
+ROUTE_OF_LEVEL: Mapping[Level, str] = {
+    Level.CRITICAL: "clinical",
+    Level.URGENT: "urgent",
+    Level.ROUTINE: "follow_up",
+}
+
+# The default escalation policy of a site (a site may store its own in site.escalation_policy;
+# keys it leaves out keep these values).
 DEFAULT_POLICY: dict[str, Any] = {
     "routes": {
-        # A positive ctDNA or a progression: the on-call nurse now, then every nurse and the
-        # coordinator after 15 minutes, then the investigator after 30 more; around the clock.
+        # Critical: the on-call nurse now, then every nurse and the coordinator after 15 minutes,
+        # then the investigator after 30 more, twice more every 30 minutes.
         "clinical": {
-            "hours": "24/7",
             "tiers": [
                 {"recipients": ON_CALL_NURSES, "timeout_minutes": 15},
                 {"recipients": NURSES_AND_COORDINATORS, "timeout_minutes": 30},
@@ -36,71 +76,117 @@ DEFAULT_POLICY: dict[str, Any] = {
             ],
             "repeats": 2,
         },
-        # Follow-up work (a redraw, an overdue result, a missed draw): coordinators in business
-        # hours, the investigator the next working day if nobody acknowledged.
-        "follow_up": {
-            "hours": "business",
+        # Urgent: the nurses and coordinators, the investigator after an hour unanswered.
+        "urgent": {
             "tiers": [
-                {"recipients": COORDINATORS, "timeout_minutes": 24 * 60},
-                {"recipients": INVESTIGATORS, "timeout_minutes": 24 * 60},
+                {"recipients": NURSES_AND_COORDINATORS, "timeout_minutes": 60},
+                {"recipients": INVESTIGATORS, "timeout_minutes": 120},
             ],
+            "repeats": 0,
+        },
+        # Routine tasks: the coordinators' morning digest (a later tier only stands in when
+        # nobody of an earlier one has a verified phone; routine never escalates by time).
+        "follow_up": {
+            "tiers": [{"recipients": COORDINATORS}, {"recipients": INVESTIGATORS}],
             "repeats": 0,
         },
         # The system itself needs a person: a stalled escalation, a dead route.
         "operator": {
-            "hours": "24/7",
             "tiers": [{"recipients": ADMINS, "timeout_minutes": 30}],
             "repeats": 1,
         },
     },
-    "business_hours": {"start": "08:00", "end": "18:00", "weekdays": [0, 1, 2, 3, 4]},
+    # Level changes by kind, e.g. {"redraw_needed": "urgent"} (the site's word over the protocol's).
+    "levels": {},
+    # Which alerts page at night: levels and alert kinds (routine never does).
+    "page_24_7": [Level.CRITICAL.value, AlertKind.CRITICAL_ANSWER.value],
+    # Site time: urgent SMS (and any not in page_24_7) wait for its end.
+    "night": {"start": "21:00", "end": "08:00"},
+    # Routine tasks go out at this site time on these weekdays (0 = Monday), one SMS per person.
+    "digest": {"at": "08:00", "weekdays": [0, 1, 2, 3, 4]},
 }
 
-ROUTE_OF_KIND = {
-    AlertKind.CTDNA_POSITIVE: "clinical",
-    AlertKind.CTDNA_POSITIVE_BASELINE: "clinical",
-    AlertKind.PROGRESSION: "clinical",
-    AlertKind.CRITICAL_ANSWER: "clinical",
-    AlertKind.REDRAW_NEEDED: "follow_up",
-    AlertKind.RESULT_OVERDUE: "follow_up",
-    AlertKind.MISSED_WINDOW: "follow_up",
-    AlertKind.DEAD_ROUTE: "operator",
-    AlertKind.OPERATOR: "operator",
-}
 
-SEVERITY_OF_KIND = {
-    AlertKind.CTDNA_POSITIVE: Severity.CRITICAL,
-    AlertKind.CTDNA_POSITIVE_BASELINE: Severity.CRITICAL,
-    AlertKind.PROGRESSION: Severity.CRITICAL,
-    AlertKind.CRITICAL_ANSWER: Severity.HIGH,
-}
+def setting(policy: Mapping[str, Any] | None, key: str) -> Any:
+    """One setting of a site's policy, else the default."""
+    value = (policy or {}).get(key)
+    return DEFAULT_POLICY[key] if value is None else value
+
+
+# The settings of a site's policy that decide how alerts of each level reach people (the rest of
+# a policy is its routes). PUT /api/v1/sites/{id}/alert-levels sets them.
+LEVEL_SETTINGS = ("levels", "page_24_7", "night", "digest")
+# Kinds a site may give another level: the system's own alerts always reach the admins as they are.
+CLINICAL_KINDS = tuple(kind for kind in AlertKind if kind not in SYSTEM_KINDS)
+
+
+def level_settings(policy: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A site's level settings as they apply (its own, else the defaults)."""
+    return {key: setting(policy, key) for key in LEVEL_SETTINGS}
+
+
+def level_of(
+    kind: AlertKind, *, protocol_level: str | None, policy: Mapping[str, Any] | None
+) -> Level:
+    """An alert kind's level: the site's policy, else the protocol's, else the kind's default."""
+    site_level = (setting(policy, "levels") or {}).get(kind.value)
+    for chosen in (site_level, protocol_level):
+        if chosen in {lvl.value for lvl in Level}:
+            return Level(chosen)
+    return DEFAULT_LEVEL_OF_KIND.get(kind, Level.ROUTINE)
+
+
+def needs_ack(level: Level) -> bool:
+    """Whether the alert's SMS asks for an ACK reply (and it escalates until one comes)."""
+    return level is not Level.ROUTINE
+
+
+def pages_at_night(kind: AlertKind, level: Level, policy: Mapping[str, Any] | None) -> bool:
+    """Whether the alert's SMS may go out at night: its level or its kind is in `page_24_7`;
+    routine never."""
+    if level is Level.ROUTINE:
+        return False
+    listed = set(setting(policy, "page_24_7") or ())
+    return level.value in listed or kind.value in listed
+
+
+def route_name(kind: AlertKind, level: Level) -> str:
+    """The route an alert takes: admins for the system's alerts, else its level's route."""
+    return "operator" if kind in SYSTEM_KINDS else ROUTE_OF_LEVEL[level]
+
+
+def route(policy: Mapping[str, Any] | None, kind: AlertKind, level: Level) -> dict[str, Any]:
+    """The route (tiers, repeats) an alert takes under a policy."""
+    routes = {**DEFAULT_POLICY["routes"], **((policy or {}).get("routes") or {})}
+    name = route_name(kind, level)
+    return dict(routes.get(name) or DEFAULT_POLICY["routes"][name])
 
 
 @dataclass(frozen=True)
 class Tier:
-    """One escalation step."""
+    """One escalation step (`timeout` None: it never times out)."""
 
     number: int
     recipients: str
-    timeout: timedelta
+    timeout: timedelta | None
 
 
-def route(policy: dict[str, Any], kind: AlertKind) -> dict[str, Any]:
-    """The route (tiers, hours, repeats) an alert kind takes under a policy."""
-    routes = {**DEFAULT_POLICY["routes"], **(policy.get("routes") or {})}
-    return dict(routes[ROUTE_OF_KIND.get(kind, "follow_up")])
-
-
-def tiers(route_: dict[str, Any]) -> list[Tier]:
+def tiers(route_: Mapping[str, Any]) -> list[Tier]:
     """The route's tiers, numbered from 1."""
     return [
-        Tier(i + 1, t["recipients"], timedelta(minutes=int(t["timeout_minutes"])))
+        Tier(
+            i + 1,
+            t["recipients"],
+            timedelta(minutes=int(t["timeout_minutes"]))
+            if t.get("timeout_minutes") is not None
+            else None,
+        )
         for i, t in enumerate(route_["tiers"])
     ]
 
 
 def next_step(
-    route_: dict[str, Any], current_tier: int, repeats_done: int
+    route_: Mapping[str, Any], current_tier: int, repeats_done: int
 ) -> tuple[int, int] | None:
     """After `current_tier` timed out unanswered: (tier to notify, repeats done), or None when the
     route is exhausted. The last tier repeats `repeats` times."""
@@ -112,27 +198,77 @@ def next_step(
     return None
 
 
-def in_business_hours(moment: datetime, zone: ZoneInfo, hours: dict[str, Any]) -> bool:
-    """Whether a moment falls in the site's business hours."""
+def _clock(text: str) -> time:
+    return time.fromisoformat(text)
+
+
+def _local_time(moment: datetime, zone: ZoneInfo) -> tuple[datetime, time]:
     local = moment.astimezone(zone)
-    start, end = time.fromisoformat(hours["start"]), time.fromisoformat(hours["end"])
-    return local.weekday() in hours["weekdays"] and start <= local.time().replace(tzinfo=None) < end
+    return local, local.time().replace(tzinfo=None)
 
 
-def next_business_moment(moment: datetime, zone: ZoneInfo, hours: dict[str, Any]) -> datetime:
-    """The first moment at or after `moment` inside business hours (site local time)."""
-    if in_business_hours(moment, zone, hours):
+def is_night(moment: datetime, zone: ZoneInfo, night: Mapping[str, str]) -> bool:
+    """Whether a moment falls in the site's night (start..end, across midnight when end < start)."""
+    start, end = _clock(night["start"]), _clock(night["end"])
+    _, now = _local_time(moment, zone)
+    if start <= end:
+        return start <= now < end
+    return now >= start or now < end
+
+
+def night_end(moment: datetime, zone: ZoneInfo, night: Mapping[str, str]) -> datetime:
+    """The first moment at or after `moment` outside the night."""
+    if not is_night(moment, zone, night):
         return moment
-    start = time.fromisoformat(hours["start"])
+    end = _clock(night["end"])
+    local, now = _local_time(moment, zone)
+    day = local.date() if now < end else local.date() + timedelta(days=1)
+    return datetime.combine(day, end, zone).astimezone(moment.tzinfo)
+
+
+def next_digest(moment: datetime, zone: ZoneInfo, policy: Mapping[str, Any] | None) -> datetime:
+    """The first morning digest at or after `moment` (`digest`: its site time and weekdays)."""
+    digest = setting(policy, "digest")
+    at = _clock(digest.get("at") or DEFAULT_POLICY["digest"]["at"])
+    weekdays = digest.get("weekdays") or list(range(7))
     local = moment.astimezone(zone)
     day = local.date()
-    if local.time().replace(tzinfo=None) >= start:
-        day += timedelta(days=1)
     for _ in range(8):
-        if day.weekday() in hours["weekdays"]:
-            return datetime.combine(day, start, zone).astimezone(moment.tzinfo)
+        candidate = datetime.combine(day, at, zone)
+        if day.weekday() in weekdays and candidate >= local:
+            return candidate.astimezone(moment.tzinfo)
         day += timedelta(days=1)
     return moment
+
+
+def send_moment(
+    *,
+    kind: AlertKind,
+    level: Level,
+    moment: datetime,
+    zone: ZoneInfo,
+    policy: Mapping[str, Any] | None,
+) -> datetime:
+    """When an alert SMS due at `moment` may go out: routine at the next morning digest; critical
+    and urgent at once, unless it is night and the site does not page them at night."""
+    if level is Level.ROUTINE:
+        return next_digest(moment, zone, policy)
+    if pages_at_night(kind, level, policy):
+        return moment
+    return night_end(moment, zone, setting(policy, "night"))
+
+
+# Staff SMS are in the site's language, read from its country (ISO 3166); elsewhere English.
+LANGUAGE_OF_COUNTRY: Mapping[str, str] = {
+    "FR": "fr",
+    "MC": "fr",
+    "CN": "zh",  # the catalog is Simplified Chinese
+}
+
+
+def staff_locale(country: str | None) -> str:
+    """The language of a site's staff SMS."""
+    return LANGUAGE_OF_COUNTRY.get((country or "").upper(), "en")
 
 
 # --- acknowledgement codes -----------------------------------------------------------------------

@@ -25,17 +25,19 @@ from notifications import outbox
 from notifications.messages import MessageKind, compose, render
 from notifications.models import (
     PRIORITY_STAFF_ALERT,
+    PRIORITY_STAFF_NOTICE,
     MessageCategory,
     MessageStatus,
     OutboxMessage,
 )
 from server import audit
 from server.alerts import rules
-from server.alerts.models import Alert, AlertKind, AlertLog, AlertState, Severity
+from server.alerts.models import Alert, AlertKind, AlertLog, AlertState, Level
 from server.auth.models import Role, SiteMembership, StaffUser
 from server.auth.rules import Permission, has_permission
-from server.errors import Conflict, Forbidden, field_error
+from server.errors import Conflict, Forbidden, NotFound, field_error
 from server.participants.models import Participant, Site
+from server.protocols import service as protocols
 
 OPEN_STATES = (AlertState.OPEN,)
 
@@ -50,6 +52,43 @@ def policy_of(site: Site | None) -> dict[str, Any]:
     return (site.escalation_policy if site and site.escalation_policy else None) or (
         rules.DEFAULT_POLICY
     )
+
+
+def set_alert_levels(
+    *,
+    session: Session,
+    site: Site,
+    settings: dict[str, Any],
+    actor: StaffUser,
+    now: datetime,
+) -> dict[str, Any]:
+    """Replace a site's level settings (levels by kind, what pages at night, the night, the
+    morning digest; a setting left out goes back to its default); its routes are kept. Alerts
+    already open keep the policy they opened with. Audited."""
+    before = rules.level_settings(site.escalation_policy)
+    policy = {
+        key: value
+        for key, value in (site.escalation_policy or {}).items()
+        if key not in rules.LEVEL_SETTINGS
+    }
+    policy.update({key: settings[key] for key in rules.LEVEL_SETTINGS if key in settings})
+    site.escalation_policy = policy or None
+    session.add(site)
+    after = rules.level_settings(policy)
+    audit.record(
+        session=session,
+        actor=f"staff:{actor.id}",
+        actor_user_id=actor.id,
+        action="site.alert_levels",
+        entity="site",
+        entity_id=site.id,
+        site_id=site.id,
+        now=now,
+        before=before,
+        after=after,
+    )
+    session.flush()
+    return after
 
 
 def log(
@@ -108,7 +147,8 @@ def recipients(session: Session, site_id: int, group: str) -> list[StaffUser]:
 def route_health(session: Session, site: Site) -> list[dict[str, Any]]:
     """Every tier of every route with who it reaches: a dead route shows before it is needed."""
     out = []
-    for name, route in (policy_of(site).get("routes") or {}).items():
+    routes = {**rules.DEFAULT_POLICY["routes"], **(policy_of(site).get("routes") or {})}
+    for name, route in routes.items():
         for tier in rules.tiers(route):
             reach = recipients(session, site.id, tier.recipients)  # type: ignore[arg-type]
             on_call_missing = tier.recipients == rules.ON_CALL_NURSES and not any(
@@ -122,7 +162,9 @@ def route_health(session: Session, site: Site) -> list[dict[str, Any]]:
                     "route": name,
                     "tier": tier.number,
                     "recipients": tier.recipients,
-                    "timeout_minutes": int(tier.timeout.total_seconds() // 60),
+                    "timeout_minutes": int(tier.timeout.total_seconds() // 60)
+                    if tier.timeout is not None
+                    else None,
                     "reachable": [u.id for u in reach],
                     "is_dead": not reach,
                     "warning": "nobody with a verified phone"
@@ -192,10 +234,13 @@ def open_alert(
         return existing, False
     site = session.get(Site, site_id) if site_id else None
     policy = policy_of(site)
+    level = rules.level_of(
+        kind, protocol_level=protocol_level(session, participant, kind), policy=policy
+    )
     alert = Alert(
         trigger_key=trigger_key,
         kind=kind,
-        severity=rules.SEVERITY_OF_KIND.get(kind, Severity.NORMAL),
+        level=level,
         participant_id=participant.id if participant else None,
         site_id=site_id,
         result_id=result_id,
@@ -210,7 +255,14 @@ def open_alert(
     alert.ack_code = _ack_code(session, alert.id)  # type: ignore[arg-type]
     session.add(alert)
     session.flush()
-    log(session, alert, "opened", now, actor=actor, detail={"kind": kind.value})
+    log(
+        session,
+        alert,
+        "opened",
+        now,
+        actor=actor,
+        detail={"kind": kind.value, "level": level.value},
+    )
     audit.record(
         session=session,
         actor=actor,
@@ -219,30 +271,47 @@ def open_alert(
         entity_id=alert.id,
         site_id=site_id,
         now=now,
-        after={"kind": kind.value, "trigger": trigger_key, "participant_id": alert.participant_id},
+        after={
+            "kind": kind.value,
+            "level": level.value,
+            "trigger": trigger_key,
+            "participant_id": alert.participant_id,
+        },
     )
     notify_tier(session=session, alert=alert, tier=1, now=now)
     return alert, True
 
 
+def protocol_level(
+    session: Session, participant: Participant | None, kind: AlertKind
+) -> str | None:
+    """The level the participant's study protocol gives this kind of alert (its `alerts:`)."""
+    if participant is None:
+        return None
+    try:
+        _, protocol = protocols.protocol_of_study(session, participant.study_id)
+    except NotFound:
+        return None
+    guidance = protocol.alerts.get(kind.value)
+    return guidance.level.value if guidance is not None and guidance.level else None
+
+
 def notify_tier(*, session: Session, alert: Alert, tier: int, now: datetime) -> None:
-    """Queue the SMS of one tier and set when the next one is due; skip empty tiers at once."""
-    route = rules.route(alert.policy, alert.kind)
+    """Queue the SMS of one tier and set when the next one is due; skip empty tiers at once.
+    When the SMS may go out depends on the level (rules.send_moment); routine never escalates."""
+    route = rules.route(alert.policy, alert.kind, alert.level)
     chain = rules.tiers(route)
     site = session.get(Site, alert.site_id) if alert.site_id else None
     zone = ZoneInfo(site.timezone) if site else ZoneInfo("UTC")
-    hours = alert.policy.get("business_hours") or rules.DEFAULT_POLICY["business_hours"]
+    send_at = rules.send_moment(
+        kind=alert.kind, level=alert.level, moment=now, zone=zone, policy=alert.policy
+    )
     while True:
         step = chain[tier - 1]
-        send_at = (
-            rules.next_business_moment(now, zone, hours)
-            if route.get("hours") == "business"
-            else now
-        )
         people = recipients(session, alert.site_id, step.recipients) if alert.site_id else []
         alert.tier = tier
         if people:
-            _queue(session, alert, tier, people, send_at, now)
+            _queue(session, alert, tier, people, send_at, now, site)
             log(
                 session,
                 alert,
@@ -251,7 +320,8 @@ def notify_tier(*, session: Session, alert: Alert, tier: int, now: datetime) -> 
                 tier=tier,
                 detail={"recipients": [u.id for u in people], "send_at": send_at},
             )
-            alert.next_tier_at = send_at + step.timeout
+            escalates = rules.needs_ack(alert.level) and step.timeout is not None
+            alert.next_tier_at = send_at + step.timeout if escalates else None  # type: ignore[operator]
             break
         log(
             session,
@@ -271,6 +341,32 @@ def notify_tier(*, session: Session, alert: Alert, tier: int, now: datetime) -> 
     session.flush()
 
 
+# A routine task's SMS names what to do when its kind has a text of its own.
+TASK_MESSAGE = {
+    AlertKind.RESULT_OVERDUE: MessageKind.RESULT_OVERDUE,
+    AlertKind.MISSED_WINDOW: MessageKind.MISSED_WINDOW,
+    AlertKind.REDRAW_NEEDED: MessageKind.REDRAW_NEEDED,
+}
+
+
+def _message(alert: Alert, tier: int, code: str, locale: str) -> tuple[MessageKind, Any]:
+    """The SMS of an alert's tier, worded by its level (URGENT / action today / task). compose:
+    the outbox also keeps a copy with the code hidden, the only one staff may see."""
+    link = _link(alert.id)
+    first = tier == 1 and alert.repeats_done == 0
+    if alert.level is Level.ROUTINE:
+        kind = TASK_MESSAGE.get(alert.kind, MessageKind.ALERT_TASK)
+        return kind, compose(kind, locale, code=code, link=link)
+    if alert.level is Level.CRITICAL:
+        kind = MessageKind.ALERT_NEW if first else MessageKind.ALERT_ESCALATED
+    else:
+        kind = MessageKind.ALERT_URGENT if first else MessageKind.ALERT_URGENT_ESCALATED
+    params: dict[str, Any] = {"code": code, "ack_code": alert.ack_code, "link": link}
+    if not first:
+        params["tier"] = tier
+    return kind, compose(kind, locale, **params)
+
+
 def _queue(
     session: Session,
     alert: Alert,
@@ -278,24 +374,21 @@ def _queue(
     people: list[StaffUser],
     send_at: datetime,
     now: datetime,
+    site: Site | None,
 ) -> None:
     participant = session.get(Participant, alert.participant_id) if alert.participant_id else None
     code = participant.study_code if participant else (f"SITE-{alert.site_id}")
-    link = _link(alert.id)
-    if tier == 1 and alert.repeats_done == 0:
-        # compose: the outbox also keeps a copy with the code hidden, the only one staff may see.
-        body = compose(MessageKind.ALERT_NEW, "en", code=code, ack_code=alert.ack_code, link=link)
-        kind = MessageKind.ALERT_NEW
-    else:
-        body = compose(
-            MessageKind.ALERT_ESCALATED,
-            "en",
-            code=code,
-            ack_code=alert.ack_code,
-            link=link,
-            tier=tier,
-        )
-        kind = MessageKind.ALERT_ESCALATED
+    locale = rules.staff_locale(site.country if site else None)
+    kind, body = _message(alert, tier, code, locale)
+    # Bundles (the dispatcher merges the rows a phone has due at once into one SMS): critical
+    # alerts with their code, so a bundle's codes are always critical ones ("URGENT"), and
+    # routine tasks without one (no reply needed): the morning digest. An urgent alert always
+    # goes alone, so its words ("action needed today") are never lost in a bundle.
+    bundle_item = (
+        {"code": code, "ack": alert.ack_code}
+        if alert.level is Level.CRITICAL
+        else ({"code": code, "ack": ""} if alert.level is Level.ROUTINE else None)
+    )
     for person in people:
         row, _ = outbox.enqueue(
             session,
@@ -303,17 +396,20 @@ def _queue(
             category=MessageCategory.STAFF_ALERT,
             kind=kind.value,
             to=person.phone_e164,  # type: ignore[arg-type]
-            locale="en",
+            locale=locale,
             body=body,
-            priority=PRIORITY_STAFF_ALERT,
+            # Tasks after alerts: a bundle lists the alerts first.
+            priority=PRIORITY_STAFF_NOTICE
+            if alert.level is Level.ROUTINE
+            else PRIORITY_STAFF_ALERT,
             intended_at=now,
             not_before_at=send_at,
             staff_user_id=person.id,
             ref=f"alert:{alert.id}",
             now=now,
         )
-        if row.bundle_item is None:
-            row.bundle_item = {"code": code, "ack": alert.ack_code}
+        if row.bundle_item is None and bundle_item is not None:
+            row.bundle_item = bundle_item
             session.add(row)
 
 
@@ -344,7 +440,13 @@ def escalate(*, session: Session, alert: Alert, now: datetime, expected_tier: in
     if alert.state != AlertState.OPEN or alert.tier != expected_tier:
         log(session, alert, "stale_escalation_ignored", now, tier=expected_tier)
         return False
-    nxt = rules.next_step(rules.route(alert.policy, alert.kind), alert.tier, alert.repeats_done)
+    if not rules.needs_ack(alert.level):
+        # Routine work never escalates (an alert opened before levels may still have a timer).
+        alert.next_tier_at = None
+        session.add(alert)
+        return False
+    route = rules.route(alert.policy, alert.kind, alert.level)
+    nxt = rules.next_step(route, alert.tier, alert.repeats_done)
     if nxt is None:
         alert.next_tier_at = None
         session.add(alert)
@@ -375,7 +477,8 @@ def on_delivery_failed(session: Session, message: OutboxMessage, now: datetime) 
         tier=tier,
         detail={"message_id": message.id, "error_code": message.error_code},
     )
-    escalate(session=session, alert=alert, now=now, expected_tier=tier)
+    if rules.needs_ack(alert.level):
+        escalate(session=session, alert=alert, now=now, expected_tier=tier)
 
 
 # --- acknowledgement and resolution --------------------------------------------------------------
@@ -584,6 +687,8 @@ def acknowledge_by_sms(
             select(Alert).where(
                 Alert.ack_code == code,
                 col(Alert.state).in_([AlertState.OPEN, AlertState.ACKNOWLEDGED]),
+                # A routine task's code is in no SMS: it cannot be acknowledged by reply.
+                col(Alert.level) != Level.ROUTINE,
             )
         ).all(),
         # Codes are unique among open alerts only: the open one first, then the latest.
@@ -602,16 +707,18 @@ def acknowledge_by_sms(
             continue
         if not acknowledge(session=session, alert=alert, user=user, channel="sms", now=now):
             return SmsAck(SmsAckOutcome.ALREADY_ACKNOWLEDGED, user=user, alert=alert)
+        site = session.get(Site, alert.site_id) if alert.site_id else None
+        locale = rules.staff_locale(site.country if site else None)
         outbox.enqueue(
             session,
             dedupe_key=f"ack-confirm:{alert.id}:{user.id}",
             category=MessageCategory.STAFF_NOTICE,
             kind=MessageKind.ALERT_ACK_CONFIRMED.value,
             to=from_number,
-            locale="en",
+            locale=locale,
             body=render(
                 MessageKind.ALERT_ACK_CONFIRMED,
-                "en",
+                locale,
                 code=_participant_code(session, alert),
             ),
             priority=PRIORITY_STAFF_ALERT,

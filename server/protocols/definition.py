@@ -76,6 +76,18 @@ table says `order: first_match` (then the first in the file wins).
           - {id: response, when: {response: [CR, PR]}, regimen: same, cycles: 2}
           - ...
 
+`alerts:` says, per alert kind the file's rules raise, how urgent it is (`level`: critical |
+urgent | routine, always a site default: the seeds grade nothing) and the care team's
+`next_step`, shown on the alert page with its `source` quoted from the trial documents (or listed
+in `site_defaults` when they are silent):
+
+    alerts:
+      progression:
+        level: critical
+        next_step: Resume the pre-study regimen (strongly encouraged; the physician decides).
+        source: 'seed 003: "resuming the pre-study regimen is strongly encouraged"'
+        site_defaults: [level]
+
 `choices:` declares values the protocol leaves to the care team per participant; the file's own
 value is the default and a participant's choice replaces it from `applies_from` on:
 
@@ -168,6 +180,30 @@ class StudyRule(enum.StrEnum):
     IMAGING_PROGRESSION = "imaging_progression"
     RESULT_OVERDUE = "result_overdue"
     MISSED_CTDNA_WINDOW = "missed_ctdna_window"
+
+
+class AlertLevel(enum.StrEnum):
+    """How urgent an alert is (the values match server.alerts.models.Level)."""
+
+    CRITICAL = "critical"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+
+
+# The alerts a protocol's rules (and its questionnaires) can raise, with what raises each; the
+# values match server.alerts.models.AlertKind. `alerts:` may speak only for these.
+ALERT_SOURCES: dict[str, tuple[StudyRule | None, ...]] = {
+    "ctdna_positive": (StudyRule.CTDNA_TURNS_POSITIVE,),
+    "ctdna_positive_baseline": (
+        StudyRule.CTDNA_POSITIVE_AT_BASELINE,
+        StudyRule.CTDNA_TURNS_POSITIVE,  # a first positive, with no earlier result to compare
+    ),
+    "progression": (StudyRule.IMAGING_PROGRESSION,),
+    "redraw_needed": (StudyRule.CTDNA_REDRAW_ON_FAILURE,),
+    "result_overdue": (StudyRule.RESULT_OVERDUE,),
+    "missed_window": (StudyRule.MISSED_CTDNA_WINDOW,),
+    "critical_answer": (None,),  # a questionnaire item's critical_if
+}
 
 
 class FactKind(enum.StrEnum):
@@ -574,6 +610,32 @@ class Item(_Node):
         return self.cohorts is None or cohort in self.cohorts
 
 
+class AlertGuidance(_Node):
+    """What the protocol says about one kind of alert: its level (how it reaches people, see
+    server/alerts/rules.py) and the next step the care team takes, shown on the alert page.
+
+    The seeds never grade urgency, so a `level` is always a site default (listed in
+    `site_defaults`); a `next_step` quotes its `source` from the trial documents, or is listed
+    in `site_defaults` when they say nothing."""
+
+    level: AlertLevel | None = None
+    next_step: str | None = Field(default=None, min_length=1, max_length=400)
+    source: str | None = Field(default=None, min_length=1, max_length=600)
+
+    @model_validator(mode="after")
+    def _check_provenance(self) -> AlertGuidance:
+        if self.level is not None and "level" not in self.site_defaults:
+            raise FieldError(
+                "level", "the trial documents grade no alert: list it in site_defaults"
+            )
+        no_source = self.source is None and "next_step" not in self.site_defaults
+        if self.next_step is not None and no_source:
+            raise FieldError("next_step", "quote its `source` or list it in site_defaults")
+        if self.source is not None and self.next_step is None:
+            raise FieldError("source", "a source needs the next_step it supports")
+        return self
+
+
 class Cohort(_Node):
     """A cohort or arm participants are enrolled or randomised into."""
 
@@ -895,6 +957,8 @@ class Protocol(_Node):
     choices: list[ParticipantChoice] = Field(default_factory=list)
     # Participant reminder plans per event type; an item's own `reminders` replace its type's.
     reminders: dict[EventType, list[Reminder]] = Field(default_factory=dict)
+    # Per alert kind: its level and the care team's next step (see AlertGuidance).
+    alerts: dict[str, AlertGuidance] = Field(default_factory=dict)
     # Set by the loader from the file, never written in it.
     key: str = Field(default="", exclude=True)
     source_file: str = Field(default="", exclude=True)
@@ -981,6 +1045,7 @@ class Protocol(_Node):
                                     f"no regimen {value!r}",
                                 )
 
+        self._check_alerts()
         types = {item.type for item in self.schedule}
         needs = {
             StudyRule.CTDNA_TURNS_POSITIVE: EventType.CTDNA_DRAW,
@@ -998,6 +1063,20 @@ class Protocol(_Node):
             ):
                 raise FieldError(f"rules[{i}]", "result_overdue needs an item that expects results")
         return self
+
+    def _check_alerts(self) -> None:
+        has_questionnaire = any(it.type == EventType.QUESTIONNAIRE for it in self.schedule)
+        for kind in self.alerts:
+            sources = ALERT_SOURCES.get(kind)
+            if sources is None:
+                known = ", ".join(ALERT_SOURCES)
+                raise FieldError(f"alerts.{kind}", f"not an alert a protocol raises ({known})")
+            raised = any(
+                (rule in self.rules) if rule is not None else has_questionnaire for rule in sources
+            )
+            if not raised:
+                needs = " or ".join(r.value if r else "a questionnaire" for r in sources)
+                raise FieldError(f"alerts.{kind}", f"nothing raises it here (needs {needs})")
 
     @model_validator(mode="after")
     def _check_look_back(self) -> Protocol:
@@ -1361,3 +1440,5 @@ def iter_nodes(protocol: Protocol) -> Iterator[tuple[str, _Node]]:
             yield f"decisions[{t}].rules[{r}]", rule
     for c, choice in enumerate(protocol.choices):
         yield f"choices[{c}]", choice
+    for kind, guidance in protocol.alerts.items():
+        yield f"alerts.{kind}", guidance

@@ -648,8 +648,8 @@ def overdue_results(*, session: Session, now: datetime) -> dict[str, int]:
             trigger_key=f"overdue:{event.id}",
             participant=participant,
             site_id=participant.site_id,
-            summary=f"no {event.expects_result} result {event.result_turnaround_days} days "
-            f"after {event.key}",
+            summary=f"{event.label} #{event.sequence}, done {event.completed_on}: no result "
+            f"after the {item.turnaround_days}-day turnaround",
             event_id=event.id,
             now=now,
         )
@@ -675,7 +675,8 @@ def on_missed_events(*, session: Session, events: list[ScheduleEvent], now: date
             trigger_key=f"missed:{event.id}",
             participant=participant,
             site_id=participant.site_id,
-            summary=f"{event.key} window closed without a draw",
+            summary=f"{event.label} #{event.sequence}: window closed "
+            f"{event.window_close_date} without a draw",
             event_id=event.id,
             now=now,
         )

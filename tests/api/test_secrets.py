@@ -67,8 +67,8 @@ CARRY_MESSAGES_OR_ALERTS = {
     "today.alert_acknowledge": "alert action",
     "today.alert_resolve": "alert action",
     "adherence_pages.export_csv": "CSV export",
-    "adherence_pages.participants": "participants behind a count",
     "today.coming_up_csv": "CSV export of the windows coming up",
+    "adherence_pages.participants": "participants behind a count",
     "participants.ParticipantView": "a participant",
     "participants.ParticipantsView": "participants",
     "participants_pages.participants": "participants list",
@@ -120,6 +120,7 @@ OTHER = {
     "schedules.site_adherence",
     "alerts.escalation",
     "alerts.set_on_call",
+    "alerts.set_alert_levels",
     "admin.StudiesView",
     "schedules.study_adherence",
     "admin.UsersView",
@@ -233,13 +234,16 @@ def scene(daytime: None, app: Flask, db: Session, world: factories.World) -> Sce
         return alert
 
     with time_machine.travel(T, tick=False), app.app_context():
-        # The nurse's alert SMS goes out at once; a second alert's waits in the outbox.
+        # The nurse's alert SMS goes out at once; a second (urgent) alert's waits in the outbox.
         alert = open_alert("secrets-test:1", AlertKind.CTDNA_POSITIVE)
         _dispatch(app, db, partial)
-        open_alert("secrets-test:2", AlertKind.MISSED_WINDOW)
+        open_alert("secrets-test:2", AlertKind.CTDNA_POSITIVE_BASELINE)
         from server.participants.mobile import send_activation_code
 
         send_activation_code(session=db, participant=participant, now=clock.utcnow(), actor="test")
+        db.commit()
+    # The reminder job wrote the questionnaire's reminders ahead of their moment (09:00).
+    with time_machine.travel(T - timedelta(hours=12), tick=False), app.app_context():
         reminders.materialize(session=db, now=clock.utcnow(), participant_id=participant.id)
         db.commit()
     event = db.exec(
@@ -254,7 +258,7 @@ def scene(daytime: None, app: Flask, db: Session, world: factories.World) -> Sce
         select(OutboxMessage).where(OutboxMessage.status == MessageStatus.PENDING)
     ).all()
     kinds = {m.kind for m in pending}
-    assert {"activation_code", "reminder_questionnaire", "alert_new"} <= kinds, kinds
+    assert {"activation_code", "reminder_questionnaire", "alert_urgent"} <= kinds, kinds
     assert any(alert.ack_code in c.body for c in scene.provider.sent)
     assert scene.activation_codes and scene.survey_tokens and scene.ack_codes
     assert any(a in m.body for m in pending for a in scene.ack_codes)

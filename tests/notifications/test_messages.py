@@ -80,6 +80,17 @@ def _bundle_items(n: int, *, long: bool = False) -> list[tuple[str, str]]:
     return [(f"{prefix}{i:03d}", f"{482100 + i}") for i in range(1, n + 1)]
 
 
+def _task_bundles() -> dict[str, list[tuple[str, str]]]:
+    tasks = [(f"HER-{i:03d}", "") for i in range(101, 141)]
+    return {
+        "1 task": tasks[:1],
+        "3 tasks": tasks[:3],
+        "40 tasks": tasks,
+        "1 alert 2 tasks": _bundle_items(1) + tasks[:2],
+        "3 alerts 40 tasks": _bundle_items(3) + tasks,
+    }
+
+
 def _params(kind: MessageKind, *, full: bool = False, long: bool = False) -> dict[str, Any]:
     """Typical parameters for a kind; `full` adds the optional ones, `long` maxes every length."""
     code = LONG_CODE if long else CODE
@@ -116,6 +127,9 @@ def _cases() -> dict[str, tuple[MessageKind, dict[str, Any]]]:
                 kind,
                 {"items": _bundle_items(40, long=True), "link": LINK},
             )
+            # Tasks (no code: no reply needed): the morning digest, alone or after alerts.
+            for label, items in _task_bundles().items():
+                cases[f"{kind.value}[{label}]"] = (kind, {"items": items, "link": LINK})
         else:
             cases[kind.value] = (kind, _params(kind))
             if KIND_SPECS[kind].optional:
@@ -306,11 +320,11 @@ def _en_source() -> str:
     [
         ("blood test on", "ctDNA blood test on", "'ctdna'"),
         ("clinic visit on {when}", "visit on {wen}", r"unknown placeholder \['wen'\]"),
-        ("alert: {code} needs", "alert: someone needs", r"does not show \['code'\]"),
+        ("participant {code} needs you", "participant X needs you", r"does not show \['code'\]"),
         ("by {when}.", "by {when!r}.", "plain"),
         ("  redraw_needed:", "  redraw_needed_typo:", "unknown message kinds"),
         ("It expires in {minutes_valid} minute.", "It expires soon.", "does not show"),
-        (' and {rest} more"', ' and more"', "must show {rest}"),
+        (' {rest} more in Stepdown."', ' more in Stepdown."', "must show {rest}"),
         ('  site_phone: " Questions? Call {site_phone}."\n', "", "needs a fragment"),
     ],
 )
@@ -377,7 +391,11 @@ def test_segments_reports_encoding_units_and_parts() -> None:
 
 # --- alert bundles --------------------------------------------------------------------------------
 
-REST_PATTERN = {"en": r" and (\d+) more", "fr": r" et (\d+) autres?", "zh": r"另有(\d+)条"}
+REST_PATTERN = {
+    "en": r" (\d+) more in Stepdown",
+    "fr": r" Et (\d+) autres? dans Stepdown",
+    "zh": r"另有(\d+)条",
+}
 
 
 @pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
@@ -409,8 +427,36 @@ def test_alert_bundle_fits_keeps_the_first_alert_and_counts_the_rest(
 
 def test_alert_bundle_lists_several_alerts_when_they_fit() -> None:
     text = render(MessageKind.ALERT_BUNDLE, "en", items=_bundle_items(40), link=LINK)
-    assert text.startswith("40 Stepdown alerts need attention: HER-001 (ACK 482101), HER-002")
+    assert text.startswith(
+        "URGENT - Stepdown: 40 participants need you now: HER-001 (ACK 482101), HER-002"
+    )
     assert text.count("(ACK ") >= 5
+
+
+@pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
+@pytest.mark.parametrize("label", list(_task_bundles()))
+def test_a_bundle_with_tasks_lists_them_without_codes_and_fits(locale: str, label: str) -> None:
+    items = _task_bundles()[label]
+    sms = messages.compose(MessageKind.ALERT_BUNDLE, locale, items=items, link=LINK)
+    assert segments(sms.text).segments <= MAX_SEGMENTS, sms.text
+    alerts = [(c, a) for c, a in items if a]
+    # The alerts' codes (critical ones: "URGENT") come first; tasks say no reply is needed.
+    critical, _urgent, _task = LEVEL_WORDS[locale]
+    assert sms.text.startswith(critical) == bool(alerts), sms.text
+    assert all(f"ACK {a}" in sms.text for _c, a in alerts[:1])
+    assert items[0][0] in sms.text
+    if not alerts:
+        assert "ACK" not in sms.text
+    # The copy staff may see hides the alerts' codes, and a task has none to hide.
+    assert sms.redacted is None if not alerts else all(a not in sms.redacted for _c, a in alerts)
+
+
+def test_a_bundle_prefix_carries_every_task_it_lists() -> None:
+    items = _bundle_items(2) + _task_bundles()["40 tasks"]
+    sms, shown = messages.bundle_prefix("en", items, LINK)
+    assert 3 <= shown < len(items)
+    assert all(code in sms.text for code, _ack in items[:shown])
+    assert " more in Stepdown" not in sms.text  # the rest goes in the next SMS, not "N more"
 
 
 @pytest.mark.parametrize(
@@ -513,11 +559,42 @@ def test_participant_messages_end_with_the_opt_out_hint_and_staff_messages_never
 
 @pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
 def test_alerts_carry_the_code_ack_and_link(locale: str) -> None:
-    for kind in (MessageKind.ALERT_NEW, MessageKind.ALERT_ESCALATED):
+    for kind in (
+        MessageKind.ALERT_NEW,
+        MessageKind.ALERT_ESCALATED,
+        MessageKind.ALERT_URGENT,
+        MessageKind.ALERT_URGENT_ESCALATED,
+    ):
         text = render(kind, locale, **_params(kind))
         assert CODE in text and "ACK 482113" in text and text.endswith(LINK)
-    escalated = render(MessageKind.ALERT_ESCALATED, locale, **_params(MessageKind.ALERT_ESCALATED))
-    assert "3" in escalated.replace("482113", "")
+    for kind in (MessageKind.ALERT_ESCALATED, MessageKind.ALERT_URGENT_ESCALATED):
+        assert "3" in render(kind, locale, **_params(kind)).replace("482113", "")
+
+
+# Each level's words, first thing in the SMS: a chore never reads like a positive result.
+LEVEL_WORDS = {
+    "en": ("URGENT - ", "action needed today", "Stepdown task, no reply needed"),
+    "fr": ("URGENT - ", "action à faire aujourd'hui", "Stepdown, suivi à faire (pas besoin"),
+    "zh": ("【Stepdown】紧急", "今日需处理", "【Stepdown】待办（无需回复）"),
+}
+
+
+@pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
+def test_each_level_says_how_urgent_it_is_in_words(locale: str) -> None:
+    critical, urgent, task = LEVEL_WORDS[locale]
+    for kind in (MessageKind.ALERT_NEW, MessageKind.ALERT_ESCALATED):
+        assert render(kind, locale, **_params(kind)).startswith(critical)
+    for kind in (MessageKind.ALERT_URGENT, MessageKind.ALERT_URGENT_ESCALATED):
+        text = render(kind, locale, **_params(kind))
+        assert urgent in text and critical not in text
+    for kind in (
+        MessageKind.ALERT_TASK,
+        MessageKind.RESULT_OVERDUE,
+        MessageKind.MISSED_WINDOW,
+        MessageKind.REDRAW_NEEDED,
+    ):
+        text = render(kind, locale, **_params(kind))
+        assert text.startswith(task) and "ACK" not in text and critical not in text
 
 
 # --- parameter errors -----------------------------------------------------------------------------

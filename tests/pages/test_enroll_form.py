@@ -106,7 +106,7 @@ def test_option_texts_are_short_and_their_meaning_is_written_below(web_as, world
     # The study's title and the site's name are under their fields.
     assert re.search(r'<p class="choice-help" data-study="HEROES"[^>]*>[^<]*HEROES', html)
     assert f'data-site="{world.sites["A"].id}" >Site SITE-A · Europe/Paris</p>' in html
-    assert "<dt>Off treatment, monitored</dt><dd>therapy stopped;" in html
+    assert "<li><strong>Off treatment, monitored</strong>: therapy stopped;" in html
 
 
 def test_the_preview_gives_each_target_its_weekday_and_offset(web_as, world):

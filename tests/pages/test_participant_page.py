@@ -153,10 +153,10 @@ def test_header_and_timeline_show_the_events_with_their_windows(world, web_as, d
     draw = event(db, a1, "ctdna:1")
     row = page.text(f"event-{draw.id}-summary")  # the event's row (its form is below it)
     assert draw.label in row and "ctdna:1" in row
-    assert "open" in row and "2027-03-22 – 2027-04-05" in row and "2027-03-29" in row
+    assert "Open" in row and "2027-03-22 – 2027-04-05" in row and "2027-03-29" in row
     baseline = event(db, a1, "ctdna_baseline:1")
     assert baseline.status == EventStatus.PLANNED  # stored; the page shows it as of now:
-    assert "missed" in page.text(f"event-{baseline.id}-summary")
+    assert "Missed" in page.text(f"event-{baseline.id}-summary")
     assert "2026-12-07 – 2026-12-21" in page.text(f"event-{baseline.id}-summary")
 
     # Every event is on the page; beyond the next ten, they fold into "all future events".
@@ -230,9 +230,9 @@ def test_completing_an_event_from_the_page_changes_it_and_writes_the_audit_trail
     page = Page(html)
     assert f"Recorded: {draw.label} done on 2027-03-29." in html
     shown = page.text(f"event-{draw.id}-summary")
-    assert "completed" in shown and "ctDNA negative" in shown
+    assert "Done" in shown and "ctDNA negative" in shown
     assert complete_url(a1, draw) not in [f["action"] for f in page.post_forms()]
-    assert "event.complete" in page.text("audit")
+    assert "Event recorded done" in page.text("audit")
 
     # Outside the window: allowed with a reason, flagged late.
     baseline = event(db, a1, "ctdna_baseline:1")
@@ -305,8 +305,8 @@ def test_monitor_sees_no_form_no_phone_number_and_a_forged_post_is_403(world, we
         assert number not in html, number
     assert "+33•••••••32" in page.text("participant-facts")
     assert "+33•••••••78" in page.text("messages")  # the welcome went to the old number
-    assert "participant.update" in page.text("audit") and "+33•••••••78" in page.text("audit")
-    assert page.text("audit").count("participant.create") == 1
+    assert "Participant changed" in page.text("audit") and "+33•••••••78" in page.text("audit")
+    assert page.text("audit").count("Participant enrolled") == 1
     assert "+33" not in json.dumps(page.data())
     # No write form at all: the only POST form is the header's log out.
     assert [f["action"] for f in page.post_forms()] == ["/logout"]
@@ -395,8 +395,8 @@ def test_results_are_in_the_tables_and_the_chart_data_and_alerts_are_listed(
     assert lab.post("/api/v1/results/imaging", json=scan).status_code == 201
     page = Page(web.text(url(a1)))
     table = page.text("ctdna-table")
-    assert "2026-12-14 negative 0.0" in table and "2027-03-29 positive —" in table
-    assert "2027-03-27 ct PD" in page.text("imaging-table")
+    assert "2026-12-14 Negative 0.0" in table and "2027-03-29 Positive —" in table
+    assert "2027-03-27 CT PD" in page.text("imaging-table")
     assert "Progression recorded on 2027-03-27" in page.text("ctdna")
     data = page.data()["results"]
     assert data["ctdna"] == [
@@ -408,12 +408,13 @@ def test_results_are_in_the_tables_and_the_chart_data_and_alerts_are_listed(
     assert "ctdna-chart" in page.ids
     # The result completed the draw it fulfils; the timeline says so.
     draw = event(db, a1, "ctdna:1")
-    assert "completed" in page.text(f"event-{draw.id}-summary")
+    assert "Done" in page.text(f"event-{draw.id}-summary")
     # The alerts they opened are listed, with a link to each.
     alerts = db.exec(select(Alert).where(Alert.participant_id == a1.id)).all()
     assert {a.kind.value for a in alerts} == {"ctdna_positive", "progression"}
     listed = page.text("alerts")
-    assert "ctdna positive" in listed and "progression" in listed and "critical" in listed
+    assert "ctDNA turned positive" in listed and "Radiological progression" in listed
+    assert "Critical" in listed
     for a in alerts:
         assert f"/alerts/{a.id}" in page.urls
     assert "result.create" in page.text("audit")
@@ -459,10 +460,10 @@ def test_messages_are_listed_with_their_status_and_no_text(world, web_as, db):
     db.commit()
     page = Page(web_as("nurse", "A").text(url(a1)))
     failed = page.text(f"message-{welcome.id}")
-    assert "welcome" in failed and "failed" in failed and "30003" in failed
+    assert "Welcome" in failed and "Failed" in failed and "30003" in failed
     assert A1_PHONE in failed
     pending = page.text(f"message-{activation.id}")
-    assert "activation code" in pending and "pending" in pending
+    assert "App activation code" in pending and "Waiting to send" in pending
     # The texts carry the participant's credentials (activation code, survey links): not shown.
     assert code.group(0) not in page.text("participant-page")
 
@@ -538,7 +539,7 @@ def test_decision_is_shown_and_the_team_records_its_choice_from_the_page(world, 
     after = Page(investigator.text(url(p)))
     assert "Chosen everoht ×2 differs from the rule" in after.text(f"decision-{decision.id}")
     assert record not in [f["action"] for f in after.post_forms()]
-    assert "decision.record" in after.text("audit")
+    assert "Decision recorded" in after.text("audit")
 
 
 # --- the vendored chart library, and no outside URL ----------------------------------------------
@@ -628,5 +629,5 @@ def test_a_participant_with_nothing_yet_gets_a_page_of_empty_states(world, web_a
     assert "No questionnaire answered yet." in page.text("qol")
     assert "No message yet." in page.text("messages")
     assert "No alert for this participant." in page.text("alerts")
-    assert "participant.create" in page.text("audit")
+    assert "Participant enrolled" in page.text("audit")
     assert page.data()["results"] == {"ctdna": [], "imaging": [], "anchor_date": None}

@@ -74,7 +74,7 @@ def test_the_list_shows_my_sites_participants_with_their_columns(web_as, world, 
     assert '<span class="study">HEROES</span>' in row and '<span class="muted cohort">stop' in row
     # One site: no Site column (it would say the same on every row).
     assert "SITE-A" not in row and '<th scope="col">Site</th>' not in html
-    assert "off treatment monitoring" in row
+    assert "Off treatment, monitored" in row
     assert "2027-01-04" in row
     assert "+33612345678" in row  # a coordinator sees the number
     # Anchored two months from now: nothing due yet, no percentage, no missed event; the next

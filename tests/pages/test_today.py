@@ -139,7 +139,7 @@ def test_open_alerts_of_my_site_only_with_local_time_and_tier(world, db, web_as,
         assert ids(mine, "alert-id") == [a] and count(mine) == 1
         assert "A-001" in mine and "B-001" not in html
         assert f'href="/participants/{world.participants["A1"].id}"' in mine
-        assert "ctdna positive" in mine and 'class="badge critical"' in mine
+        assert "ctDNA turned positive" in mine and 'class="badge level-critical">Critical' in mine
         assert "2027-03-30 10:00 CEST" in mine  # opened, in the site's time zone
         assert "tier 1" in mine and "next 2027-03-30 10:15 CEST" in mine
         # The nurse of site B sees theirs, in Boston time.
@@ -186,7 +186,7 @@ def test_acknowledge_from_today_moves_the_alert_to_acknowledged(world, db, web_a
     assert "Alert for A-001 acknowledged" in html
     assert ids(section(html, "open-alerts"), "alert-id") == []
     acked = section(html, "acknowledged-alerts")
-    assert ids(acked, "alert-id") == [alert_id] and "by nurse.a (web)" in acked
+    assert ids(acked, "alert-id") == [alert_id] and "by nurse.a on the web" in acked
     # In the acknowledged section only the resolve form remains.
     assert "Resolve</button>" in acked and "Acknowledge</button>" not in acked
     alert = alert_of(db, alert_id)
@@ -477,7 +477,9 @@ def test_the_results_watchdog_still_opens_one_alert_per_overdue_draw(world, db):
         assert results.overdue_results(session=db, now=now()) == {"opened": 0}
     alert = db.exec(select(Alert).where(Alert.trigger_key == f"overdue:{draw.id}")).one()
     assert alert.kind.value == "result_overdue" and alert.participant_id == a1.id
-    assert alert.summary == "no ctdna result 14 days after ctdna:1"
+    assert alert.summary == (
+        f"Signatera ctDNA draw #1, done {draw.completed_on}: no result after the 14-day turnaround"
+    )
 
 
 def test_a_draw_completed_with_its_result_recorded_by_hand_awaits_nothing(world, db, web_as):
@@ -738,10 +740,10 @@ def test_alert_page_shows_timeline_with_names_in_site_time(world, db, web_as, ca
         web.post(f"/alerts/{alert_id}/acknowledge", data={"note": "on it"})
         html = web.text(f"/alerts/{alert_id}")
     assert "When (Europe/Paris)" in html and "2027-03-30 10:00:00 CEST" in html
-    assert "tier notified" in html and "acknowledged" in html and "“on it”" in html
+    assert "SMS queued" in html and "Acknowledged" in html and "“on it”" in html
     nurse_id = world.staff[("nurse", "A")].id
     assert "nurse.a" in html and f"staff:{nurse_id}" not in html  # names, not ids
     # The tier-1 SMS to the on-call nurse was still waiting: the acknowledgement cancelled it.
     messages = html[html.index("<h2>Messages</h2>") :]
     assert re.search(r'<td data-label="To">nurse\.a</td>', messages)
-    assert 'class="badge cancelled">cancelled' in messages
+    assert 'class="badge cancelled">Cancelled' in messages

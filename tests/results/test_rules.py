@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from server.alerts.models import AlertKind
+from server.alerts.models import AlertKind, Level
 from server.alerts.rules import (
     DEFAULT_POLICY,
     next_step,
@@ -100,13 +100,12 @@ def test_result_overdue_after_turnaround():
 
 
 def test_escalation_steps_then_repeats_then_stops():
-    clinical = route(DEFAULT_POLICY, AlertKind.CTDNA_POSITIVE)
+    clinical = route(DEFAULT_POLICY, AlertKind.CTDNA_POSITIVE, Level.CRITICAL)
     assert next_step(clinical, 1, 0) == (2, 0)
     assert next_step(clinical, 2, 0) == (3, 0)
     assert next_step(clinical, 3, 0) == (3, 1)
     assert next_step(clinical, 3, 2) is None
-    follow = route(DEFAULT_POLICY, AlertKind.RESULT_OVERDUE)
-    assert follow["hours"] == "business"
+    follow = route(DEFAULT_POLICY, AlertKind.RESULT_OVERDUE, Level.ROUTINE)
     assert next_step(follow, 2, 0) is None
 
 

@@ -223,10 +223,16 @@ def test_a_bundle_recipient_acknowledges_each_alert_it_listed(
     with at(T0):
         post_negative_baseline(lab)
         first = lab.post("/api/v1/results/ctdna", json=ctdna()).get_json()["alert_id"]
-        # A2 is positive at baseline: a second alert for the same on-call nurse.
+        # A2 turns positive too: a second critical alert for the same on-call nurse.
+        negative = ctdna(
+            code="A-002",
+            accession="A2-BASE",
+            call="negative",
+            collected="2026-12-14T09:00:00+01:00",
+        )
+        assert lab.post("/api/v1/results/ctdna", json=negative).status_code == 201
         second = lab.post(
-            "/api/v1/results/ctdna",
-            json=ctdna(code="A-002", accession="A2-BASE", collected="2026-12-14T09:00:00+01:00"),
+            "/api/v1/results/ctdna", json=ctdna(code="A-002", accession="A2-POS")
         ).get_json()["alert_id"]
     assert first and second
     codes = {i: db.get(Alert, i).ack_code for i in (first, second)}

@@ -1,0 +1,190 @@
+"""The alert page a nurse opens from the SMS, and the participant's page, in a real browser
+(Debian's Chromium driven by Playwright) on a phone (390x844) and a laptop (1280x800): what
+happened and the Acknowledge button are on the first screen, one tap acknowledges; the team can
+be called; the participant's page shows the open alert first; no sideways scroll. Screenshots
+are kept in test-artifacts/ (alert-*.png, participant-open-alert-*.png)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import time_machine
+from playwright.sync_api import Page, expect, sync_playwright
+from sqlmodel import select
+from werkzeug.serving import make_server
+
+from server.alerts.models import Alert, AlertState
+from server.auth.models import Role, SiteMembership
+from server.db import get_db
+from server.results import service as results
+from server.results.models import ResultKind
+from tests import factories
+from tests.browser.test_survey_browser import ARTIFACTS, chromium_path
+from tests.results.test_concurrency import fresh_app
+
+__all__ = ["fresh_app"]
+
+VIEWPORTS = {
+    "phone": {"width": 390, "height": 844},
+    "desktop": {"width": 1280, "height": 800},
+}
+
+
+def _ctdna(session: Any, accession: str, call: str, mtm: float, collected: datetime) -> Any:
+    return results.ingest(
+        session=session,
+        kind=ResultKind.CTDNA,
+        source="natera",
+        accession_id=accession,
+        study_code="A-001",
+        study_key="HEROES",
+        now=datetime.now(UTC),
+        actor="lab:test",
+        fields={"collected_at": collected, "call": call, "mtm_per_ml": mtm},
+    )
+
+
+# Tuesday 30 March 2027, 10:00 in Paris: A-001 (anchor 4 January) is being monitored.
+T0 = datetime(2027, 3, 30, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def served(fresh_app: Any) -> Iterator[tuple[Any, str, dict[str, int]]]:
+    """Two sites' world with A-001's ctDNA turned positive (an open critical alert), served on a
+    real port (the browser is another client), the clock held at T0 for server and test."""
+    with time_machine.travel(T0, tick=False):
+        with fresh_app.app_context(), get_db(fresh_app).job_session() as s:
+            world = factories.build_world(s)
+            for (role, site), user in world.staff.items():
+                if site == "A" and role in ("nurse", "coordinator", "investigator"):
+                    user.phone_e164 = f"+3361000000{list(Role).index(Role(role))}"
+                    user.is_phone_verified = True
+                    s.add(user)
+            nurse = world.staff[("nurse", "A")]
+            membership = s.exec(
+                select(SiteMembership).where(SiteMembership.user_id == nurse.id)
+            ).one()
+            membership.is_on_call = True
+            s.flush()
+            _ctdna(s, "BASE", "negative", 0.0, datetime(2026, 12, 21, 8, 0, tzinfo=UTC))
+            _ctdna(s, "WEEK-8", "negative", 0.0, datetime(2027, 3, 1, 8, 0, tzinfo=UTC))
+            done = _ctdna(s, "POS", "positive", 0.42, datetime(2027, 3, 29, 7, 0, tzinfo=UTC))
+            ids = {"alert": int(done.alert_id), "A1": int(world.participants["A1"].id)}
+        server = make_server("127.0.0.1", 0, fresh_app, threaded=True)
+        base = f"http://127.0.0.1:{server.server_port}"
+        fresh_app.config["PUBLIC_BASE_URL"] = base
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        ARTIFACTS.mkdir(exist_ok=True)
+        try:
+            yield fresh_app, base, ids
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=chromium_path(),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def _logged_in(browser: Any, base: str, size: str, email: str) -> Page:
+    page: Page = browser.new_context(viewport=VIEWPORTS[size]).new_page()
+    page.goto(f"{base}/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(factories.PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_load_state()
+    return page
+
+
+def _on_first_screen(page: Page, selector: str, size: str) -> None:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, selector
+    assert box["y"] >= 0 and box["y"] + box["height"] <= VIEWPORTS[size]["height"], (selector, box)
+
+
+def _no_sideways_scroll(page: Page, size: str) -> None:
+    assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORTS[size]["width"]
+
+
+@pytest.mark.parametrize("size", list(VIEWPORTS))
+def test_a_nurse_opens_the_sms_link_sees_what_happened_and_acknowledges_in_one_tap(
+    served, browser, size
+):
+    app, base, ids = served
+    page = _logged_in(browser, base, size, "nurse.a@example.test")
+    page.goto(f"{base}/alerts/{ids['alert']}")  # the link in the SMS
+    head = page.locator("#alert-head")
+    expect(head).to_contain_text("Critical")
+    expect(head).to_contain_text("ctDNA turned positive · A-001")
+    expect(page.locator("#what-line")).to_contain_text("ctDNA positive, 0.42 MTM/mL")
+    _on_first_screen(page, "#what-line", size)
+    _on_first_screen(page, "#ack-button", size)
+    expect(page.locator("#next-step")).to_contain_text("Resume the prior anti-HER2 therapy")
+    expect(page.locator("#ctdna-sparkline circle")).to_have_count(3)
+    expect(page.locator('#team a[href^="tel:+33"]').first).to_be_visible()
+    expect(page.locator("#escalation")).to_contain_text("If nobody acknowledges by then")
+    _no_sideways_scroll(page, size)
+    page.screenshot(path=str(ARTIFACTS / f"alert-open-{size}.png"))
+    page.screenshot(path=str(ARTIFACTS / f"alert-open-{size}-full.png"), full_page=True)
+
+    page.locator("#ack-button").click()  # one tap, no note needed
+    page.wait_for_load_state()
+    expect(page.locator(".flash")).to_contain_text("acknowledged")
+    expect(page.locator("#ack-button")).to_have_count(0)
+    expect(page.locator("#escalation")).to_contain_text("Acknowledged by nurse.a on the web")
+    _no_sideways_scroll(page, size)
+    page.screenshot(path=str(ARTIFACTS / f"alert-acknowledged-{size}.png"))
+    page.context.close()
+    with app.app_context(), get_db(app).job_session() as s:
+        stored = s.get(Alert, ids["alert"])
+        assert stored.state == AlertState.ACKNOWLEDGED and stored.ack_channel == "web"
+
+
+@pytest.mark.parametrize("size", list(VIEWPORTS))
+def test_the_participant_page_shows_the_open_alert_first(served, browser, size):
+    _app, base, ids = served
+    page = _logged_in(browser, base, size, "coordinator.a@example.test")
+    page.goto(f"{base}/participants/{ids['A1']}")
+    banner = page.locator("#open-alerts")
+    expect(banner).to_contain_text("1 alert not resolved")
+    expect(banner).to_contain_text("ctDNA turned positive")
+    _on_first_screen(page, "#open-alerts a.go", size)
+    _no_sideways_scroll(page, size)
+    page.screenshot(path=str(ARTIFACTS / f"participant-open-alert-{size}.png"))
+    banner.get_by_role("link", name="Open alert").click()
+    page.wait_for_load_state()
+    assert page.url.endswith(f"/alerts/{ids['alert']}")
+    page.context.close()
+
+
+def test_a_monitor_sees_the_alert_read_only_with_masked_phones(served, browser):
+    _app, base, ids = served
+    page = _logged_in(browser, base, "phone", "monitor.a@example.test")
+    page.goto(f"{base}/alerts/{ids['alert']}")
+    expect(page.locator("#what-line")).to_contain_text("0.42 MTM/mL")
+    expect(page.locator("#ack-button")).to_have_count(0)
+    expect(page.locator('#team a[href^="tel:"]')).to_have_count(0)
+    expect(page.locator("#team")).to_contain_text("•")
+    page.screenshot(path=str(ARTIFACTS / "alert-monitor-phone.png"))
+    page.context.close()
