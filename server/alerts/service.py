@@ -416,21 +416,36 @@ def _queue(
 # --- escalation ----------------------------------------------------------------------------------
 
 
+# Alerts per transaction of the escalation job: hundreds due at once (a mass event) are worked
+# through in short commits, never one long lock.
+ESCALATE_COMMIT_EVERY = 20
+
+
 def escalate_due(*, session: Session, now: datetime, batch: int = 200) -> dict[str, int]:
-    """Advance every open alert whose next tier is due (row-locked; acknowledged ones stop)."""
-    rows = session.exec(
-        select(Alert)
-        .where(col(Alert.state) == AlertState.OPEN, col(Alert.next_tier_at) <= now)
-        .order_by(col(Alert.next_tier_at))
-        .limit(batch)
-        .with_for_update(skip_locked=True)
-    ).all()
+    """Advance every open alert whose next tier is due (row-locked; acknowledged ones stop),
+    up to `batch` per run, committing every ESCALATE_COMMIT_EVERY alerts."""
     advanced = exhausted = 0
-    for alert in rows:
-        if escalate(session=session, alert=alert, now=now, expected_tier=alert.tier):
-            advanced += 1
-        else:
-            exhausted += 1
+    done: list[int] = []
+    while len(done) < batch:
+        q = (
+            select(Alert)
+            .where(col(Alert.state) == AlertState.OPEN, col(Alert.next_tier_at) <= now)
+            .order_by(col(Alert.next_tier_at))
+            .limit(min(ESCALATE_COMMIT_EVERY, batch - len(done)))
+            .with_for_update(skip_locked=True)
+        )
+        if done:
+            q = q.where(col(Alert.id).not_in(done))
+        rows = session.exec(q).all()
+        if not rows:
+            break
+        for alert in rows:
+            done.append(alert.id)  # type: ignore[arg-type]
+            if escalate(session=session, alert=alert, now=now, expected_tier=alert.tier):
+                advanced += 1
+            else:
+                exhausted += 1
+        session.commit()
     return {"advanced": advanced, "exhausted": exhausted}
 
 

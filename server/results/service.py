@@ -630,6 +630,9 @@ def results_overdue(
     return out
 
 
+OVERDUE_COMMIT_EVERY = 20
+
+
 def overdue_results(*, session: Session, now: datetime) -> dict[str, int]:
     """Draws and scans done longer ago than the assay's turnaround with no result: tell the
     coordinator (once per event)."""
@@ -654,6 +657,8 @@ def overdue_results(*, session: Session, now: datetime) -> dict[str, int]:
             now=now,
         )
         opened += int(created)
+        if created and opened % OVERDUE_COMMIT_EVERY == 0:
+            session.commit()  # a lab's outage makes hundreds at once: short transactions
     return {"opened": opened}
 
 

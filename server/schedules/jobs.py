@@ -1,4 +1,10 @@
-"""Scheduled jobs about schedules. Each takes (session, now), works in batches, is idempotent."""
+"""Scheduled jobs about schedules. Each takes (session, now), works in batches, is idempotent.
+
+A batch is one short transaction: a mass event (a month of back-dated enrolments closes thousands
+of windows at once, each missed ctDNA window opening an alert) is worked through in many commits,
+so the job never holds the database's locks (SQLite's one writer) for more than a fraction of a
+second and the API's writes get in between.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,9 @@ from server import audit
 from server.participants.models import Participant
 from server.schedules.models import EventStatus, ScheduleEvent
 
-BATCH = 500
+# Events per transaction of the missed-window pass: each may open an alert (its audit row, its
+# tier-1 SMS), a few milliseconds each.
+BATCH = 50
 SYSTEM_ACTOR = "system:scheduler"
 
 
