@@ -103,9 +103,16 @@ class BaseConfig:
     TWILIO_MESSAGING_SERVICE_SID: str | None = None
     TWILIO_FROM_NUMBER: str | None = None
     TWILIO_BASE_URL: str | None = None
-    # SMS a second per sender (token bucket in the dispatcher): a long code sends ~1/s; a
-    # Messaging Service or short code is allowed far more. 0 means no limit.
+    # SMS a second per sender, kept by every dispatcher together (Redis when REDIS_URL is set,
+    # else PostgreSQL, else this process): a long code sends ~1/s; a Messaging Service or short
+    # code is allowed far more. 0 means no limit.
     SMS_RATE_PER_SECOND = 1.0
+    # Staff alerts' own sender (README, "Sending capacity"): with one, no participant message
+    # can delay an alert; without, alerts leave from the participant sender, first in line.
+    TWILIO_ALERT_MESSAGING_SERVICE_SID: str | None = None
+    TWILIO_ALERT_FROM_NUMBER: str | None = None
+    # Its rate; None: SMS_RATE_PER_SECOND.
+    SMS_ALERT_RATE_PER_SECOND: float | None = None
     # How far ahead of our clock a lab's collection or report time may be (its clock may run
     # fast: LIS and instrument clocks are often not NTP-disciplined); later is refused as future.
     RESULT_CLOCK_SKEW_SECONDS = 600
@@ -144,9 +151,13 @@ class BaseConfig:
             "TWILIO_MESSAGING_SERVICE_SID",
             "TWILIO_FROM_NUMBER",
             "TWILIO_BASE_URL",
+            "TWILIO_ALERT_MESSAGING_SERVICE_SID",
+            "TWILIO_ALERT_FROM_NUMBER",
         ):
             setattr(self, name, _env(name, getattr(self, name)))
         self.SMS_RATE_PER_SECOND = _env_float("SMS_RATE_PER_SECOND", self.SMS_RATE_PER_SECOND)
+        if _env("SMS_ALERT_RATE_PER_SECOND") is not None:
+            self.SMS_ALERT_RATE_PER_SECOND = _env_float("SMS_ALERT_RATE_PER_SECOND", 0.0)
         self.RESULT_CLOCK_SKEW_SECONDS = _env_int(
             "RESULT_CLOCK_SKEW_SECONDS", self.RESULT_CLOCK_SKEW_SECONDS
         )

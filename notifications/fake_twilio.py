@@ -4,7 +4,10 @@ The real twilio library talks to it (see `TwilioSmsProvider(base_url=...)`), so 
 encoding and error parsing stay real. It records every message, answers like Twilio (201 with an
 SM sid, or Twilio error JSON), posts signed status callbacks ("sent" then "delivered", or a
 delivery failure), signs simulated inbound SMS, and can be told to misbehave: 5xx, 429, hangs
-(optionally after accepting the message), unsubscribed (21610) or invalid (21211) numbers.
+(optionally after accepting the message), unsubscribed (21610) or invalid (21211) numbers. It can
+answer each creation after a realistic delay (`latency`) and send its webhooks to a local http
+address while signing them for the app's public https:// URL, as a TLS-terminating proxy would
+(`deliver_via`): benchmarks run the app with production settings that way.
 
 In-process:  `with FakeTwilio(auth_token=...) as fake: ... fake.base_url ...`
 Standalone:  `python -m notifications.fake_twilio --port 8010 --auth-token T --callback-delay 0.5`,
@@ -329,6 +332,8 @@ class FakeTwilio:
         default_from: str = DEFAULT_FROM,
         messaging_service_sid: str | None = None,
         auto_opt_out: bool = True,
+        latency: float = 0.0,
+        deliver_via: str | None = None,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -343,6 +348,13 @@ class FakeTwilio:
         self.messaging_service_sid = messaging_service_sid
         # Inbound STOP/START update the unsubscribed set and add OptOutType, as Twilio does.
         self.auto_opt_out = auto_opt_out
+        # Seconds each message creation takes to answer, as Twilio's API does (~0.1-0.3 s): the
+        # message is created, and stamped `received_at`, at the end of it, as the 201 goes back.
+        self.latency = latency
+        # Webhooks are signed for the URL the app gave (its public https:// one) but sent to
+        # this origin instead (http://127.0.0.1:PORT): what a TLS-terminating proxy in front of
+        # the app does. None: sent where the URL says.
+        self.deliver_via = urlsplit(deliver_via) if deliver_via else None
 
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -637,6 +649,12 @@ class FakeTwilio:
             "I-Twilio-Idempotency-Token": secrets.token_hex(16),
         }
         error = None
+        if self.deliver_via is not None:
+            parts = urlsplit(url)
+            via = self.deliver_via
+            url = f"{via.scheme}://{via.netloc}{parts.path}" + (
+                f"?{parts.query}" if parts.query else ""
+            )
         for _ in range(1 + max(0, self.callback_retries)):
             # The scheme is checked above; the URL is the one our app asked to be called on.
             request = urllib.request.Request(url, data=data, headers=headers, method="POST")  # noqa: S310
@@ -839,6 +857,8 @@ class FakeTwilio:
         if not self._authorized(request, account):
             self._log_call("POST", "create", to, 401)
             return twilio_error(401, 20003, "Authenticate")
+        if self.latency > 0:
+            self._stopping.wait(self.latency)
         fault = self._take_fault()
         if fault is not None and not (fault.mode == "hang" and fault.after_accept):
             if fault.mode == "error":
@@ -1049,11 +1069,17 @@ class FakeTwilio:
                 self.callback_delay = delay
             if "auto_opt_out" in data:
                 self.auto_opt_out = bool(data["auto_opt_out"])
+            if "latency" in data:
+                latency = _opt_float(data, "latency")
+                if latency is None or latency < 0:
+                    raise _BadControl("latency must be a number >= 0")
+                self.latency = latency
         return _json(
             {
                 "callbacks_enabled": self.callbacks_enabled,
                 "callback_delay": self.callback_delay,
                 "auto_opt_out": self.auto_opt_out,
+                "latency": self.latency,
             }
         )
 
@@ -1215,6 +1241,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-callbacks", action="store_true", help="never post status callbacks")
     parser.add_argument("--default-from", default=DEFAULT_FROM)
     parser.add_argument("--messaging-service-sid", default=None)
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds each message creation takes to answer (Twilio's API: ~0.1-0.3 s)",
+    )
+    parser.add_argument(
+        "--deliver-via",
+        default=None,
+        help="send webhooks to this origin (http://127.0.0.1:PORT), signed for the URL the app "
+        "gave: a TLS-terminating proxy's job, for an app whose PUBLIC_BASE_URL is https://",
+    )
     args = parser.parse_args(argv)
 
     fake = FakeTwilio(
@@ -1226,6 +1264,8 @@ def main(argv: list[str] | None = None) -> int:
         callback_delay=args.callback_delay,
         default_from=args.default_from,
         messaging_service_sid=args.messaging_service_sid,
+        latency=args.latency,
+        deliver_via=args.deliver_via,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -126,3 +126,16 @@ class MessageLog(SQLModel, table=True):
     note: str | None = Field(default=None, max_length=300)
     # Twilio retries webhooks; the same (sid, status) twice is recorded once.
     dedupe_key: str | None = Field(default=None, max_length=120, unique=True)
+
+
+class SmsSenderRate(SQLModel, table=True):
+    """The send slots of one sender, shared by every dispatcher on PostgreSQL
+    (notifications/ratelimit.py): times are seconds on the database server's clock."""
+
+    __tablename__ = "sms_sender_rate"
+
+    sender: str = Field(primary_key=True, max_length=40)
+    # The earliest moment the sender's next send may start.
+    tat: float = Field(default=0.0)
+    # Until then the next slot is kept for a staff alert that asked for it.
+    hold_until: float = Field(default=0.0)

@@ -15,7 +15,7 @@ from flask import Flask
 from sqlmodel import Session, col, select
 
 from notifications import outbox
-from notifications.dispatcher import Dispatcher
+from notifications.dispatcher import Dispatcher, Lane
 from notifications.messages import MessageKind, render
 from notifications.models import (
     PRIORITY_STAFF_NOTICE,
@@ -24,6 +24,7 @@ from notifications.models import (
     OutboxMessage,
 )
 from notifications.providers import provider_from_config
+from notifications.ratelimit import SendRate, rate_store
 from server import audit
 from server.auth.models import Role, SiteMembership, StaffUser
 from server.db import get_db
@@ -191,11 +192,28 @@ def quiet_hours_hold(
     return holds
 
 
+def send_rates(app: Flask) -> SendRate:
+    """The app's store of send slots, one per process (both lanes share it): Redis when
+    REDIS_URL is set, else PostgreSQL, else this process's memory (SQLite)."""
+    store = app.extensions.get("stepdown_send_rates")
+    if store is None:
+        store = rate_store(
+            redis_url=app.config.get("REDIS_URL"),
+            engine=get_db(app).engine,
+            prefix=app.config.get("RATELIMIT_KEY_PREFIX") or "stepdown",
+        )
+        app.extensions["stepdown_send_rates"] = store
+    return store  # type: ignore[no-any-return]
+
+
 def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:
-    """A dispatcher configured from the app (provider, callback URL, sender rate)."""
+    """A dispatcher configured from the app (provider, callback URL, senders and their rates,
+    the shared send-rate store)."""
     database = get_db(app)
     config = app.config
     base = config["PUBLIC_BASE_URL"]
+    timeout = float(config.get("TWILIO_TIMEOUT_SECONDS") or 10)
+    alert_rate = config.get("SMS_ALERT_RATE_PER_SECOND")
     params: dict[str, object] = {
         "session_factory": database.session,
         "provider": provider_from_config(config),
@@ -204,6 +222,14 @@ def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:
         or config.get("TWILIO_FROM_NUMBER")
         or "default",
         "rate_per_second": float(config.get("SMS_RATE_PER_SECOND", 1.0)),
+        "alert_sender": config.get("TWILIO_ALERT_MESSAGING_SERVICE_SID")
+        or config.get("TWILIO_ALERT_FROM_NUMBER")
+        or None,
+        "alert_rate_per_second": None if alert_rate is None else float(alert_rate),
+        "rates": send_rates(app),
+        # A provider call may take the client's whole timeout; it must end inside its lease.
+        "send_margin_seconds": timeout + 2,
+        "urgent_lease_seconds": max(30, int(timeout) + 20),
         "on_unsubscribed": make_unsubscribed_hook(f"{base}/"),
         "on_failed": on_send_failed,
         "hold": quiet_hours_hold,
@@ -212,13 +238,16 @@ def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:
     return Dispatcher(**params)  # type: ignore[arg-type]
 
 
-def make_waiter(app: Flask, stop: threading.Event) -> Callable[[float], None]:
-    """How the dispatcher waits: LISTEN/NOTIFY on PostgreSQL (woken at once), polling on SQLite."""
+def make_waiter(
+    app: Flask, stop: threading.Event, *, poll_seconds: float = 0.5
+) -> Callable[[float], None]:
+    """How the dispatcher waits: LISTEN/NOTIFY on PostgreSQL (woken at once), polling on SQLite
+    (every `poll_seconds` at most)."""
     database = get_db(app)
     if not database.is_postgresql:
 
         def poll(seconds: float) -> None:
-            stop.wait(min(seconds, 0.5))
+            stop.wait(min(seconds, poll_seconds))
 
         return poll
     import psycopg
@@ -235,16 +264,35 @@ def make_waiter(app: Flask, stop: threading.Event) -> Callable[[float], None]:
 
 
 def start_dispatcher_thread(app: Flask, stop: threading.Event) -> threading.Thread:
-    """Run the dispatcher loop in a daemon thread of the scheduler process."""
-    dispatcher = build_dispatcher(app)
-    dispatcher.warm()
-    waiter = make_waiter(app, stop)
+    """Run the dispatcher's two lanes in daemon threads of this process: staff alerts in one
+    (woken at once, a lease of seconds), everything else in the other, paced by its sender.
+    Returns the routine lane's thread, which outlives the urgent one's."""
+    urgent = build_dispatcher(app, lane=Lane.URGENT)
+    routine = build_dispatcher(app, lane=Lane.ROUTINE)
+    if urgent.alert_sender is None:
+        log.warning(
+            "staff alerts share the participant sender (%s/s): set TWILIO_ALERT_FROM_NUMBER or "
+            "TWILIO_ALERT_MESSAGING_SERVICE_SID so that no reminder can delay one",
+            urgent.rate_per_second,
+        )
+    urgent.warm()
+    routine.warm()
+    # SQLite: the urgent lane polls often (a claim is a short write transaction).
+    urgent_wait = make_waiter(app, stop, poll_seconds=0.1)
+    routine_wait = make_waiter(app, stop)
 
-    def run() -> None:
+    def run_urgent() -> None:
         with app.app_context():
-            dispatcher.run_forever(stop, waiter)
+            urgent.run_forever(stop, urgent_wait)
 
-    thread = threading.Thread(target=run, name="dispatcher", daemon=True)
+    def run_routine() -> None:
+        lane = threading.Thread(target=run_urgent, name="dispatcher-urgent", daemon=True)
+        lane.start()
+        with app.app_context():
+            routine.run_forever(stop, routine_wait)
+        lane.join(timeout=10)  # it hands back claimed rows it has not tried
+
+    thread = threading.Thread(target=run_routine, name="dispatcher", daemon=True)
     thread.start()
     return thread
 

@@ -136,7 +136,9 @@ class SmsProvider(Protocol):
     `status_callback` is the URL the provider posts delivery states to (it should carry our
     outbox id, so a callback can be matched even if we never saw the receipt). `attempt` counts
     from 1 and is passed on to the provider; `validity_period` (seconds) bounds how long the
-    provider may queue the message before dropping it.
+    provider may queue the message before dropping it. `sender` (a phone number, or a Messaging
+    Service SID starting "MG") sends from another of the account's senders than the default
+    (staff alerts have their own); None is the provider's default sender.
     """
 
     def send_sms(
@@ -147,6 +149,7 @@ class SmsProvider(Protocol):
         status_callback: str | None,
         attempt: int = 1,
         validity_period: int | None = None,
+        sender: str | None = None,
     ) -> SendReceipt: ...
 
 
@@ -171,6 +174,7 @@ class RecordedSend:
     sid: str | None  # None when the scripted outcome was an error that left nothing behind
     error: SmsSendError | None
     at: datetime
+    sender: str | None = None  # None: the provider's default sender
 
 
 @dataclass
@@ -229,6 +233,7 @@ class RecordingProvider:
         status_callback: str | None,
         attempt: int = 1,
         validity_period: int | None = None,
+        sender: str | None = None,
     ) -> SendReceipt:
         """Record the call; return a receipt or raise the scripted error."""
         with self._lock:
@@ -250,6 +255,7 @@ class RecordingProvider:
                     sid=sid,
                     error=scripted.error if scripted else None,
                     at=datetime.now(UTC),
+                    sender=sender,
                 )
             )
         if scripted is not None:

@@ -255,14 +255,21 @@ class TwilioSmsProvider:
         status_callback: str | None,
         attempt: int = 1,
         validity_period: int | None = None,
+        sender: str | None = None,
     ) -> SendReceipt:
-        """Create one message; raise `PermanentSendError` or `TransientSendError` on failure."""
+        """Create one message (from `sender`, a number or an "MG…" Messaging Service SID, when
+        given; else the default sender); raise `PermanentSendError` or `TransientSendError`."""
+        from_number, service_sid = self.from_number, self.messaging_service_sid
+        if sender:
+            is_service = sender.startswith("MG")
+            from_number = None if is_service else sender
+            service_sid = sender if is_service else None
         try:
             message = self._client.messages.create(
                 to=to,
                 body=body,
-                from_=self.from_number or values.unset,
-                messaging_service_sid=self.messaging_service_sid or values.unset,
+                from_=from_number or values.unset,
+                messaging_service_sid=service_sid or values.unset,
                 status_callback=status_callback if status_callback is not None else values.unset,
                 validity_period=validity_period if validity_period is not None else values.unset,
                 attempt=attempt,

@@ -27,10 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from pathlib import Path
@@ -38,221 +36,40 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import time_machine
 from flask import Flask
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 from werkzeug.serving import make_server
 
 from notifications import dispatcher as dispatcher_module
 from notifications import outbox
-from notifications.dispatcher import Dispatcher
 from notifications.fake_twilio import FakeTwilio
 from notifications.messages import MessageKind
 from notifications.models import (
     PRIORITY_REMINDER,
     PRIORITY_STAFF_ALERT,
     MessageCategory,
-    MessageLog,
     MessageStatus,
     OutboxMessage,
 )
-from notifications.providers import TwilioSmsProvider
+from notifications.ratelimit import MemoryRate
 from server.audit import AuditEvent
 from server.clock import utcnow
-from server.db import get_db
 from server.messaging import build_dispatcher
 from tests import factories
+from tests.notifications.harness import (
+    DONE,
+    Crash,
+    Live,
+    VirtualTime,
+    creations,
+    dispatcher_for,
+    provider_for,
+    start_fake,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ON_POSTGRESQL = bool(os.environ.get("STEPDOWN_TEST_DATABASE_URL"))
-DONE = (MessageStatus.SENT, MessageStatus.DELIVERED)
-
-
-# --- harness ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Live:
-    """Outbox rows committed on the app's engine, removed again after the test."""
-
-    engine: Engine
-    prefix: str = field(default_factory=lambda: f"reliability:{uuid.uuid4().hex[:10]}:")
-    _numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-
-    def session(self) -> Session:
-        """What a dispatcher process would use: its own connection, real commits."""
-        return Session(self.engine, expire_on_commit=False)
-
-    def enqueue(
-        self,
-        count: int,
-        *,
-        now: datetime,
-        label: str = "reminder",
-        priority: int = PRIORITY_REMINDER,
-        category: MessageCategory = MessageCategory.REMINDER,
-        not_before: Callable[[int], datetime] | None = None,
-        sender: str | None = None,
-    ) -> list[int]:
-        """Commit `count` due rows, each with its own number and body; their ids in order."""
-        ids = []
-        with self.session() as session:
-            for i in range(count):
-                row, created = outbox.enqueue(
-                    session,
-                    dedupe_key=f"{self.prefix}{label}:{i}",
-                    category=category,
-                    kind="test",
-                    to=f"+1202{next(self._numbers):07d}",
-                    locale="en",
-                    body=f"Stepdown {label} {i:04d} [{self.prefix}]",
-                    priority=priority,
-                    now=now,
-                    not_before_at=not_before(i) if not_before else now,
-                    sender=sender,
-                )
-                assert created
-                ids.append(row.id)
-            session.commit()
-        return ids  # type: ignore[return-value]
-
-    def enqueue_many(self, count: int, *, now: datetime, label: str = "bulk") -> list[int]:
-        """The same pending rows as `enqueue` writes (without its log entries), in one statement:
-        thousands of rows in a fraction of a second."""
-        rows = [
-            {
-                "dedupe_key": f"{self.prefix}{label}:{i}",
-                "category": MessageCategory.REMINDER,
-                "kind": "test",
-                "to_e164": f"+1202{next(self._numbers):07d}",
-                "locale": "en",
-                "body": f"Stepdown {label} {i:04d} [{self.prefix}]",
-                "segments": 1,
-                "priority": PRIORITY_REMINDER,
-                "intended_at": now,
-                "not_before_at": now,
-                "status": MessageStatus.PENDING,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for i in range(count)
-        ]
-        with self.session() as session:
-            session.execute(sa.insert(OutboxMessage), rows)
-            session.commit()
-        return [r.id for r in self.rows()]  # type: ignore[misc]
-
-    def rows(self) -> list[OutboxMessage]:
-        with self.session() as session:
-            return list(
-                session.exec(
-                    select(OutboxMessage)
-                    .where(col(OutboxMessage.dedupe_key).startswith(self.prefix))
-                    .order_by(col(OutboxMessage.id))
-                )
-            )
-
-    def get(self, message_id: int) -> OutboxMessage:
-        with self.session() as session:
-            row = session.get(OutboxMessage, message_id)
-            assert row is not None
-            return row
-
-    def log(self, message_id: int) -> list[MessageLog]:
-        with self.session() as session:
-            return list(
-                session.exec(
-                    select(MessageLog)
-                    .where(MessageLog.message_id == message_id)
-                    .order_by(col(MessageLog.id))
-                )
-            )
-
-    def open_rows_elsewhere(self) -> int:
-        with self.session() as session:
-            return session.exec(
-                select(sa.func.count())
-                .select_from(OutboxMessage)
-                .where(
-                    col(OutboxMessage.status).in_(list(outbox.OPEN_STATUSES)),
-                    ~col(OutboxMessage.dedupe_key).startswith(self.prefix),
-                )
-            ).one()
-
-    def cleanup(self) -> None:
-        mine = select(OutboxMessage.id).where(col(OutboxMessage.dedupe_key).startswith(self.prefix))
-        with self.engine.begin() as conn:
-            conn.execute(sa.delete(MessageLog).where(col(MessageLog.message_id).in_(mine)))
-            conn.execute(
-                sa.delete(OutboxMessage).where(
-                    col(OutboxMessage.dedupe_key).startswith(self.prefix)
-                )
-            )
-
-
-@pytest.fixture
-def live(app: Flask) -> Iterator[Live]:
-    harness = Live(get_db(app).engine)
-    # A dispatcher claims every due row in the table: rows some other test committed would be
-    # sent too and spoil the counts below.
-    assert harness.open_rows_elsewhere() == 0, "another test left open outbox rows committed"
-    try:
-        yield harness
-    finally:
-        harness.cleanup()
-
-
-def start_fake(app: Flask, **kw: Any) -> FakeTwilio:
-    kw.setdefault("callbacks_enabled", False)
-    kw.setdefault("callback_delay", 0.01)
-    return FakeTwilio(
-        account_sid=app.config["TWILIO_ACCOUNT_SID"],
-        auth_token=app.config["TWILIO_AUTH_TOKEN"],
-        **kw,
-    ).start()
-
-
-@pytest.fixture
-def fake(app: Flask) -> Iterator[FakeTwilio]:
-    server = start_fake(app)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def provider_for(app: Flask, fake: FakeTwilio, *, timeout: float = 5.0) -> TwilioSmsProvider:
-    """The production provider class, pointed at the fake."""
-    return TwilioSmsProvider(
-        app.config["TWILIO_ACCOUNT_SID"],
-        app.config["TWILIO_AUTH_TOKEN"],
-        from_number=app.config["TWILIO_FROM_NUMBER"],
-        base_url=fake.base_url,
-        timeout=timeout,
-    )
-
-
-def dispatcher_for(app: Flask, live: Live, fake: FakeTwilio, **kw: Any) -> Dispatcher:
-    params: dict[str, Any] = {
-        "session_factory": live.session,
-        "provider": provider_for(app, fake),
-        "callback_base_url": app.config["PUBLIC_BASE_URL"],
-        "rate_per_second": 0,  # RateLimiter: rate <= 0 means unlimited
-    }
-    params.update(kw)
-    return Dispatcher(**params)
-
-
-def creations(fake: FakeTwilio) -> list[Any]:
-    return [c for c in fake.api_calls() if c.operation == "create"]
-
-
-class Crash(BaseException):
-    """The process died here (kill -9 between Twilio's answer and our commit). A BaseException,
-    like SystemExit: the dispatcher's per-message error handling must not be able to catch it,
-    just as it cannot catch a kill."""
 
 
 # --- a. crash after Twilio accepted, before our commit --------------------------------------
@@ -412,6 +229,10 @@ from server.db import make_engine
 import server.models  # every table, so foreign keys resolve
 
 cfg = json.loads(sys.stdin.readline())
+# The test's clock, running on from its frozen moment (the suite never reads the real date).
+import time
+from datetime import datetime, timedelta
+started, at = time.monotonic(), datetime.fromisoformat(cfg["now"])
 engine = make_engine(cfg["database_url"])
 provider = TwilioSmsProvider(
     cfg["account_sid"], cfg["auth_token"], from_number=cfg["from_number"], base_url=cfg["fake_url"]
@@ -420,6 +241,7 @@ dispatcher = Dispatcher(
     session_factory=lambda: Session(engine, expire_on_commit=False),
     provider=provider,
     callback_base_url=cfg["callback_base_url"],
+    clock=lambda: at + timedelta(seconds=time.monotonic() - started),
     rate_per_second=0,
 )
 with engine.connect():
@@ -446,6 +268,7 @@ def test_two_dispatcher_processes_send_2000_rows_exactly_once(app: Flask, live: 
     procs: list[subprocess.Popen[str]] = []
     try:
         cfg = {
+            "now": utcnow().isoformat(),
             "database_url": live.engine.url.render_as_string(hide_password=False),
             "account_sid": app.config["TWILIO_ACCOUNT_SID"],
             "auth_token": app.config["TWILIO_AUTH_TOKEN"],
@@ -726,26 +549,8 @@ def test_staff_alert_enqueued_after_100_reminders_is_claimed_first(
 # --- f. per-sender rate limit ----------------------------------------------------------------
 
 
-class VirtualTime:
-    """Stands in for the `time` module inside the dispatcher: sleeping moves a virtual clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        self.slept += seconds
-
-
-def test_per_sender_rate_limit_spaces_sends(
-    app: Flask, live: Live, fake: FakeTwilio, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_per_sender_rate_limit_spaces_sends(app: Flask, live: Live, fake: FakeTwilio) -> None:
     clock = VirtualTime()
-    monkeypatch.setattr(dispatcher_module, "time", clock)
     now = utcnow()
     # Interleaved in due order: a0, b0, a1, b1, ...
     live.enqueue(
@@ -771,7 +576,15 @@ def test_per_sender_rate_limit_spaces_sends(
             return provider.send_sms(**kw)
 
     started = time.monotonic()
-    stats = dispatcher_for(app, live, fake, provider=Timed(), rate_per_second=5).run_once()
+    stats = dispatcher_for(
+        app,
+        live,
+        fake,
+        provider=Timed(),
+        rate_per_second=5,
+        rates=MemoryRate(clock=clock.monotonic),
+        sleep=clock.sleep,
+    ).run_once()
     assert stats.sent == 20
     assert time.monotonic() - started < 5  # no real sleeping happened
 
