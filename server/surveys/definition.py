@@ -76,7 +76,8 @@ _ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
 class Severity(enum.StrEnum):
-    """How urgent a critical answer is (the values match server.alerts.models.Severity)."""
+    """How urgent a critical answer is, as its instrument grades it (shown in the alert's summary;
+    the alert's level comes from the protocol or the site, see server/alerts/rules.py)."""
 
     CRITICAL = "critical"
     HIGH = "high"

@@ -252,7 +252,7 @@ def test_after_c4_no_response_goes_to_the_care_team(after_c4: DecisionTable, res
 
 def test_the_report_lists_every_combination_with_its_rule(nct: Protocol) -> None:
     report = decision_report(nct)
-    assert (report["study"], report["version"]) == ("NCT07239271", "2")
+    assert (report["study"], report["version"]) == ("NCT07239271", "3")
     c2, c4 = report["tables"]
     assert (c2["combinations"], len(c2["rows"]), c2["uncovered"]) == (162, 162, 0)
     assert sum(r["combinations"] for r in c2["rules"]) == 162

@@ -66,7 +66,7 @@ def test_the_four_trials_load_keyed_by_file_name(protocols: dict[str, Protocol])
         assert protocol.key == key
         assert protocol.source_file == f"{key}.yaml"
         assert len(protocol.sha256) == 64
-        assert protocol.version == "2"  # version 2: complete decision tables, choices
+        assert protocol.version == "3"  # 2: complete decision tables, choices; 3: alert levels
 
 
 def test_cohorts_locales_and_rules(protocols: dict[str, Protocol]) -> None:

@@ -245,7 +245,7 @@ def test_the_report_through_the_api_is_the_whole_table(world, api_as, client):
     body = r.get_json()
     assert (body["study"], body["version"], body["source_file"]) == (
         "NCT07239271",
-        "2",
+        "3",
         "nct07239271.yaml",
     )
     c2 = body["tables"][0]
@@ -278,7 +278,7 @@ def test_the_report_on_the_command_line(app):
     result = runner.invoke(args=["protocol", "decisions", "NCT07239271"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("NCT07239271 v2 — decision tables as the system applies them")
+    assert lines[0].startswith("NCT07239271 v3 — decision tables as the system applies them")
     assert (
         "after_c2: Regimen after cycle 2 — 162 combinations, 78 left to the care team, 0 uncovered"
         in lines
