@@ -60,7 +60,8 @@ from server.protocols.rules import PlannedEvent, expand_schedule
 from server.schedules import reminders
 from server.schedules import service as schedule_service
 from server.schedules.models import PENDING_STATUSES, EventStatus, ScheduleEvent
-from server.schedules.service import PLANNING_STATUSES
+from server.surveys import texts
+from server.surveys.registry import instruments
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: bench/ is not an installed package
@@ -81,6 +82,8 @@ from bench._common import (  # noqa: E402
 )
 
 PROTOCOL_FILE = ROOT / "config" / "protocols" / "heroes.yaml"
+# A stand-in for a site's licensed French QLQ-C30 text (the one the demo loads).
+DEMO_QLQ_C30_TEXT = ROOT / "config" / "instruments" / "texts" / "eortc_qlq_c30.demo-fr.yaml"
 COHORT = "stop"
 TZ = "Europe/Paris"
 LOCAL_NOW = clock_time(8, 5)  # just after the 08:00 "morning of" reminders
@@ -98,6 +101,8 @@ ID_PLACEHOLDER = 987_654_321  # the participant id in template dedupe keys
 QUIET_START, QUIET_END = clock_time(21, 0), clock_time(8, 0)
 LINK = "http://127.0.0.1:8000/m"
 FAR_PAST = datetime(2000, 1, 1, tzinfo=UTC)
+# Reminders start at most this long before a window opens (window_soon: 3 days; kept generous).
+REMINDER_LEAD = timedelta(days=7)
 
 EVENT_TABLE: sa.Table = ScheduleEvent.__table__  # type: ignore[attr-defined]
 PARTICIPANT_TABLE: sa.Table = Participant.__table__  # type: ignore[attr-defined]
@@ -109,6 +114,7 @@ OUTBOX_FILLED = ("id", "dedupe_key", "participant_id", "ref", "to_e164", "body",
 EVENT_FILLED = ("id", "participant_id")
 O_ID, O_DEDUPE, O_PID, O_REF, O_TO, O_BODY, O_SID = (OUTBOX_COLUMNS.index(c) for c in OUTBOX_FILLED)
 E_ID, E_PID = (EVENT_COLUMNS.index(c) for c in EVENT_FILLED)
+E_NEXT = EVENT_COLUMNS.index("next_reminder_at")
 
 # --- the queries measured ---------------------------------------------------------------------
 
@@ -132,21 +138,9 @@ def claim_statement(now: datetime, batch_size: int) -> Any:
 
 
 def candidates_statement(now: datetime, horizon: timedelta = reminders.HORIZON) -> Any:
-    """reminders.materialize's candidate-event query, as it builds it (checked at start-up): the
-    ids of pending events whose reminders may fall in the horizon (rows are then read in chunks)."""
-    return (
-        select(ScheduleEvent.id)
-        .join(Participant, col(Participant.id) == col(ScheduleEvent.participant_id))
-        .where(
-            col(ScheduleEvent.status).in_(list(PENDING_STATUSES)),
-            col(ScheduleEvent.window_open_at) <= now + horizon + reminders.LEAD,
-            col(ScheduleEvent.window_close_at) > now,
-            col(Participant.has_sms_consent).is_(True),
-            col(Participant.phone_e164).is_not(None),
-            col(Participant.status).in_(list(PLANNING_STATUSES)),
-        )
-        .order_by(col(ScheduleEvent.id))
-    )
+    """reminders.materialize's query, as the job sends it (checked at start-up): the ids of
+    pending events whose next reminder falls within the horizon (rows are then read in chunks)."""
+    return reminders.due_events_statement(now, horizon)
 
 
 def _first_select(statements: list[tuple[str, Any]], table: str) -> tuple[str, Any]:
@@ -281,6 +275,7 @@ class Scenario:
             quiet_hours_start=QUIET_START,
             quiet_hours_end=QUIET_END,
             sms_consent_changed_at=enrolled_at,
+            created_at=enrolled_at,
         )
         events: list[Row] = []
         withdrawn: list[Row] = []
@@ -313,6 +308,15 @@ class Scenario:
                 "created_at": enrolled_at,
                 "updated_at": updated_at,
             }
+            # As the reminder job left it at its tick at "now" (a participant who cannot be
+            # texted has None: see Loader).
+            values["next_reminder_at"] = (
+                reminders.decide(
+                    self.protocol, proto, ScheduleEvent(**values), now=self.now
+                ).next_at
+                if status in PENDING_STATUSES
+                else None
+            )
             events.append(self.event_row(values))
             if p.window_close_at > self.withdrawn_at:  # ended by the withdrawal
                 withdrawn.append(
@@ -325,6 +329,7 @@ class Scenario:
                             "outcome": None,
                             "status_reason": "participant withdrawn",
                             "updated_at": self.withdrawn_at,
+                            "next_reminder_at": None,
                         }
                     )
                 )
@@ -342,7 +347,7 @@ class Scenario:
     def _may_have_reminders(self, p: PlannedEvent) -> bool:
         """False when every reminder of the event is surely outside [now - HISTORY, now +
         HORIZON] (a shortcut: planning reminders for all ~40,000 template events is slow)."""
-        margin = reminders.LEAD + timedelta(days=2)
+        margin = REMINDER_LEAD + timedelta(days=2)
         return (
             p.window_close_at + margin >= self.now - HISTORY
             and p.window_open_at - margin <= self.now + reminders.HORIZON
@@ -359,26 +364,28 @@ class Scenario:
         *,
         salt: int,
     ) -> list[ReminderTemplate]:
-        """The outbox rows this event's reminders left, as materialize and the dispatcher would."""
+        """The outbox rows this event's reminders left, as materialize and the dispatcher would:
+        the reminders the product's decision keeps at enrolment (none planned before it), each
+        written HORIZON ahead of its moment."""
         out: list[ReminderTemplate] = []
         now = self.now
-        plan = reminders.plan_event(self.protocol, proto, event)
-        for n, r in enumerate(plan):
-            if r.not_before_at >= r.expires_at:
-                continue  # materialize never writes these
-            written_at = max(enrolled_at, r.not_before_at - reminders.HORIZON)
-            if r.not_before_at < now - HISTORY or written_at > now:
+        kept = reminders.decide(
+            self.protocol, proto, event, now=enrolled_at, horizon=timedelta(days=36500)
+        ).due
+        for n, (r, send_at) in enumerate(kept):
+            written_at = max(enrolled_at, send_at - reminders.HORIZON)
+            if send_at < now - HISTORY or written_at > now:
                 continue
             if completed_at is not None and completed_at <= written_at:
                 continue  # the event was done before materialize reached the reminder
-            values = self._outbox_values(event, r, written_at)
-            if r.not_before_at > now - BACKLOG:
+            values = self._outbox_values(event, r, send_at, written_at)
+            if send_at > now - BACKLOG:
                 if status not in PENDING_STATUSES or r.expires_at <= now:
                     continue
                 pending = True  # materialized, waiting for its moment (or just due)
             else:
                 pending = False
-                values |= self._history(r, completed_at, (salt * 7 + index * 3 + n) % 50)
+                values |= self._history(r, send_at, completed_at, (salt * 7 + index * 3 + n) % 50)
             body = values["body"]
             out.append(
                 ReminderTemplate(
@@ -392,11 +399,17 @@ class Scenario:
         return out
 
     def _outbox_values(
-        self, event: ScheduleEvent, r: reminders.PlannedReminder, written_at: datetime
+        self,
+        event: ScheduleEvent,
+        r: reminders.PlannedReminder,
+        send_at: datetime,
+        written_at: datetime,
     ) -> dict[str, Any]:
-        params: dict[str, Any] = {"code": CODE_PLACEHOLDER, "when": event.target_at, "tz": TZ}
+        params: dict[str, Any] = {"code": CODE_PLACEHOLDER}
         if r.message == MessageKind.REMINDER_QUESTIONNAIRE:
-            params["link"] = LINK
+            params |= {"deadline": event.window_close_date, "link": LINK}
+        else:
+            params |= {"when": event.target_at, "tz": TZ}
         body = render(r.message, Locale.FR.value, **params)
         return {
             "id": None,
@@ -413,7 +426,7 @@ class Scenario:
             "segments": count_segments(body).segments,
             "priority": PRIORITY_REMINDER,
             "intended_at": r.intended_at,
-            "not_before_at": r.not_before_at,
+            "not_before_at": send_at,
             "expires_at": r.expires_at,
             "status": MessageStatus.PENDING,
             "provider_sid": None,
@@ -431,10 +444,10 @@ class Scenario:
 
     @staticmethod
     def _history(
-        r: reminders.PlannedReminder, completed_at: datetime | None, salt: int
+        r: reminders.PlannedReminder, send_at: datetime, completed_at: datetime | None, salt: int
     ) -> dict[str, Any]:
         """The final state of a reminder whose moment has passed."""
-        if completed_at is not None and completed_at <= r.not_before_at:
+        if completed_at is not None and completed_at <= send_at:
             return {
                 "status": MessageStatus.CANCELLED,
                 "status_note": "event completed",
@@ -446,10 +459,10 @@ class Scenario:
                 "status_note": "expired before it could be sent",
                 "updated_at": r.expires_at,
             }
-        sent_at = r.not_before_at + timedelta(seconds=1)
+        sent_at = send_at + timedelta(seconds=1)
         values: dict[str, Any] = {
             "attempts": 1,
-            "last_attempt_at": r.not_before_at,
+            "last_attempt_at": send_at,
             "sent_at": sent_at,
         }
         if salt == 0:
@@ -560,6 +573,7 @@ class Loader:
             p_rows.append(scenario.participant_row(scenario.participant_values(pid, self.site_ids)))
             template = scenario.template(scenario.anchor_offset(pid))
             withdrawn = scenario.is_withdrawn(pid)
+            textable = scenario.has_consent(pid)
             first_event = self.next_event_id
             for index, source in enumerate(
                 template.withdrawn_events if withdrawn else template.events
@@ -567,6 +581,8 @@ class Loader:
                 row = list(source)
                 row[E_ID] = first_event + index
                 row[E_PID] = pid
+                if not textable:
+                    row[E_NEXT] = None  # the job read it once and found nobody to text
                 e_rows.append(row)
             self.next_event_id += len(template.events)
             if withdrawn or not scenario.has_consent(pid):
@@ -605,6 +621,17 @@ def create_reference_rows(
         session.add(study)
         session.add_all(sites)
         protocols_service.record_version(session=session, protocol=protocol, now=now)
+        # HEROES asks the QLQ-C30, whose wording a site loads from its licensed copy: loaded (the
+        # demo's French stand-in) long before, so the questionnaires' reminders go.
+        texts.load_text(
+            session=session,
+            instrument=instruments()["eortc_qlq_c30"],
+            locale=Locale.FR.value,
+            raw=DEMO_QLQ_C30_TEXT.read_bytes(),
+            source_file=DEMO_QLQ_C30_TEXT.name,
+            actor="bench",
+            now=now - timedelta(days=5 * 365),
+        )
         session.flush()
         return study.id, [s.id for s in sites]  # type: ignore[return-value,misc]
 
@@ -667,8 +694,9 @@ def time_claim(
 
 
 def time_candidates(engine: Engine, now: datetime, repeat: int) -> tuple[list[float], int]:
-    """Timings of materialize's candidate query: execute and fetch every row."""
-    statement = candidates_statement(now)
+    """Timings of the reminder job's query at the 09:00 tick (the events whose next reminder
+    comes due then): execute and fetch every row."""
+    statement = candidates_statement(morning_tick(now))
     found = 0
 
     def once() -> float:
@@ -720,9 +748,8 @@ def report_size(label: str, f: SizeFigures) -> None:
     )
     per_row = median(f.candidates_ms) * 1000.0 / max(1, f.candidates)
     print(
-        f"[{label}] materialize candidate query: median {median(f.candidates_ms):.1f} ms "
-        f"for {f.candidates:,} candidate events ({per_row:.1f} µs/row) "
-        f"over {len(f.candidates_ms)} runs"
+        f"[{label}] reminder job query at the 09:00 tick: median {median(f.candidates_ms):.1f} ms "
+        f"for {f.candidates:,} due events ({per_row:.1f} µs/row) over {len(f.candidates_ms)} runs"
     )
 
 
@@ -747,17 +774,58 @@ def explain(engine: Engine, statement: Any) -> list[str]:
         return ["  " + str(r[0]) for r in rows]
 
 
-def time_materialize(engine: Engine, now: datetime) -> str:
-    """One full reminders.materialize run (in one transaction here, rolled back; the scheduler's
-    job commits every 500 events)."""
-    with Session(engine, expire_on_commit=False) as session:
-        watch = Stopwatch()
-        result = reminders.materialize(session=session, now=now)
-        seconds = watch.seconds()
-        session.rollback()
-    return (
-        f"one reminders.materialize run: {seconds:.1f} s in one transaction for "
-        f"{result['events']:,} candidate events ({result['created']:,} reminders written)"
+@dataclass(frozen=True)
+class JobFigures:
+    """The reminder job's ticks at one size."""
+
+    idle_ms: list[float]  # a tick right after a tick: nothing due
+    idle_events: int
+    morning_ms: list[float]  # the 09:00 tick: every 09:00 reminder two days ahead comes due
+    morning_events: int
+    morning_written: int
+
+
+def morning_tick(now: datetime) -> datetime:
+    """09:00 in Paris the day of `now`: the tick after which the reminders of 09:00 two days
+    ahead (day_before, window_soon, overdue, questionnaires) fall within the horizon."""
+    zone = ZoneInfo(TZ)
+    return datetime.combine(now.astimezone(zone).date(), clock_time(9), zone).astimezone(UTC)
+
+
+def time_job(engine: Engine, at: datetime, repeat: int) -> tuple[list[float], int, int]:
+    """The reminder job (`reminders.materialize` as `materialize_job` runs it, all in one
+    transaction here and rolled back, so every run sees the same data): timings, events read,
+    reminders written."""
+    timings: list[float] = []
+    events = written = 0
+    for _ in range(repeat):
+        with Session(engine, expire_on_commit=False) as session:
+            watch = Stopwatch()
+            result = reminders.materialize(session=session, now=at)
+            timings.append(watch.seconds() * 1000.0)
+            session.rollback()
+        events, written = result["events"], result["created"]
+    return timings, events, written
+
+
+def measure_job(engine: Engine, now: datetime, repeat: int) -> JobFigures:
+    idle_ms, idle_events, idle_written = time_job(engine, now, repeat)
+    if idle_written:
+        raise SystemExit(f"the loaded state is not what the job leaves: {idle_written} written")
+    morning_ms, events, written = time_job(engine, morning_tick(now), max(1, repeat // 5))
+    return JobFigures(idle_ms, idle_events, morning_ms, events, written)
+
+
+def report_job(label: str, f: JobFigures) -> None:
+    print(
+        f"[{label}] reminder job, nothing due (the state its {LOCAL_NOW:%H:%M} tick left): "
+        f"median {median(f.idle_ms):.2f} ms, max {max(f.idle_ms):.2f} ms over {len(f.idle_ms)} "
+        f"runs; {f.idle_events} events read"
+    )
+    print(
+        f"[{label}] reminder job, the 09:00 tick (every 09:00 reminder two days ahead comes due): "
+        f"median {median(f.morning_ms):.1f} ms over {len(f.morning_ms)} runs; "
+        f"{f.morning_events:,} events read, {f.morning_written:,} reminders written"
     )
 
 
@@ -796,6 +864,238 @@ def check_materialize_agrees(engine: Engine, now: datetime, participants: int) -
     return (
         f"materialize check: {len(pids)} participants, {events} candidate events, "
         f"{created} reminders left to write -> the loaded outbox {verdict}"
+    )
+
+
+# --- a mass event: a month of back-dated enrolments ---------------------------------------------
+
+MASS_DAYS_BACK = 30
+WRITER_PAUSE_S = 0.05  # between two ctDNA results of the concurrent writer
+
+
+@dataclass(frozen=True)
+class MassFigures:
+    batch: int
+    enrolled: int
+    missed: int
+    alerts: int
+    job_s: float
+    transactions: list[float]  # seconds each, in order
+    writer_idle_ms: list[float]
+    writer_busy_ms: list[float]
+
+
+def add_site_staff(session: Session, site_ids: Sequence[int], now: datetime) -> None:
+    """A nurse (on call) and a coordinator with verified phones per site: alerts reach someone,
+    as in a real study (an alert with nobody to tell costs less)."""
+    from server.auth import service as auth_service
+    from server.auth.models import Role, SiteMembership
+
+    for n, site_id in enumerate(site_ids):
+        for k, role in enumerate((Role.NURSE, Role.COORDINATOR)):
+            user = auth_service.create_user(
+                session=session,
+                actor=None,
+                email=f"{role.value}.{site_id}@bench.example",
+                full_name=f"{role.value.title()} {site_id}",
+                password="bench-password-1",
+                role=role,
+                site_ids=[site_id],
+                now=now,
+                phone_e164=f"+3367{n:04d}{k:03d}",
+                is_phone_verified=True,
+            )
+            if role == Role.NURSE:
+                membership = session.exec(
+                    select(SiteMembership).where(SiteMembership.user_id == user.id)
+                ).one()
+                membership.is_on_call = True
+                session.add(membership)
+
+
+def mass_enrol(
+    loader: Loader, engine: Engine, count: int, now: datetime
+) -> tuple[list[int], datetime]:
+    """`count` HEROES participants enrolled a minute ago with their anchor MASS_DAYS_BACK days
+    back, as enrolment leaves them: every event planned or open (closed windows are the status
+    job's to mark missed), their next reminder due at once. Returns their ids."""
+    scenario = loader.scenario
+    zone = ZoneInfo(TZ)
+    enrolled_at = now - timedelta(minutes=1)
+    anchor = now.astimezone(zone).date() - timedelta(days=MASS_DAYS_BACK)
+    planned = expand_schedule(scenario.protocol, cohort=COHORT, anchor_date=anchor, tz=TZ)
+    pids = list(range(loader.next_pid, loader.next_pid + count))
+    p_rows: list[Row] = []
+    e_rows: list[Row] = []
+    for pid in pids:
+        p_rows.append(
+            scenario.participant_row(
+                scenario.participant_values(pid, loader.site_ids)
+                | {
+                    "study_code": f"M{pid:06d}",
+                    "anchor_date": anchor,
+                    "status": ParticipantStatus.OFF_TREATMENT_MONITORING,
+                    "has_sms_consent": True,
+                    "withdrawn_at": None,
+                    "sms_consent_changed_at": enrolled_at,
+                    "created_at": enrolled_at,
+                    "updated_at": enrolled_at,
+                }
+            )
+        )
+        for p in planned:
+            is_open = p.window_open_at <= enrolled_at < p.window_close_at
+            e_rows.append(
+                scenario.event_row(
+                    {
+                        "id": loader.next_event_id,
+                        "participant_id": pid,
+                        "key": p.key,
+                        "protocol_version": scenario.protocol.version,
+                        **schedule_service._values(p),
+                        "status": EventStatus.OPEN if is_open else EventStatus.PLANNED,
+                        "completed_on": None,
+                        "completed_at": None,
+                        "is_out_of_window": False,
+                        "is_touched": False,
+                        "status_reason": None,
+                        "outcome": None,
+                        "next_reminder_at": enrolled_at,
+                        "created_at": enrolled_at,
+                        "updated_at": enrolled_at,
+                    }
+                )
+            )
+            loader.next_event_id += 1
+    loader.next_pid += count
+    loader.writer.write(PARTICIPANT_TABLE, p_rows)
+    loader.writer.write(EVENT_TABLE, e_rows)
+    loader.writer.after_explicit_ids([PARTICIPANT_TABLE, EVENT_TABLE])
+    return pids, enrolled_at
+
+
+def ctdna_writer(
+    app: Any, now: datetime, codes: Sequence[str], stop: Any, out: list[float], tag: str
+) -> None:
+    """A lab posting negative ctDNA results, one every WRITER_PAUSE_S, each in its own
+    transaction (what POST /results/ctdna does after parsing): `out` gets each one's ms."""
+    from server.results import service as results_service
+    from server.results.models import ResultKind
+
+    with app.app_context():
+        database = get_db(app)
+        n = 0
+        while not stop.is_set():
+            code = codes[(n * ANCHOR_STEP) % len(codes)]
+            watch = Stopwatch()
+            with database.job_session() as session:
+                results_service.ingest(
+                    session=session,
+                    kind=ResultKind.CTDNA,
+                    source="bench-lab",
+                    accession_id=f"{tag}-{n}",
+                    study_code=code,
+                    study_key="HEROES",
+                    fields={
+                        "collected_at": now - timedelta(days=2),
+                        "reported_at": now - timedelta(hours=1),
+                        "call": "negative",
+                        "assay": "Signatera",
+                        "mtm_per_ml": None,
+                        "pam_mutation": None,
+                        "retracts_pam_mutation_of": None,
+                    },
+                    now=now,
+                    actor="bench:lab",
+                )
+            out.append(watch.seconds() * 1000.0)
+            n += 1
+            stop.wait(WRITER_PAUSE_S)
+
+
+def mass_event(
+    url: str, loader: Loader, now: datetime, count: int, batch: int, tag: str
+) -> MassFigures:
+    """Enrol `count` participants a month back, then run the status job (missed windows, their
+    alerts) while a lab posts ctDNA results: how long each of the job's transactions held the
+    database, and how long the lab's results took meanwhile (and before, at rest)."""
+    import threading
+
+    import sqlalchemy.event
+
+    from server.alerts.models import Alert
+    from server.schedules import jobs
+
+    config = DevelopmentConfig()
+    config.DATABASE_URL = url
+    app = create_app(config)
+    database = get_db(app)
+    pids, _ = mass_enrol(loader, database.engine, count, now)
+    consenting = [
+        f"H{pid:06d}"
+        for pid in range(1, min(pids) - 1)
+        if Scenario.has_consent(pid) and not loader.scenario.is_withdrawn(pid)
+    ][:5000]
+    with database.engine.connect() as conn:
+        alerts_before = conn.execute(select(func.count()).select_from(Alert)).scalar_one()
+
+    def writer_run(seconds: float | None, out: list[float]) -> tuple[Any, Any]:
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=ctdna_writer, args=(app, now, consenting, stop, out, f"{tag}-{len(out)}")
+        )
+        thread.start()
+        if seconds is not None:
+            stop.wait(seconds)
+            stop.set()
+            thread.join()
+        return stop, thread
+
+    idle: list[float] = []
+    writer_run(3.0, idle)
+    busy: list[float] = []
+    stop, thread = writer_run(None, busy)
+    transactions: list[float] = []
+    began: list[float] = []
+    old_batch = jobs.BATCH
+    jobs.BATCH = batch
+    try:
+        with app.app_context(), database.job_session() as session:
+            sqlalchemy.event.listen(
+                session, "after_begin", lambda *_: began.append(time.perf_counter())
+            )
+            sqlalchemy.event.listen(
+                session,
+                "after_commit",
+                lambda *_: transactions.append(time.perf_counter() - began[-1]),
+            )
+            watch = Stopwatch()
+            result = jobs.update_event_statuses(session=session, now=now)
+        job_s = watch.seconds()
+    finally:
+        jobs.BATCH = old_batch
+        stop.set()
+        thread.join()
+    with database.engine.connect() as conn:
+        alerts = conn.execute(select(func.count()).select_from(Alert)).scalar_one() - alerts_before
+    database.engine.dispose()
+    return MassFigures(batch, count, result["missed"], alerts, job_s, transactions, idle, busy)
+
+
+def report_mass(f: MassFigures, label: str) -> None:
+    print(
+        f"mass event ({label}, {f.batch} events per transaction): {f.enrolled:,} participants "
+        f"enrolled with their anchor {MASS_DAYS_BACK} days back; the status job marked "
+        f"{f.missed:,} events missed and opened {f.alerts:,} alerts in {f.job_s:.1f} s, "
+        f"{len(f.transactions)} transactions, longest {max(f.transactions) * 1000:.0f} ms "
+        f"(median {median(f.transactions) * 1000:.0f} ms)"
+    )
+    print(
+        f"mass event ({label}): a lab's ctDNA results meanwhile: p50 "
+        f"{median(f.writer_busy_ms):.0f} ms, p95 {percentile(f.writer_busy_ms, 95):.0f} ms, max "
+        f"{max(f.writer_busy_ms):.0f} ms over {len(f.writer_busy_ms)}; at rest before: p50 "
+        f"{median(f.writer_idle_ms):.0f} ms, p95 {percentile(f.writer_idle_ms, 95):.0f} ms "
+        f"over {len(f.writer_idle_ms)}"
     )
 
 
@@ -872,7 +1172,7 @@ def dispatch_benchmark(url: str, now: datetime, count: int, participants: int) -
             enqueue_due_reminders(session, now, count, participants)
         enqueued = count_rows(database.engine, now)["due"] - backlog
         # The scheduler process's dispatcher, with the sender's rate limit off (rate <= 0 means
-        # unlimited in RateLimiter) and the clock frozen at "now".
+        # no limit: no send slot is asked for) and the clock frozen at "now".
         dispatcher = build_dispatcher(app, rate_per_second=0.0, clock=lambda: now)
         provider = dispatcher.provider
         for n in range(20):  # warm up connections, imports and caches on both sides
@@ -922,28 +1222,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--large", type=int, default=100_000, help="second size (participants)")
     parser.add_argument("--repeat", type=int, default=50, help="timed runs of the claim query")
     parser.add_argument(
+        "--job-repeat",
+        type=int,
+        default=20,
+        help="timed runs of the reminder job with nothing due (a fifth as many of the 09:00 tick)",
+    )
+    parser.add_argument(
         "--messages",
         type=int,
         help="due reminders enqueued for the dispatch run (default 2000 SQLite, 5000 PostgreSQL)",
     )
     parser.add_argument(
-        "--materialize",
-        action="store_true",
-        help="also time one full reminders.materialize run at each size (about a minute at "
-        "100,000 participants)",
+        "--mass",
+        type=int,
+        default=1000,
+        help="participants enrolled with their anchor a month back for the mass event, twice "
+        "(in transactions of 500 events, as before, then of the status job's batch); 0: skip",
     )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from server.schedules import jobs
+
     args = parse_args(argv)
     exit_cleanly_on_sigterm()
     total = Stopwatch()
+    mass: list[MassFigures] = []
     with scratch_database(args.database_url) as url:
         engine = make_engine(url)
         dialect = engine.dialect.name
         now = bench_now()
         protocol = load_protocol(PROTOCOL_FILE)
+        # Loaded once per process, as the scheduler's app loads them at start.
+        protocols_service.current_protocols()
         print(
             f"database: {dialect} ({engine.url.render_as_string(hide_password=True)}); "
             f"now = {now.isoformat()} ({now.astimezone(ZoneInfo(TZ)):%H:%M} {TZ}); "
@@ -959,6 +1271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer = BulkWriter(url)
         loader = Loader(scenario, writer, site_ids)
         results: dict[int, SizeFigures] = {}
+        job: dict[int, JobFigures] = {}
         try:
             for size in (args.small, args.large):
                 watch = Stopwatch()
@@ -970,34 +1283,56 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 results[size] = measure(engine, now, batch_size, args.repeat)
                 report_size(f"{size:,}", results[size])
-                if args.materialize:
-                    print(f"[{size:,}] {time_materialize(engine, now)}")
+                job[size] = measure_job(engine, now, args.job_repeat)
+                report_job(f"{size:,}", job[size])
+            print(f"EXPLAIN of the claim query at {args.large:,} participants:")
+            for line in explain(engine, claim_statement(now, batch_size)):
+                print(line)
+            print(f"EXPLAIN of the reminder job's query at {args.large:,} participants:")
+            for line in explain(engine, candidates_statement(morning_tick(now))):
+                print(line)
+            print(check_materialize_agrees(engine, now, args.large))
+            engine.dispose()
+
+            messages = args.messages or (5000 if dialect == "postgresql" else 2000)
+            d = dispatch_benchmark(url, now, messages, args.large)
+            print(
+                f"dispatch: {d.sent:,} messages ({d.enqueued:,} enqueued + {d.backlog:,} due "
+                f"backlog) in {d.dispatch_s:.2f} s = {d.dispatch_per_s:.1f}/s; bare loop: "
+                f"{d.bare_sent:,} in {d.bare_s:.2f} s = {d.bare_per_s:.1f}/s"
+            )
+            if args.mass:
+                with Session(make_engine(url), expire_on_commit=False) as session:
+                    add_site_staff(session, site_ids, now)
+                    session.commit()
+                for label, batch in (("before", 500), ("now", jobs.BATCH)):
+                    mass.append(mass_event(url, loader, now, args.mass, batch, f"mass-{label}"))
+                    report_mass(mass[-1], label)
         finally:
             writer.close()
-        print(f"EXPLAIN of the claim query at {args.large:,} participants:")
-        for line in explain(engine, claim_statement(now, batch_size)):
-            print(line)
-        print(f"EXPLAIN of the materialize candidate query at {args.large:,} participants:")
-        for line in explain(engine, candidates_statement(now)):
-            print(line)
-        print(check_materialize_agrees(engine, now, args.large))
-        engine.dispose()
-
-        messages = args.messages or (5000 if dialect == "postgresql" else 2000)
-        d = dispatch_benchmark(url, now, messages, args.large)
-        print(
-            f"dispatch: {d.sent:,} messages ({d.enqueued:,} enqueued + {d.backlog:,} due backlog) "
-            f"in {d.dispatch_s:.2f} s = {d.dispatch_per_s:.1f}/s; bare loop: {d.bare_sent:,} "
-            f"in {d.bare_s:.2f} s = {d.bare_per_s:.1f}/s"
-        )
     print(f"total wall time {total.seconds():.0f} s; {load_average()}")
     small, large = results[args.small], results[args.large]
-    print(
+    js, jl = job[args.small], job[args.large]
+    figures = (
         f"RESULT due_query_ms_10k={median(small.claim_ms):.3f} "
         f"due_query_ms_100k={median(large.claim_ms):.3f} "
         f"dispatch_per_s={d.dispatch_per_s:.1f} bare_per_s={d.bare_per_s:.1f} "
-        f"ratio={d.dispatch_per_s / d.bare_per_s:.2f}"
+        f"ratio={d.dispatch_per_s / d.bare_per_s:.2f} "
+        f"job_idle_ms_10k={median(js.idle_ms):.2f} job_idle_ms_100k={median(jl.idle_ms):.2f} "
+        f"job_idle_ratio={median(jl.idle_ms) / median(js.idle_ms):.2f} "
+        f"job_morning_ms_10k={median(js.morning_ms):.0f} "
+        f"job_morning_ms_100k={median(jl.morning_ms):.0f} "
+        f"morning_written_10k={js.morning_written} morning_written_100k={jl.morning_written}"
     )
+    if mass:
+        before, after = mass
+        figures += (
+            f" mass_longest_txn_ms_before={max(before.transactions) * 1000:.0f} "
+            f"mass_longest_txn_ms={max(after.transactions) * 1000:.0f} "
+            f"mass_writer_p95_ms_before={percentile(before.writer_busy_ms, 95):.0f} "
+            f"mass_writer_p95_ms={percentile(after.writer_busy_ms, 95):.0f}"
+        )
+    print(figures)
     return 0
 
 

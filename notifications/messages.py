@@ -18,7 +18,7 @@ import string
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -133,7 +133,10 @@ KIND_SPECS: Mapping[MessageKind, KindSpec] = {
     MessageKind.REMINDER_BLOOD_DRAW: _participant(*_REMINDER, optional=("site_phone",)),
     MessageKind.REMINDER_SCAN: _participant(*_REMINDER, optional=("site_phone",)),
     MessageKind.REMINDER_VISIT: _participant(*_REMINDER, optional=("site_phone",)),
-    MessageKind.REMINDER_QUESTIONNAIRE: _participant(*_REMINDER, optional=("link", "site_phone")),
+    # A questionnaire is answered any day of its window: its reminder states the last one.
+    MessageKind.REMINDER_QUESTIONNAIRE: _participant(
+        "code", "deadline", optional=("link", "site_phone")
+    ),
     MessageKind.REMINDER_OVERDUE: _participant(*_REMINDER, optional=("site_phone",)),
     MessageKind.WELCOME: _participant("code", optional=("link",)),
     MessageKind.ACTIVATION_CODE: _participant(
@@ -192,7 +195,9 @@ _SECRET_PARAMS: Mapping[str, str] = {
 # Parameters that are secrets only in a message to a participant.
 _PARTICIPANT_SECRET_PARAMS: Mapping[str, str] = {"link": LINK_HIDDEN}
 # Everything else a kind takes is shown as is (a new parameter must be put in one of the three).
-PLAIN_PARAMS = frozenset({"code", "when", "tz", "site_phone", "site_code", "minutes_valid", "tier"})
+PLAIN_PARAMS = frozenset(
+    {"code", "when", "deadline", "tz", "site_phone", "site_code", "minutes_valid", "tier"}
+)
 
 
 def secret_params(kind: MessageKind | str) -> dict[str, str]:
@@ -506,6 +511,13 @@ def _when_param(name: str, value: object) -> datetime:
     return value
 
 
+def _date_param(name: str, value: object) -> date:
+    # A calendar day where the recipient lives (a datetime would carry a time and a zone).
+    if not isinstance(value, date) or isinstance(value, datetime):
+        raise MessageParameterError(name, f"parameter {name!r} must be a date (no time)")
+    return value
+
+
 def _tz_param(name: str, value: object) -> tzinfo:
     if isinstance(value, tzinfo):
         return value
@@ -558,6 +570,8 @@ def _check_params(
             values[name] = _ack_param(name, value)
         elif name == "when":
             values[name] = _when_param(name, value)
+        elif name == "deadline":
+            values[name] = _date_param(name, value)
         elif name == "tz":
             values[name] = _tz_param(name, value)
         elif name == "items":
@@ -604,6 +618,10 @@ def _display_fields(catalog: Catalog, values: Mapping[str, Any]) -> dict[str, st
         local_day = when.astimezone(zone).date()
         fields["day"] = _local_text(
             catalog, format_date(local_day, catalog.date_format, locale=catalog.locale)
+        )
+    if "deadline" in values:
+        fields["deadline"] = _local_text(
+            catalog, format_date(values["deadline"], catalog.date_format, locale=catalog.locale)
         )
     return fields
 

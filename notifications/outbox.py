@@ -88,13 +88,19 @@ def scrub(message: OutboxMessage) -> None:
     if message.redacted_body is not None and message.body != message.redacted_body:
         message.body = message.redacted_body
     item = message.bundle_item
-    if item and item.get("ack") not in (None, CODE_HIDDEN):
+    # (a task's ack is empty: there is no code to hide)
+    if item and item.get("ack") not in (None, "", CODE_HIDDEN):
         message.bundle_item = {**item, "ack": CODE_HIDDEN}
 
 
+_TABLE: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+
+
 def _insert(session: Session) -> Any:
+    # A Core INSERT on the table: the ORM's per-call work on an entity INSERT (a millisecond,
+    # more than the statement itself) would be paid by every reminder a busy job tick writes.
     dialect = session.get_bind().dialect.name
-    return (postgresql if dialect == "postgresql" else sqlite).insert(OutboxMessage)
+    return (postgresql if dialect == "postgresql" else sqlite).insert(_TABLE)
 
 
 def enqueue(
@@ -148,7 +154,7 @@ def enqueue(
         _insert(session)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(OutboxMessage.id)  # type: ignore[arg-type]
+        .returning(_TABLE.c.id)
     )
     created = session.execute(stmt).scalar_one_or_none() is not None
     row = session.exec(select(OutboxMessage).where(OutboxMessage.dedupe_key == dedupe_key)).one()
@@ -157,6 +163,70 @@ def enqueue(
         if priority <= PRIORITY_STAFF_NOTICE and due <= now:
             wake(session)
     return row, created
+
+
+def enqueue_many(
+    session: Session, messages: Iterable[dict[str, Any]], *, now: datetime
+) -> dict[str, int]:
+    """Write many message rows as `enqueue` writes one (each dict holds `enqueue`'s keyword
+    arguments but the session and `now`), in one INSERT and one INSERT of their trail: the
+    reminder job's busy tick pays two statements, not three per row. {dedupe key: id} of the
+    rows created; a key already in the outbox is skipped, as by `enqueue`."""
+    rows = []
+    for m in messages:
+        due = m.get("not_before_at") or now
+        text, redacted = _texts(m["kind"], m["body"])
+        rows.append(
+            {
+                "dedupe_key": m["dedupe_key"],
+                "category": m["category"],
+                "kind": m["kind"],
+                "to_e164": m["to"],
+                "locale": m["locale"],
+                "body": text,
+                "redacted_body": redacted,
+                "segments": count_segments(text).segments,
+                "priority": m["priority"],
+                "intended_at": m.get("intended_at") or due,
+                "not_before_at": due,
+                "expires_at": m.get("expires_at"),
+                "participant_id": m.get("participant_id"),
+                "staff_user_id": m.get("staff_user_id"),
+                "ref": m.get("ref"),
+                "sender": m.get("sender"),
+                "status": MessageStatus.PENDING,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    if not rows:
+        return {}
+    stmt = (
+        _insert(session)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(_TABLE.c.id, _TABLE.c.dedupe_key)
+    )
+    created = {key: ident for ident, key in session.execute(stmt, rows).all()}
+    if created:
+        session.execute(
+            sa.insert(MessageLog),
+            [
+                {
+                    "message_id": ident,
+                    "at": now,
+                    "status": MessageStatus.PENDING,
+                    "source": "enqueue",
+                }
+                for ident in created.values()
+            ],
+        )
+        if any(
+            r["priority"] <= PRIORITY_STAFF_NOTICE and r["not_before_at"] <= now
+            for r in rows
+            if r["dedupe_key"] in created
+        ):
+            wake(session)
+    return created
 
 
 def wake(session: Session) -> None:

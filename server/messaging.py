@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from flask import Flask
 from sqlmodel import Session, col, select
 
@@ -206,6 +207,53 @@ def send_rates(app: Flask) -> SendRate:
     return store  # type: ignore[no-any-return]
 
 
+# How long a participant's message waits, each time, for their welcome to be handed over first.
+WELCOME_FIRST_WAIT = timedelta(seconds=5)
+
+
+def welcome_first_hold(
+    session: Session, messages: list[OutboxMessage], now: datetime
+) -> dict[int, datetime]:
+    """A participant's reminders and activation codes wait while their welcome has not gone:
+    the welcome is the first message a participant receives, even when a reminder was queued
+    before it or is claimed in the same batch. One query per batch."""
+    waiting_kinds = (MessageCategory.REMINDER, MessageCategory.ACTIVATION)
+    wanted = {
+        m.participant_id
+        for m in messages
+        if m.participant_id is not None and m.staff_user_id is None and m.category in waiting_kinds
+    }
+    if not wanted:
+        return {}
+    welcomes = session.exec(
+        select(OutboxMessage.participant_id, OutboxMessage.not_before_at).where(
+            OutboxMessage.category == MessageCategory.WELCOME,
+            col(OutboxMessage.participant_id).in_(wanted),
+            col(OutboxMessage.status).in_([MessageStatus.PENDING, MessageStatus.SENDING]),
+            sa.or_(col(OutboxMessage.expires_at).is_(None), col(OutboxMessage.expires_at) > now),
+        )
+    ).all()
+    until = {pid: max(due, now) + WELCOME_FIRST_WAIT for pid, due in welcomes}
+    return {
+        m.id: until[m.participant_id]
+        for m in messages
+        if m.id is not None
+        and m.participant_id in until
+        and m.staff_user_id is None
+        and m.category in waiting_kinds
+    }
+
+
+def participant_holds(
+    session: Session, messages: list[OutboxMessage], now: datetime
+) -> dict[int, datetime]:
+    """The dispatcher's hold: quiet hours, and the welcome first (the later of the two)."""
+    holds = quiet_hours_hold(session, messages, now)
+    for message_id, until in welcome_first_hold(session, messages, now).items():
+        holds[message_id] = max(until, holds.get(message_id, until))
+    return holds
+
+
 def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:
     """A dispatcher configured from the app (provider, callback URL, senders and their rates,
     the shared send-rate store)."""
@@ -232,7 +280,7 @@ def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:
         "urgent_lease_seconds": max(30, int(timeout) + 20),
         "on_unsubscribed": make_unsubscribed_hook(f"{base}/"),
         "on_failed": on_send_failed,
-        "hold": quiet_hours_hold,
+        "hold": participant_holds,
     }
     params.update(overrides)
     return Dispatcher(**params)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
 from notifications import outbox
-from notifications.messages import MessageKind, render
+from notifications.messages import MessageKind, compose
 from notifications.models import PRIORITY_PARTICIPANT, MessageCategory, MessageStatus
 from server import audit
 from server.adherence import service as adherence
@@ -44,6 +44,11 @@ AUDIT_FIELDS = (
     "quiet_hours_start",
     "quiet_hours_end",
 )
+
+
+# What a participant's reminders depend on beyond the schedule (a new time zone re-plans it,
+# which writes them too).
+REMINDER_INPUTS = frozenset({"phone_e164", "quiet_hours_start", "quiet_hours_end"})
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,8 @@ def queue_welcome(*, session: Session, participant: Participant, now: datetime) 
         kind=MessageKind.WELCOME.value,
         to=participant.phone_e164,
         locale=participant.locale.value,
-        body=render(MessageKind.WELCOME, participant.locale.value, code=participant.study_code),
+        # Composed (not a plain string): it carries no link, so staff see its text as it is.
+        body=compose(MessageKind.WELCOME, participant.locale.value, code=participant.study_code),
         priority=PRIORITY_PARTICIPANT,
         intended_at=now,
         not_before_at=due,
@@ -326,6 +332,10 @@ def update(
             status=MessageStatus.OPTED_OUT,
             categories=[MessageCategory.REMINDER, MessageCategory.WELCOME],
         )
+    elif changed.keys() & REMINDER_INPUTS and participant.has_sms_consent:
+        # The coming reminders' moments moved (quiet hours) or a phone came: every pending
+        # event is looked at again (each keeps when its next reminder is due).
+        reminders.materialize(session=session, now=now, participant_id=participant.id)
     return participant
 
 

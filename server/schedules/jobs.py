@@ -19,8 +19,9 @@ from server.participants.models import Participant
 from server.schedules.models import EventStatus, ScheduleEvent
 
 # Events per transaction of the missed-window pass: each may open an alert (its audit row, its
-# tier-1 SMS), a few milliseconds each.
-BATCH = 50
+# tier-1 SMS), a few milliseconds each at rest and tens on a busy machine (bench/reminders.py's
+# mass event: 50 held PostgreSQL for 3.3 s on a loaded 2-CPU machine).
+BATCH = 20
 SYSTEM_ACTOR = "system:scheduler"
 
 

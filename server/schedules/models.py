@@ -46,6 +46,8 @@ class ScheduleEvent(SQLModel, table=True):
         ),
         # Draws and scans done lately that may await a result (Today, the results watchdog).
         sa.Index("ix_schedule_event_status_completed", "status", "completed_on"),
+        # The reminder job reads only the pending events whose next reminder has come.
+        sa.Index("ix_schedule_event_status_next_reminder", "status", "next_reminder_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -78,6 +80,10 @@ class ScheduleEvent(SQLModel, table=True):
     status_reason: str | None = Field(default=None, max_length=500)
     # What the completion recorded that rules read (e.g. {"ctdna": "negative"}, {"recist": "PR"}).
     outcome: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    # The send moment of the event's next reminder not yet in the outbox (server/schedules/
+    # reminders.py): the reminder job looks at the event once it falls within its horizon. None:
+    # nothing left to write until the event or the participant changes. A new event is due at once.
+    next_reminder_at: datetime | None = Field(default_factory=utcnow)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

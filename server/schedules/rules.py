@@ -81,13 +81,89 @@ def reminder_moment(
 
 
 def reminder_expiry(
-    *, intended_local_day: date, target_date: date, window_close_at: datetime, zone: ZoneInfo
+    *,
+    intended_at: datetime,
+    target_at: datetime,
+    window_close_at: datetime,
+    until_window_close: bool = False,
 ) -> datetime:
-    """Until when a reminder still makes sense: one about the coming event expires at the end of
-    the target day (no reminder for yesterday's draw); a nudge after it, when the window closes."""
-    if intended_local_day <= target_date:
-        return min(_local(target_date + timedelta(days=1), time(0, 0), zone), window_close_at)
-    return window_close_at
+    """Until when a reminder is still true: one announcing the appointment ("blood test on Monday
+    at 09:00") expires at that moment, since after it the text is about the past; a nudge after
+    it, and any reminder whose text states the window's close (`until_window_close`: a
+    questionnaire), when the window closes."""
+    if until_window_close or intended_at >= target_at:
+        return window_close_at
+    return min(target_at, window_close_at)
+
+
+# --- which reminders go, and when ------------------------------------------------------------
+#
+# The reminder job writes an event's reminders a little ahead (reminders.HORIZON). A reminder's
+# moment may already have passed when it gets there: the participant was just enrolled with an
+# anchor in the past, consent came back, the event was moved, the job was down for days. What
+# still goes:
+# - nothing whose moment has passed: a reminder is written for its moment or not at all (a
+#   back-dated enrolment gets the welcome and what is still ahead; an event moved to tomorrow
+#   gets its "morning of" reminder, not yesterday's "day before" at once). Reminders are written
+#   two days ahead, so only such changes, or a job down for longer, ever skip one;
+# - (nothing planned for before the participant could be texted, `owed_from`: their SMS consent,
+#   i.e. enrolment: the same rule, with its own reason for whoever reads why one did not go);
+# - only while it is still true (its expiry, above): the appointment is still ahead, the window
+#   still open (a reminder pushed out of the night past the appointment does not go);
+# - and not when a later reminder of the same event goes at the same moment or earlier: the
+#   participant gets the latest one only ("morning of" rather than a 22:30 "day before" held
+#   until 08:00 and the "morning of" together at 08:00).
+
+
+@dataclass(frozen=True, slots=True)
+class ReminderSlot:
+    """One planned reminder of an event as the decision reads it."""
+
+    kind: str
+    intended_at: datetime
+    not_before_at: datetime  # the intended moment moved out of quiet hours
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReminderVerdict:
+    """Whether a planned reminder goes and when (`send_at` None: it does not, see `why`)."""
+
+    kind: str
+    send_at: datetime | None
+    why: str  # "on time" | "before consent" | "passed" | "expired" | "superseded by <kind>"
+
+
+def reminder_verdicts(
+    slots: Iterable[ReminderSlot], *, now: datetime, owed_from: datetime
+) -> list[ReminderVerdict]:
+    """Each of an event's reminders: sent at its moment, or why not (see the rules above).
+    Pure: the same inputs give the same verdicts."""
+    slots = list(slots)
+    first: list[tuple[ReminderSlot, datetime | None, str]] = []
+    for s in slots:
+        if s.not_before_at < owed_from:
+            first.append((s, None, "before consent"))
+        elif s.not_before_at < now:
+            first.append((s, None, "passed"))
+        elif s.not_before_at >= s.expires_at:
+            first.append((s, None, "expired"))
+        else:
+            first.append((s, s.not_before_at, "on time"))
+    verdicts = []
+    for s, send_at, why in first:
+        if send_at is not None:
+            goes = send_at
+            later = [
+                o
+                for o, o_sent, _ in first
+                if o_sent is not None and o.intended_at > s.intended_at and o_sent <= goes
+            ]
+            if later:
+                latest = max(later, key=lambda o: o.intended_at)
+                send_at, why = None, f"superseded by {latest.kind}"
+        verdicts.append(ReminderVerdict(s.kind, send_at, why))
+    return verdicts
 
 
 # --- decision facts with their provenance --------------------------------------------------------

@@ -44,7 +44,8 @@ from tests import clock, factories
 PHONE = "+33612340301"
 STUDY_CODE = "A-301"
 # The participant's first questionnaire window (qol:1) is open; 13:00 in Paris, no quiet hours.
-T = clock.moment("2027-01-03T12:00")
+# The first questionnaire's window opened at 00:00 and its "opens" reminder (09:00) is due.
+T = clock.moment("2026-12-28T12:00")
 CARE_PHONES = {"nurse": "+33610000301", "coordinator": "+33610000302"}
 
 # --- every endpoint, classified ------------------------------------------------------------------

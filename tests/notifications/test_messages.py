@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -98,6 +98,8 @@ def _params(kind: MessageKind, *, full: bool = False, long: bool = False) -> dic
         "code": code,
         "when": MOMENTS[0][1],
         "tz": MOMENTS[0][2],
+        # A questionnaire's window closes on a day (the last one it may be answered).
+        "deadline": date(2027, 1, 18),
         "link": LINK,
         "site_phone": SITE_PHONE,
         "activation_code": "12345678" if long else "482193",
@@ -116,7 +118,12 @@ def _cases() -> dict[str, tuple[MessageKind, dict[str, Any]]]:
     """Every snapshot case: each kind, each reminder at each moment, optional parts on and off."""
     cases: dict[str, tuple[MessageKind, dict[str, Any]]] = {}
     for kind in MessageKind:
-        if kind in REMINDERS:
+        if kind is MessageKind.REMINDER_QUESTIONNAIRE:
+            for label, when, tz in MOMENTS:
+                deadline = when.astimezone(ZoneInfo(tz)).date()
+                cases[f"{kind.value}[{label}]"] = (kind, {**_params(kind), "deadline": deadline})
+            cases[f"{kind.value}[full]"] = (kind, _params(kind, full=True))
+        elif kind in REMINDERS:
             for label, when, tz in MOMENTS:
                 cases[f"{kind.value}[{label}]"] = (kind, {**_params(kind), "when": when, "tz": tz})
             cases[f"{kind.value}[full]"] = (kind, _params(kind, full=True))
@@ -321,7 +328,7 @@ def _en_source() -> str:
         ("blood test on", "ctDNA blood test on", "'ctdna'"),
         ("clinic visit on {when}", "visit on {wen}", r"unknown placeholder \['wen'\]"),
         ("participant {code} needs you", "participant X needs you", r"does not show \['code'\]"),
-        ("by {when}.", "by {when!r}.", "plain"),
+        ("by {deadline}.", "by {deadline!r}.", "plain"),
         ("  redraw_needed:", "  redraw_needed_typo:", "unknown message kinds"),
         ("It expires in {minutes_valid} minute.", "It expires soon.", "does not show"),
         (' {rest} more in Stepdown."', ' more in Stepdown."', "must show {rest}"),
@@ -356,10 +363,12 @@ WORST_MOMENTS = [
 def test_every_message_fits_two_segments_with_worst_case_parameters(locale: str) -> None:
     for kind in MessageKind:
         params = _params(kind, long=True)
-        moments = WORST_MOMENTS if "when" in params else [None]
+        moments = WORST_MOMENTS if {"when", "deadline"} & set(params) else [None]
         for when in moments:
-            if when is not None:
+            if when is not None and "when" in params:
                 params["when"] = when
+            if when is not None and "deadline" in params:
+                params["deadline"] = when.date()
             text = render(kind, locale, **params)
             info = segments(text)
             assert info.segments <= MAX_SEGMENTS, (kind, when, info, text)
@@ -517,6 +526,24 @@ def test_overdue_day_is_the_local_day() -> None:
     assert "Tue 12 Jan" in text
 
 
+@pytest.mark.parametrize(
+    ("locale", "says"),
+    [
+        ("en", "questionnaire to complete by Fri 18 Dec."),
+        ("fr", "questionnaire à remplir au plus tard le vendredi 18 décembre."),
+        ("zh", "请最晚于12月18日 星期五填写问卷。"),
+    ],
+)
+def test_a_questionnaire_reminder_states_its_last_day_and_no_time(locale: str, says: str) -> None:
+    # The window closes at the end of Friday 18 December: "by" that day, never a time of day (a
+    # 09:00 there read as a deadline already passed by a participant texted in the afternoon).
+    text = render(
+        MessageKind.REMINDER_QUESTIONNAIRE, locale, code=CODE, deadline=date(2026, 12, 18)
+    )
+    assert says in text, text
+    assert not re.search(r"\d{1,2}:\d{2}", text), text
+
+
 # --- locales --------------------------------------------------------------------------------------
 
 
@@ -622,6 +649,14 @@ def test_a_missing_parameter_is_named(kind: MessageKind, name: str) -> None:
         (MessageKind.REMINDER_SCAN, {"code": "   "}, "code"),
         (MessageKind.REMINDER_SCAN, {"link": LINK}, "link"),  # only questionnaires take a link
         (MessageKind.REMINDER_SCAN, {"wen": "typo"}, "wen"),
+        # A deadline is a day (the window's last), not a moment.
+        (
+            MessageKind.REMINDER_QUESTIONNAIRE,
+            {"deadline": datetime(2027, 1, 18, tzinfo=UTC)},
+            "deadline",
+        ),
+        (MessageKind.REMINDER_QUESTIONNAIRE, {"deadline": "2027-01-18"}, "deadline"),
+        (MessageKind.REMINDER_QUESTIONNAIRE, {"when": MOMENTS[0][1]}, "when"),
         (MessageKind.ALERT_NEW, {"ack_code": "48a1"}, "ack_code"),
         (MessageKind.ALERT_NEW, {"ack_code": 4821}, "ack_code"),
         (MessageKind.ALERT_NEW, {"ack_code": "48210"}, "ack_code"),

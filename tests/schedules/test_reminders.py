@@ -175,12 +175,11 @@ def test_reminders_land_at_local_wall_clock_time_across_dst(
         assert row.not_before_at == utc(iso), kind
         assert local(row.not_before_at).time() == LOCAL_TIME[kind], kind
         assert row.intended_at == row.not_before_at  # 08:00 and 09:00 are outside quiet hours
-    # Reminders about the draw expire when the target day ends (local midnight); the nudge after
-    # it when the window closes.
+    # Reminders announcing the draw ("blood test on ... at 09:00") expire at that moment: after
+    # it they would speak of the past. The nudge after it lasts until the window closes.
     for kind in ("window_soon", "day_before", "morning_of"):
-        assert local(rows[kind].expires_at) == datetime.combine(
-            target_day + timedelta(days=1), time(), PARIS
-        )
+        assert rows[kind].expires_at == baseline.target_at, kind
+        assert local(rows[kind].expires_at) == datetime.combine(target_day, time(9), PARIS)
     assert rows["overdue"].expires_at == baseline.window_close_at
 
 
@@ -298,7 +297,9 @@ def test_per_participant_quiet_hours_are_honoured(db: Session, world: factories.
         return {k: local(r.not_before_at).time() for k, r in rows.items() if k != "window_soon"}
 
     assert moments(early_riser) == {"day_before": time(9), "morning_of": time(8)}
-    assert moments(late_sleeper) == {"day_before": time(9, 30), "morning_of": time(9, 30)}
+    # Awake at 09:30 only: the "morning of" reminder would arrive after the 09:00 draw, so it is
+    # not written; the day before's goes at 09:30.
+    assert moments(late_sleeper) == {"day_before": time(9, 30)}
     assert moments(night_owl) == {"day_before": time(9), "morning_of": time(8)}
 
     # A 22:30 reminder: the 21:00-08:00 participant waits for the morning, the owl does not.
@@ -347,7 +348,7 @@ def test_expired_reminder_is_expired_by_the_dispatcher_not_sent(
 
 
 def test_no_reminder_for_yesterdays_draw(db: Session, world: factories.World) -> None:
-    """The reminder job catching up after the draw day writes no reminder about it."""
+    """The reminder job catching up after the draw writes no reminder announcing it."""
     a1 = factories.a1_in_scenario(db, world)
     ev = event(db, a1.id, "ctdna:1")
     now = utc("2027-03-29T22:00:00")  # midnight in Paris: the draw day is over
@@ -357,31 +358,66 @@ def test_no_reminder_for_yesterdays_draw(db: Session, world: factories.World) ->
     assert set(rows) == {"overdue"}  # only the nudge after the draw is still to come
 
 
-def test_a_late_reminder_still_waits_for_the_end_of_quiet_hours(
+def test_a_reminder_whose_moment_has_passed_is_not_written(
     app: Flask, db: Session, world: factories.World, provider: RecordingProvider
 ) -> None:
-    """The reminder job catches up at 23:30 Paris (it was down, or consent just came back): the
-    day_before reminder's moment (09:00) has passed but the draw is tomorrow, so it still makes
-    sense, yet not in the middle of the night: it goes at 08:00."""
+    """The reminder job gets to the draw at 23:30 Paris (it was down for two days): the
+    day_before reminder's moment (09:00) has passed. It is not written, not even for the
+    morning while the draw is still ahead: nothing reaches the phone for it."""
+    a1 = factories.a1_in_scenario(db, world)
+    ev = event(db, a1.id, "ctdna:1")  # Monday 2027-03-29 09:00 CEST
+    now = utc("2027-03-28T21:30:00")  # Sunday 23:30 CEST
+    protocol = with_reminders(
+        participant_protocol(session=db, participant=a1, now=now),
+        {"kind": "day_before", "offset": "-1 day"},
+    )
+    with frozen(now.isoformat()):
+        created = reminders.enqueue_event_reminders(
+            db, protocol=protocol, participant=a1, event=ev, now=now
+        )
+    assert created == 0 and reminder_rows(db, ev) == {}
+    # Two minutes before its moment, the same job writes it, for 09:00.
+    before = utc("2027-03-28T06:58:00")
+    with frozen(before.isoformat()):
+        reminders.enqueue_event_reminders(
+            db, protocol=protocol, participant=a1, event=ev, now=before
+        )
+    row = reminder_rows(db, ev)["day_before"]
+    assert local(row.not_before_at) == datetime(2027, 3, 28, 9, 0, tzinfo=PARIS)
+    with frozen("2027-03-28T07:00:00"):  # 09:00 CEST
+        dispatcher(app, provider).run_once()
+    assert reminder_rows(db, ev)["day_before"].status == MessageStatus.SENT
+
+
+def test_a_job_late_on_an_event_sends_only_what_is_still_ahead(
+    app: Flask, db: Session, world: factories.World, provider: RecordingProvider
+) -> None:
+    """The same late tick with HEROES' own plan: the window_soon and day_before moments have
+    passed; the participant gets one SMS about the draw, the morning_of one at 08:00."""
     a1 = factories.a1_in_scenario(db, world)
     ev = event(db, a1.id, "ctdna:1")  # Monday 2027-03-29 09:00 CEST
     now = utc("2027-03-28T21:30:00")  # Sunday 23:30 CEST
     with frozen(now.isoformat()):
         reminders.materialize(session=db, now=now, participant_id=a1.id)
-        dispatcher(app, provider).run_once()
+    verdicts = {
+        v.kind: v.why
+        for v in reminders.decide(
+            participant_protocol(session=db, participant=a1, now=now), a1, ev, now=now
+        ).verdicts
+    }
+    assert verdicts == {
+        "window_soon": "passed",
+        "day_before": "passed",
+        "morning_of": "on time",
+        "overdue": "on time",
+    }
     rows = reminder_rows(db, ev)
-    late = [rows[k] for k in ("window_soon", "day_before")]
-    for row in late:
-        assert local(row.intended_at).date() < date(2027, 3, 29)  # meant for earlier
-        assert local(row.not_before_at) == datetime(2027, 3, 29, 8, 0, tzinfo=PARIS)
-        assert row.status == MessageStatus.PENDING
-        assert sent_for(provider, row) == []
+    assert sorted(rows) == ["morning_of"]
     with frozen("2027-03-29T06:00:00"):  # 08:00 CEST
         dispatcher(app, provider).run_once()
-    rows = reminder_rows(db, ev)
-    for kind in ("window_soon", "day_before", "morning_of"):
-        assert rows[kind].status == MessageStatus.SENT, kind
-        assert len(sent_for(provider, rows[kind])) == 1, kind
+    assert reminder_rows(db, ev)["morning_of"].status == MessageStatus.SENT
+    # (The scan and the questionnaire of the same days have their own reminders.)
+    assert len([c for c in provider.calls if "prise de sang" in c.body]) == 1
 
 
 def test_stop_then_start_brings_the_coming_reminders_back(
@@ -418,12 +454,9 @@ def test_stop_then_start_brings_the_coming_reminders_back(
         select(OutboxMessage).where(OutboxMessage.ref == reminders.event_ref(ev.id))
     ).all()
     pending = [r for r in rows if r.status == MessageStatus.PENDING]
-    # The reminders still worth sending are back (each once); the old rows stay opted out.
-    assert sorted(r.dedupe_key.split(":")[-3] for r in pending) == [
-        "day_before",
-        "morning_of",
-        "window_soon",
-    ]
+    # The reminders still ahead are back (each once); the old rows stay opted out. The
+    # window_soon one (meant for 03-19) is not: nothing planned before START is caught up.
+    assert sorted(r.dedupe_key.split(":")[-3] for r in pending) == ["day_before", "morning_of"]
     assert all(r.status == MessageStatus.OPTED_OUT for r in rows if r not in pending)
 
 

@@ -261,8 +261,7 @@ def test_the_link_fits_a_chinese_sms():
             MessageKind.REMINDER_QUESTIONNAIRE,
             locale,
             code="HER-0001-XYZ",
-            when=NOW,
-            tz="Asia/Shanghai",
+            deadline=NOW.date(),
             link=link,
         )
         assert link in text, locale
