@@ -188,3 +188,39 @@ def test_a_monitor_sees_the_alert_read_only_with_masked_phones(served, browser):
     expect(page.locator("#team")).to_contain_text("•")
     page.screenshot(path=str(ARTIFACTS / "alert-monitor-phone.png"))
     page.context.close()
+
+
+@pytest.mark.parametrize("size", list(VIEWPORTS))
+def test_a_routine_task_reads_as_a_task_for_the_morning(served, browser, size):
+    app, base, ids = served
+    with time_machine.travel(T0, tick=False):
+        with app.app_context(), get_db(app).job_session() as s:
+            from server.alerts import service as alerts
+            from server.alerts.models import AlertKind
+            from server.participants.models import Participant
+
+            a1 = s.get(Participant, ids["A1"])
+            task, _ = alerts.open_alert(
+                session=s,
+                kind=AlertKind.RESULT_OVERDUE,
+                trigger_key="browser:routine",
+                participant=a1,
+                site_id=a1.site_id,
+                summary="no result",
+                now=T0,
+            )
+            task_id = task.id
+        page = _logged_in(browser, base, size, "coordinator.a@example.test")
+        page.goto(f"{base}/alerts/{task_id}")
+        head = page.locator("#alert-head")
+        expect(head).to_contain_text("Routine")
+        expect(head).to_contain_text("Result overdue · A-001")
+        expect(head).to_contain_text("no reply is needed")
+        _on_first_screen(page, "#ack-button", size)
+        expect(page.locator("#next-step")).to_contain_text("Ask the lab for the report")
+        escalation = page.locator("#escalation")
+        expect(escalation).to_contain_text("to go out Wed 31 Mar 08:00")
+        expect(escalation).to_contain_text("never escalates")
+        _no_sideways_scroll(page, size)
+        page.screenshot(path=str(ARTIFACTS / f"alert-routine-{size}.png"), full_page=True)
+        page.context.close()
