@@ -218,17 +218,31 @@ class RedisRate:
 
 class FallbackRate:
     """A shared store, and this process's memory while the store cannot be reached: a Redis
-    outage must not stop a nurse's alert (sends then keep the rate per process only)."""
+    outage must not stop a nurse's alert (sends then keep the rate per process only). After a
+    failure the store is left alone for `retry_after` seconds, so that a store that times out
+    (a network cut, not a refusal) does not add its timeout to every send."""
 
-    def __init__(self, shared: SendRate, local: SendRate | None = None) -> None:
+    def __init__(
+        self,
+        shared: SendRate,
+        local: SendRate | None = None,
+        *,
+        retry_after: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.shared = shared
         self.local = local or MemoryRate()
         self.name = shared.name
-        self._warned_at = 0.0
+        self.retry_after = retry_after
+        self._clock = clock
+        self._down_until = 0.0
+        self._warned_at: float | None = None
 
-    def _warn(self, exc: Exception) -> None:
-        if time.monotonic() - self._warned_at > 60:
-            self._warned_at = time.monotonic()
+    def _failed(self, exc: Exception) -> None:
+        now = self._clock()
+        self._down_until = now + self.retry_after
+        if self._warned_at is None or now - self._warned_at > 60:
+            self._warned_at = now
             log.warning(
                 "send-rate store %s unreachable (%s): limiting in this process only",
                 self.shared.name,
@@ -236,18 +250,21 @@ class FallbackRate:
             )
 
     def acquire(self, sender: str, rate: float, *, urgent: bool) -> float:
-        try:
-            return self.shared.acquire(sender, rate, urgent=urgent)
-        except Exception as exc:  # any store failure: keep sending, paced in this process
-            self._warn(exc)
-            return self.local.acquire(sender, rate, urgent=urgent)
+        if self._clock() >= self._down_until:
+            try:
+                return self.shared.acquire(sender, rate, urgent=urgent)
+            except Exception as exc:  # any store failure: keep sending, paced in this process
+                self._failed(exc)
+        return self.local.acquire(sender, rate, urgent=urgent)
 
     def pause(self, sender: str, seconds: float) -> None:
-        try:
-            self.shared.pause(sender, seconds)
-        except Exception as exc:
-            self._warn(exc)
-            self.local.pause(sender, seconds)
+        if self._clock() >= self._down_until:
+            try:
+                self.shared.pause(sender, seconds)
+                return
+            except Exception as exc:
+                self._failed(exc)
+        self.local.pause(sender, seconds)
 
 
 def rate_store(*, redis_url: str | None, engine: Engine | None, prefix: str) -> SendRate:
