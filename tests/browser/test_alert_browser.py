@@ -224,3 +224,42 @@ def test_a_routine_task_reads_as_a_task_for_the_morning(served, browser, size):
         _no_sideways_scroll(page, size)
         page.screenshot(path=str(ARTIFACTS / f"alert-routine-{size}.png"), full_page=True)
         page.context.close()
+
+
+@pytest.mark.parametrize("size", list(VIEWPORTS))
+def test_today_lists_alerts_by_level_with_their_words(served, browser, size):
+    app, base, ids = served
+    with time_machine.travel(T0, tick=False):
+        with app.app_context(), get_db(app).job_session() as s:
+            from server.alerts import service as alerts
+            from server.alerts.models import AlertKind
+            from server.participants.models import Participant
+
+            a1 = s.get(Participant, ids["A1"])
+            task, _ = alerts.open_alert(
+                session=s,
+                kind=AlertKind.MISSED_WINDOW,
+                trigger_key="browser:today-routine",
+                participant=a1,
+                site_id=a1.site_id,
+                summary="Signatera ctDNA draw #2: window closed 2027-03-29 without a draw",
+                now=T0,
+            )
+            task_id = task.id
+        page = _logged_in(browser, base, size, "coordinator.a@example.test")
+        page.goto(f"{base}/")
+        critical = page.locator(f'#open-alerts tr[data-alert-id="{ids["alert"]}"]')
+        routine = page.locator(f'#open-alerts tr[data-alert-id="{task_id}"]')
+        expect(critical.locator(".badge.level-critical")).to_have_text("Critical")
+        expect(critical).to_contain_text("ctDNA turned positive")
+        expect(routine.locator(".badge.level-routine")).to_have_text("Routine")
+        expect(routine).to_contain_text("ctDNA draw window missed")
+        expect(routine).to_contain_text("morning SMS, no reply needed")
+        # The most urgent first.
+        order = page.locator("#open-alerts tr[data-alert-id]").evaluate_all(
+            "rows => rows.map(r => r.dataset.alertId)"
+        )
+        assert order.index(str(ids["alert"])) < order.index(str(task_id))
+        _no_sideways_scroll(page, size)
+        page.locator("#open-alerts").screenshot(path=str(ARTIFACTS / f"today-levels-{size}.png"))
+        page.context.close()
