@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import time_machine
 from sqlmodel import Session
@@ -154,10 +154,13 @@ def load_madeup_texts(
     db: Session, key: str = "eortc_qlq_c30", locales: tuple[str, ...] = ("en", "fr", "zh")
 ) -> None:
     """The site has loaded a (made-up) text for a licensed instrument in these languages, so its
-    questionnaires can be sent (as a site running HEROES does with its licensed QLQ-C30)."""
+    questionnaires can be sent (as a site running HEROES does with its licensed QLQ-C30). Loaded
+    before any participant's enrolment, whatever tests.clock.NOW is (a questionnaire's reminders
+    planned before its text came are not owed), so the scenario's calendar holds at any clock."""
     from server.surveys import texts
     from server.surveys.registry import instruments
 
+    loaded_at = min(utcnow(), SCENARIO_ENROLLED_AT) - timedelta(days=1)
     for locale in locales:
         texts.load_text(
             session=db,
@@ -166,7 +169,7 @@ def load_madeup_texts(
             raw=madeup_text(key, locale).encode(),
             source_file=f"{key}.madeup-{locale}.yaml",
             actor="test",
-            now=utcnow(),
+            now=loaded_at,
         )
 
 
