@@ -8,6 +8,7 @@ second and the API's writes get in between.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,17 @@ from server.schedules.models import EventStatus, ScheduleEvent
 # mass event: 50 held PostgreSQL for 3.3 s on a loaded 2-CPU machine).
 BATCH = 20
 SYSTEM_ACTOR = "system:scheduler"
+# SQLite has one writer at a time, and a connection waiting for the lock retries on a timer (up
+# to every 100 ms): a job that began its next batch at once would take the lock again first, and
+# the API's writes would wait for the whole job (bench/reminders.py's mass event: a lab's results
+# took 5.5 s each). Between two batches the job steps aside this long.
+SQLITE_YIELD_S = 0.1
+
+
+def yield_to_writers(session: Session) -> None:
+    """Between two committed batches, let writers waiting for SQLite's lock have it."""
+    if session.get_bind().dialect.name == "sqlite":
+        time.sleep(SQLITE_YIELD_S)
 
 
 def _claim(session: Session, q: Any) -> Any:
@@ -71,6 +83,7 @@ def update_event_statuses(*, session: Session, now: datetime) -> dict[str, int]:
         session.flush()
         on_missed(session=session, events=[e for e, _ in rows], now=now)
         session.commit()
+        yield_to_writers(session)
     # Opening a window is derived state (no clinical fact changes): one bulk UPDATE.
     opened = session.execute(
         sa.update(ScheduleEvent)

@@ -40,6 +40,7 @@ from notifications.models import (
 from server.participants.models import Participant
 from server.protocols.definition import Protocol, Reminder
 from server.schedules import rules
+from server.schedules.jobs import yield_to_writers
 from server.schedules.models import PENDING_STATUSES, EventType, ScheduleEvent
 
 HORIZON = timedelta(hours=48)
@@ -510,6 +511,7 @@ def materialize(
         _set_next(session, changes)
         if commit_every:
             session.commit()
+            yield_to_writers(session)
     return {"events": len(ids), "created": created}
 
 

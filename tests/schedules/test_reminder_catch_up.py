@@ -10,6 +10,8 @@ horizon; a long run of ticks writes exactly what looking at every event each tim
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from time import monotonic, sleep
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -429,3 +431,43 @@ def test_escalation_commits_every_few_alerts(
     assert len(commits) == 3  # 3 + 3 + 1
     db.expire_all()
     assert {a.tier for a in db.exec(select(Alert).where(Alert.participant_id == p.id))} == {2}
+
+
+def test_on_sqlite_a_waiting_writer_gets_in_between_two_batches(tmp_path: Path) -> None:
+    """SQLite has one writer: a job working through batches steps aside after each commit
+    (jobs.yield_to_writers), so a lab's result waiting for the lock goes in after the batch
+    at hand, not after the whole job (without it, it waited the whole job: seconds)."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from server.db import make_engine
+    from server.schedules.jobs import yield_to_writers
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'one-writer.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (who TEXT)")
+    batch_s, batches = 0.15, 12
+    started = threading.Event()
+
+    def job() -> None:
+        with Session(engine) as session:
+            for _ in range(batches):
+                session.execute(sa.text("INSERT INTO t VALUES ('job')"))
+                started.set()
+                sleep(batch_s)  # the batch's work, holding the write lock
+                session.commit()
+                yield_to_writers(session)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    started.wait(5)
+    began = monotonic()
+    with Session(engine) as session:
+        session.execute(sa.text("INSERT INTO t VALUES ('lab')"))
+        session.commit()
+    waited = monotonic() - began
+    worker.join()
+    engine.dispose()
+    # In after the batch it waited for (or the next one), long before the job's end.
+    assert waited < 3 * batch_s < batches * batch_s / 2, waited
