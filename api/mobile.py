@@ -14,12 +14,12 @@ from sqlmodel import col, select
 
 from api.common import commit
 from api.schemas import PatchSchema, StrictBoolean
-from server import audit
 from server.auth.web import Unauthorized, bearer_token
 from server.clock import utcnow
 from server.db import get_session
-from server.errors import NotFound, field_error
+from server.errors import NotFound
 from server.participants import mobile
+from server.participants import service as participants
 from server.participants.models import Locale, Participant
 from server.schedules import service as schedules
 from server.schedules.models import PENDING_STATUSES, EventType, ScheduleEvent
@@ -256,28 +256,8 @@ def preferences() -> dict[str, Any]:
 @blp.response(200)
 def update_preferences(args: dict[str, Any]) -> dict[str, Any]:
     """Change my quiet hours or language (at least one of them)."""
-    participant = me()
-    before = {k: audit.jsonable(getattr(participant, k)) for k in args}
-    for key, value in args.items():
-        setattr(participant, key, Locale(value) if key == "locale" else value)
-    if (
-        participant.quiet_hours_start == participant.quiet_hours_end
-        and ("quiet_hours_start" in args or "quiet_hours_end" in args)
-        and participant.quiet_hours_start.hour != 0
-    ):
-        raise field_error("quiet_hours_end", "must differ from the start")
-    participant.updated_at = utcnow()
-    get_session().add(participant)
-    audit.record(
-        session=get_session(),
-        actor=f"participant:{participant.id}",
-        action="participant.preferences",
-        entity="participant",
-        entity_id=participant.id,
-        site_id=participant.site_id,
-        now=utcnow(),
-        before=before,
-        after={k: audit.jsonable(v) for k, v in args.items()},
+    participant = participants.change_preferences(
+        session=get_session(), participant=me(), changes=args, now=utcnow()
     )
     commit()
     return _preferences(participant)

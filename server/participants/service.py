@@ -339,6 +339,39 @@ def update(
     return participant
 
 
+def change_preferences(
+    *, session: Session, participant: Participant, changes: dict[str, Any], now: datetime
+) -> Participant:
+    """The participant's own change of quiet hours or language (from the app), audited; new
+    quiet hours re-plan the coming reminders as a staff change does."""
+    before = {k: audit.jsonable(getattr(participant, k)) for k in changes}
+    for key, value in changes.items():
+        setattr(participant, key, Locale(value) if key == "locale" else value)
+    if (
+        participant.quiet_hours_start == participant.quiet_hours_end
+        and ("quiet_hours_start" in changes or "quiet_hours_end" in changes)
+        and participant.quiet_hours_start.hour != 0
+    ):
+        raise field_error("quiet_hours_end", "must differ from the start")
+    participant.updated_at = now
+    session.add(participant)
+    audit.record(
+        session=session,
+        actor=f"participant:{participant.id}",
+        action="participant.preferences",
+        entity="participant",
+        entity_id=participant.id,
+        site_id=participant.site_id,
+        now=now,
+        before=before,
+        after={k: audit.jsonable(v) for k, v in changes.items()},
+    )
+    if changes.keys() & REMINDER_INPUTS and participant.has_sms_consent:
+        session.flush()
+        reminders.materialize(session=session, now=now, participant_id=participant.id)
+    return participant
+
+
 def withdraw(
     *, session: Session, user: StaffUser, participant: Participant, reason: str, now: datetime
 ) -> Participant:

@@ -9,6 +9,7 @@ horizon; a long run of ticks writes exactly what looking at every event each tim
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from time import monotonic, sleep
@@ -16,9 +17,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from flask.testing import FlaskClient
 from sqlmodel import Session, col, select
 
 from notifications.models import MessageLog, MessageStatus, OutboxMessage
+from server.participants.mobile import ParticipantToken
 from server.participants.models import Participant
 from server.schedules import reminders
 from server.schedules.models import ScheduleEvent
@@ -231,14 +234,15 @@ def test_a_moved_event_is_looked_at_again(db: Session, world: factories.World) -
 
 
 @pytest.mark.usefixtures("texts_loaded_before_the_stories")
+@pytest.mark.parametrize("who", ["staff", "participant"])
 def test_new_quiet_hours_bring_back_a_reminder_they_had_ruled_out(
-    db: Session, world: factories.World
+    db: Session, world: factories.World, client: FlaskClient, who: str
 ) -> None:
     """Awake only from 09:30, a participant gets no "morning of" reminder for a 09:00 draw
     (it would come after it): the day before at 10:00 the job has nothing left to write for the
     draw until the overdue nudge. Staff then set her quiet hours to end at 07:00: the draw's
     08:00 reminder is written at once (the job alone would not look at the draw again before
-    the nudge's moment)."""
+    the nudge's moment). The same holds when she changes them herself in the app."""
     from server.participants import service as participants
 
     p = enrol(db, world, "A-954", "+33612340954")
@@ -253,15 +257,33 @@ def test_new_quiet_hours_bring_back_a_reminder_they_had_ruled_out(
         db.expire_all()
         assert db.get(ScheduleEvent, draw.id).next_reminder_at == paris("2027-04-01", "09:30")
         assert not [k for k in keys(db, p.id) if ":ctdna:1:" in k and ":morning_of:" in k]
-        participants.update(
-            session=db,
-            user=world.staff[("coordinator", "A")],
-            participant=db.get(Participant, p.id),
-            changes={"quiet_hours_end": time(7, 0)},
-            reason="she wakes early",
-            now=now,
-        )
-        db.commit()
+        if who == "staff":
+            participants.update(
+                session=db,
+                user=world.staff[("coordinator", "A")],
+                participant=db.get(Participant, p.id),
+                changes={"quiet_hours_end": time(7, 0)},
+                reason="she wakes early",
+                now=now,
+            )
+            db.commit()
+        else:
+            token = "app-token-of-A-954"
+            db.add(
+                ParticipantToken(
+                    participant_id=p.id,
+                    token_hash=hashlib.sha256(token.encode()).hexdigest(),
+                    created_at=now,
+                    expires_at=now + timedelta(days=30),
+                )
+            )
+            db.commit()
+            r = client.patch(
+                "/api/v1/mobile/preferences",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"quiet_hours_end": "07:00"},
+            )
+            assert r.status_code == 200, r.get_json()
     written = [k for k in keys(db, p.id) if ":ctdna:1:" in k and ":morning_of:" in k]
     assert len(written) == 1
     row = db.exec(select(OutboxMessage).where(OutboxMessage.dedupe_key == written[0])).one()
