@@ -146,15 +146,16 @@ class Dispatcher:
     alert_rate_per_second: float | None = None
     # Where every sender's send slots live (ratelimit.rate_store); default: this process only.
     rates: SendRate = field(default_factory=MemoryRate)
-    # A staff alert's claim lasts seconds: if this process dies mid-send, the reaper (which asks
-    # the provider's log, never resends blindly) settles it well within a minute.
-    urgent_lease_seconds: int = 30
+    # A staff alert's claim lasts seconds: if this process dies mid-send, another dispatcher's
+    # reaper (which asks the provider's log, never resends blindly) settles it within about
+    # 20 s, so the alert still reaches its nurse within half a minute of its due time.
+    urgent_lease_seconds: int = 20
     # A claimed row is handed to the provider only while this long is left of its lease: the
     # provider call may take the client's whole timeout, and must end before the reaper may act.
     send_margin_seconds: float = 12.0
     # Routine claims: no more rows than the sender's rate sends in about this many seconds.
     claim_seconds: float = 1.0
-    # How often run_forever reconciles expired leases (None: 5 s urgent lane, else 30 s).
+    # How often run_forever reconciles expired leases (None: 2 s urgent lane, else 30 s).
     reap_every_seconds: float | None = None
     # Test seam: how waiting for a send slot sleeps (default: stop.wait, else time.sleep).
     sleep: Callable[[float], None] | None = None
@@ -750,7 +751,7 @@ class Dispatcher:
     def run_forever(self, stop: threading.Event, wait: Callable[[float], None]) -> None:
         """Dispatch until stopped; `wait(seconds)` returns early when woken (LISTEN/NOTIFY)."""
         last_reap = 0.0
-        reap_every = self.reap_every_seconds or (5.0 if self.lane == Lane.URGENT else 30.0)
+        reap_every = self.reap_every_seconds or (2.0 if self.lane == Lane.URGENT else 30.0)
         while not stop.is_set():
             try:
                 self.run_once(stop, max_seconds=5.0)

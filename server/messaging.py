@@ -277,7 +277,8 @@ def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:
         "rates": send_rates(app),
         # A provider call may take the client's whole timeout; it must end inside its lease.
         "send_margin_seconds": timeout + 2,
-        "urgent_lease_seconds": max(30, int(timeout) + 20),
+        # Long enough to start the call (its turn at the sender) with the margin still ahead.
+        "urgent_lease_seconds": max(20, int(timeout) + 10),
         "on_unsubscribed": make_unsubscribed_hook(f"{base}/"),
         "on_failed": on_send_failed,
         "hold": participant_holds,

@@ -400,11 +400,11 @@ def test_a_crash_after_twilio_took_an_alert_is_settled_within_a_minute_without_r
         dispatcher.run_once()
     assert live.get(message_id).status == MessageStatus.SENDING
     lease = dispatcher.urgent_lease_seconds
-    assert lease <= 30
+    assert lease <= 20
 
-    # Another dispatcher's urgent lane reaps every 5 s: at the lease's end plus one round.
+    # Another dispatcher's urgent lane reaps every 2 s: at the lease's end plus one round.
     later = dispatcher_for(
-        app, live, fake, lane=Lane.URGENT, clock=lambda: utcnow() + timedelta(seconds=lease + 5)
+        app, live, fake, lane=Lane.URGENT, clock=lambda: utcnow() + timedelta(seconds=lease + 2)
     )
     stats = later.reap()
     assert (stats.reconciled, stats.retried) == (1, 0)
