@@ -61,6 +61,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         auth,
         docs,
         errors,
+        fhir,
         health,
         messages,
         mobile,
@@ -101,6 +102,8 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(page_blueprint.bp)
     page_kit.init_app(app)
     app.register_blueprint(twilio.bp)
+    app.register_blueprint(fhir.bp)
+    csrf.exempt(fhir.bp)  # bearer tokens: not exposed to CSRF
     app.register_blueprint(survey_pages.bp)
     csrf.exempt(twilio.bp)  # the Twilio signature is these endpoints' authentication
     errors.register(app)

@@ -36,6 +36,9 @@ def _paths(app, world, db) -> list[tuple[str, str]]:
         "key": "HEROES",
         "token": make_token(app.config["SECRET_KEY"], questionnaire.id, NOW + timedelta(days=3)),
         "filename": "stepdown.css",
+        "resource_type": "Patient",
+        "resource_id": str(a1.id),
+        "rest": "Basic",
     }
     out = []
     for rule in app.url_map.iter_rules():
@@ -72,7 +75,7 @@ def test_every_get_route_answers_no_store_to_everyone(
     for endpoint, path in _paths(app, world, db):
         if path.startswith("/api/v1/mobile/"):
             signed_in = client.get(path, headers=participant_headers)
-        elif path.startswith("/api/"):
+        elif path.startswith(("/api/", "/fhir/")):
             signed_in = staff_api.get(path)
         else:
             signed_in = staff_web.get(path)
@@ -92,6 +95,8 @@ def test_every_get_route_answers_no_store_to_everyone(
         "participant_page.show",
         "participants.ParticipantView",
         "mobile.schedule",
+        "fhir.read",
+        "fhir.search_type",
         "survey.survey",
         "pages.login",
         "static",

@@ -76,6 +76,8 @@ CARRY_MESSAGES_OR_ALERTS = {
     "schedules.schedule": "a participant's events",
     "twilio.inbound": "SMS webhook (answers with TwiML)",
     "twilio.status_callback": "delivery webhook",
+    "fhir.search_type": "FHIR search (requested as Communication: one per SMS)",
+    "fhir.read": "one FHIR resource (requested as a Communication)",
 }
 # Routes that hold no message data; requested all the same, for every role.
 OTHER = {
@@ -86,6 +88,8 @@ OTHER = {
     "docs.api_docs",
     "api-docs.openapi_json",
     "auth.me",
+    "fhir.metadata",
+    "fhir.other",
     "auth.TokenView",
     "mobile.activate",
     "mobile.calendar",
@@ -304,6 +308,9 @@ class Walker:
             "site_id": self.world.sites["A"].id,
             "user_id": self.world.staff[("nurse", "A")].id,
             "key": "HEROES" if endpoint.startswith("schedules.study") else "heroes",
+            "resource_type": "Communication",
+            "resource_id": str(self._message(MessageKind.REMINDER_QUESTIONNAIRE).id),
+            "rest": "Basic/1/_history",
         }
 
     def _message(self, kind: MessageKind) -> OutboxMessage:
@@ -335,7 +342,7 @@ class Walker:
         return out
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Answer:
-        if path.startswith("/api/"):
+        if path.startswith(("/api/", "/fhir/")):
             kw: dict[str, Any] = {"json": body if body is not None else {}}
             if method == "GET":
                 resp = self.api.get(path)

@@ -1,0 +1,6 @@
+"""The FHIR R4 API under /fhir (application/fhir+json): thin routes over server/fhir/."""
+
+from api.fhir import read as read
+from api.fhir.common import bp as bp
+
+__all__ = ["bp", "read"]
