@@ -4,6 +4,7 @@ from notifications.models import MessageLog, OutboxMessage
 from server.alerts.models import Alert, AlertLog
 from server.audit import AuditEvent
 from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
+from server.fhir.models import FhirNotification, FhirSubscription
 from server.health.models import LeaderLease, ProcessHeartbeat
 from server.participants.mobile import ActivationCode, ParticipantToken
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
@@ -21,6 +22,8 @@ __all__ = [
     "Decision",
     "EventStatus",
     "EventType",
+    "FhirNotification",
+    "FhirSubscription",
     "LabResult",
     "LeaderLease",
     "Locale",

@@ -47,6 +47,7 @@ def job_specs() -> list[JobSpec]:
     """Every job the scheduler runs (imported late so the web app never needs them)."""
     from server import messaging
     from server.alerts import service as alerts
+    from server.fhir import subscriptions as fhir_subscriptions
     from server.health import service as health
     from server.results import service as results
     from server.schedules import jobs as schedule_jobs
@@ -101,6 +102,12 @@ def job_specs() -> list[JobSpec]:
             300,
             messaging.expire_stale,
             "expire pending messages whose moment has passed",
+        ),
+        JobSpec(
+            "fhir.subscriptions",
+            10,
+            fhir_subscriptions.run,
+            "queue and deliver FHIR subscription notifications (a lane apart from the SMS)",
         ),
         JobSpec(
             "health.deadman",
