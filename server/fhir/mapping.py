@@ -13,7 +13,8 @@ from datetime import date, datetime
 from typing import Any
 
 from server.fhir import codes
-from server.surveys.definition import Instrument, Item, ResponseSet
+from server.surveys.definition import Instrument
+from server.surveys.texts import Wording
 
 Resource = dict[str, Any]
 
@@ -385,51 +386,39 @@ def _translations(texts: Mapping[str, str], shown: str) -> dict[str, Any] | None
     return {"extension": extension} if extension else None
 
 
-def _answer_labels(responses: ResponseSet) -> dict[int, dict[str, str]]:
-    """Each allowed value with its label per locale (a numeric scale: the number, with the
-    anchor's words where it has one)."""
-    if responses.options is not None:
-        return {o.value: dict(o.label) for o in responses.options}
-    out = {}
-    for value in responses.values:
-        anchor = responses.anchors.get(value)
-        out[value] = (
-            {lang: f"{value} – {text}" for lang, text in anchor.items()}
-            if anchor
-            else {"en": str(value)}
-        )
-    return out
-
-
-def _item_texts(item: Item) -> dict[str, str]:
-    return {lang: item.text_in(lang) for lang in ("en", "fr", "zh")}
-
-
-def questionnaire(instrument: Instrument, *, base_url: str) -> Resource:
-    """An instrument: items with their answer options (texts in en, fr and zh), enableWhen from
-    `show_if`. A licensed item's text is the neutral placeholder ("Item 12")."""
+def questionnaire(
+    instrument: Instrument, *, wordings: Mapping[str, Wording], primary: str, base_url: str
+) -> Resource:
+    """An instrument: items with their answer options, enableWhen from `show_if`, the texts in
+    `primary` with the other languages of `wordings` as translations. A licensed instrument's
+    texts are those the site loaded (server.surveys.texts); a language with none loaded is left
+    out, and with none at all the neutral placeholders ("Item 12") stand in."""
     qid = questionnaire_id(instrument.key)
+    shown = {lang: {q.id: q for q in w.questions} for lang, w in wordings.items()}
     items = []
     for item in instrument.items:
-        texts = _item_texts(item)
-        responses = instrument.responses[item.responses]
+        texts = {lang: questions[item.id].text for lang, questions in shown.items()}
+        labels: dict[int, dict[str, str]] = {}
+        for lang, questions in shown.items():
+            for choice in questions[item.id].choices:
+                labels.setdefault(choice.value, {})[lang] = choice.label
         system = codes.answer_system(instrument.key, item.responses)
         options = []
-        for value, labels in _answer_labels(responses).items():
-            option_coding: dict[str, Any] = coding(system, str(value), labels.get("en"))
-            translated = _translations(labels, "en")
+        for value, label in labels.items():
+            option_coding: dict[str, Any] = coding(system, str(value), label.get(primary))
+            translated = _translations(label, primary)
             if translated:
                 option_coding["_display"] = translated
             options.append({"valueCoding": option_coding})
         entry: dict[str, Any] = {
             "linkId": item.id,
             "prefix": str(item.number),
-            "text": texts["en"],
+            "text": texts[primary],
             "type": "choice",
             "required": item.required,
             "answerOption": options,
         }
-        translated = _translations(texts, "en")
+        translated = _translations(texts, primary)
         if translated:
             entry["_text"] = translated
         if item.show_if is not None:
@@ -446,19 +435,20 @@ def questionnaire(instrument: Instrument, *, base_url: str) -> Resource:
             if len(entry["enableWhen"]) > 1:
                 entry["enableBehavior"] = "any"
         items.append(entry)
+    titles = {lang: w.title for lang, w in wordings.items()}
     out: Resource = {
         "resourceType": "Questionnaire",
         "id": qid,
         "url": f"{base_url}/fhir/Questionnaire/{qid}",
         "version": str(instrument.version),
         "name": instrument.key,
-        "title": instrument.title["en"],
+        "title": titles[primary],
         "status": "active",
         "subjectType": ["Patient"],
-        "language": "en",
+        "language": primary,
         "item": items,
     }
-    title_translations = _translations(instrument.title, "en")
+    title_translations = _translations(titles, primary)
     if title_translations:
         out["_title"] = title_translations
     if instrument.licence:
@@ -484,10 +474,12 @@ def questionnaire_response(
     response: Response,
     *,
     instrument: Instrument | None,
+    wording: Wording | None,
     locale: str,
     base_url: str,
 ) -> Resource:
-    """A submitted response: each answer as the Questionnaire's coding, in the item's order."""
+    """A submitted response: each answer as the Questionnaire's coding, in the item's order,
+    with the question and answer as the participant read them (`wording`)."""
     qid = questionnaire_id(response.instrument_key)
     out: Resource = {
         "resourceType": "QuestionnaireResponse",
@@ -500,6 +492,7 @@ def questionnaire_response(
         "authored": instant(response.submitted_at or response.started_at),
         "language": locale,
     }
+    questions = {q.id: q for q in wording.questions} if wording else {}
     items = []
     order = [i.id for i in instrument.items] if instrument else sorted(response.answers)
     for item_id in order:
@@ -508,15 +501,13 @@ def questionnaire_response(
         value = response.answers[item_id]
         answer: dict[str, Any]
         entry: dict[str, Any] = {"linkId": item_id}
-        if instrument is not None:
-            item = instrument.item(item_id)
-            entry["text"] = item.text_in(locale)
-            labels = _answer_labels(instrument.responses[item.responses]).get(value, {})
+        question = questions.get(item_id)
+        if instrument is not None and question is not None:
+            entry["text"] = question.text
+            label = next((c.label for c in question.choices if c.value == value), None)
             answer = {
                 "valueCoding": coding(
-                    codes.answer_system(instrument.key, item.responses),
-                    str(value),
-                    labels.get(locale) or labels.get("en"),
+                    codes.answer_system(instrument.key, question.responses), str(value), label
                 )
             }
         else:

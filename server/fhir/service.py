@@ -33,7 +33,16 @@ from server.protocols.models import Study
 from server.results.models import LabResult, ResultStatus
 from server.schedules.models import ScheduleEvent
 from server.surveys import service as surveys
-from server.surveys.models import ResponseStatus, SurveyAnswer, SurveyResponse, SurveyScore
+from server.surveys import texts
+from server.surveys.definition import Instrument
+from server.surveys.models import (
+    InstrumentText,
+    ResponseStatus,
+    SurveyAnswer,
+    SurveyResponse,
+    SurveyScore,
+)
+from server.surveys.texts import Wording
 
 # Resource types a participant's app token may read (the companion app's own view).
 PARTICIPANT_TYPES = frozenset(
@@ -386,7 +395,10 @@ def _codings(found: Found, element: str) -> list[dict[str, Any]]:
 def _questionnaires(session: Session, scope: Scope, query: Query, base_url: str) -> list[Found]:
     out = []
     for _key, instrument in sorted(surveys.instruments().items()):
-        resource = mapping.questionnaire(instrument, base_url=base_url)
+        wordings, primary = _wordings(session, instrument)
+        resource = mapping.questionnaire(
+            instrument, wordings=wordings, primary=primary, base_url=base_url
+        )
         if query.ids and resource["id"] not in query.ids:
             continue
         if query.questionnaires and not (
@@ -396,6 +408,40 @@ def _questionnaires(session: Session, scope: Scope, query: Query, base_url: str)
             continue
         out.append(Found(resource, None))
     return out
+
+
+LANGUAGES = ("en", "fr", "zh")
+
+
+def _wordings(session: Session, instrument: Instrument) -> tuple[dict[str, Wording], str]:
+    """The instrument's wording in each language it can be shown in (a licensed one: where the
+    site loaded its text), and the language to lead with (English when it is one of them)."""
+    found = {
+        lang: texts.wording_for(session, instrument, lang)
+        for lang in LANGUAGES
+        if texts.problem_for(session, instrument, lang) is None
+    }
+    if not found:
+        found["en"] = texts.wording(instrument, "en", None)  # placeholders only
+    return found, "en" if "en" in found else next(iter(found))
+
+
+def _answered_wording(
+    session: Session, instrument: Instrument | None, response: SurveyResponse, locale: str
+) -> Wording | None:
+    """The wording the participant answered: the loaded text's version they saw, if any."""
+    if instrument is None:
+        return None
+    text = None
+    if response.text_version is not None:
+        text = session.exec(
+            select(InstrumentText).where(
+                InstrumentText.instrument_key == instrument.key,
+                InstrumentText.locale == locale,
+                InstrumentText.version == response.text_version,
+            )
+        ).first()
+    return texts.wording(instrument, locale, text)
 
 
 def _questionnaire_responses(
@@ -433,6 +479,9 @@ def _questionnaire_responses(
                 answers=answers.get(r.id, {}),  # type: ignore[arg-type]
             ),
             instrument=instruments.get(r.instrument_key),
+            wording=_answered_wording(
+                session, instruments.get(r.instrument_key), r, participant.locale.value
+            ),
             locale=participant.locale.value,
             base_url=base_url,
         )

@@ -136,10 +136,18 @@ def test_questionnaire_has_options_branching_and_translations(scene, api_as):
     for item in branching:
         for condition in item["enableWhen"]:
             assert condition["question"] in items
-    # A licensed instrument: structure and licence, placeholder texts only.
+    # A licensed instrument: its licence, and the texts the site loaded (the world's are made up).
     qlq = fhir_get(nurse, "/fhir/Questionnaire/eortc-qlq-c30")
     assert qlq["copyright"].startswith("The EORTC QLQ-C30 is copyrighted")
-    assert qlq["item"][11]["text"] == "Item 12"
+    item12 = qlq["item"][11]
+    assert item12["text"] == "Made-up question 12 (en)"
+    translated = {
+        {e["url"]: e for e in x["extension"]}["lang"]["valueCode"]: {
+            e["url"]: e for e in x["extension"]
+        }["content"]["valueString"]
+        for x in item12["_text"]["extension"]
+    }
+    assert translated == {"fr": "Question inventée 12 (fr)", "zh": "虚构问题 12 (zh)"}
 
 
 def test_questionnaire_response_answers_in_the_questionnaires_codes(scene, api_as):
@@ -148,6 +156,9 @@ def test_questionnaire_response_answers_in_the_questionnaires_codes(scene, api_a
     assert qr["status"] == "completed"
     assert qr["questionnaire"].endswith("/fhir/Questionnaire/eortc-qlq-c30|3.0")
     answers = {i["linkId"]: i["answer"][0]["valueCoding"]["code"] for i in qr["item"]}
+    # As the participant (French) read it.
+    assert qr["language"] == "fr"
+    assert qr["item"][0]["text"] == "Question inventée 1 (fr)"
     assert answers["q1"] == "2" and answers["q30"] == "6"
     q = fhir_get(nurse, "/fhir/Questionnaire/eortc-qlq-c30")
     codes = {i["linkId"]: {o["valueCoding"]["code"] for o in i["answerOption"]} for i in q["item"]}
@@ -227,3 +238,21 @@ def test_writes_are_refused_and_tokens_required(client, scene, api_as):
         assert resp.status_code == 401
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
         validate(resp.get_json(force=True))
+
+
+def test_a_licensed_questionnaire_shows_only_the_languages_the_site_loaded(world, db, api_as):
+    import sqlalchemy as sa
+
+    from server.surveys.models import InstrumentText
+
+    db.execute(sa.delete(InstrumentText).where(InstrumentText.locale != "fr"))
+    db.commit()
+    qlq = fhir_get(api_as("nurse", "A"), "/fhir/Questionnaire/eortc-qlq-c30")
+    # French is the only wording there is: it leads, with no translation and no placeholder.
+    assert qlq["language"] == "fr"
+    assert qlq["item"][0]["text"] == "Question inventée 1 (fr)"
+    assert "_text" not in qlq["item"][0]
+    db.execute(sa.delete(InstrumentText))
+    db.commit()
+    qlq = fhir_get(api_as("nurse", "A"), "/fhir/Questionnaire/eortc-qlq-c30")
+    assert qlq["item"][11]["text"] == "Item 12"  # nothing loaded: the neutral placeholder
