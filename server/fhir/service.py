@@ -31,7 +31,7 @@ from server.participants.models import Participant, ParticipantStatus
 from server.protocols import service as protocols
 from server.protocols.models import Study
 from server.results.models import LabResult, ResultStatus
-from server.schedules.models import ScheduleEvent
+from server.schedules.models import EventType, ScheduleEvent
 from server.surveys import service as surveys
 from server.surveys import texts
 from server.surveys.definition import Instrument
@@ -276,9 +276,16 @@ def _care_plans(session: Session, scope: Scope, query: Query, base_url: str) -> 
                 completed_at=e.completed_at,
                 is_out_of_window=e.is_out_of_window,
                 instrument=e.instrument,
-                outcomes=tuple(outcomes.get(e.id, [])),  # type: ignore[arg-type]
+                outcomes=tuple(
+                    r
+                    for r in outcomes.get(e.id, [])  # type: ignore[arg-type]
+                    # An app token reads no results: not even that one exists.
+                    if not (scope.is_participant and r.startswith("Observation/"))
+                ),
             )
             for e in mine
+            # The app does not show decision points (the care team's); neither does this.
+            if not (scope.is_participant and e.event_type == EventType.DECISION_POINT)
         ]
         resource = mapping.care_plan(
             subject,

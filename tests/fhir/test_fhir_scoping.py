@@ -78,6 +78,13 @@ def test_a_participant_token_reads_only_its_own(scene, client, app_token, api_as
     staff_view = _everything(api_as("nurse", "A"))
     for result_id in (i for i in staff_view["Observation"] if i.startswith("result-")):
         assert me.get(f"/fhir/Observation/{result_id}").status_code == 404
+    # Their schedule names no result (those are the care team's to give) and no decision point.
+    staff_plan = api_as("nurse", "A").get(f"/fhir/CarePlan/{scene.a1}").get_data(as_text=True)
+    assert "Observation/result-" in staff_plan
+    my_plan = me.get(f"/fhir/CarePlan/{scene.a1}").get_json(force=True)
+    validate(my_plan)
+    assert "Observation/result-" not in str(my_plan)
+    assert "decision_point" not in str(my_plan)
     other = Bearer(client, app_token("A2"))
     assert other.get(f"/fhir/QuestionnaireResponse/{scene.response_id}").status_code == 404
     assert _everything(other)["Observation"] == set()
