@@ -256,3 +256,42 @@ def test_a_licensed_questionnaire_shows_only_the_languages_the_site_loaded(world
     db.commit()
     qlq = fhir_get(api_as("nurse", "A"), "/fhir/Questionnaire/eortc-qlq-c30")
     assert qlq["item"][11]["text"] == "Item 12"  # nothing loaded: the neutral placeholder
+
+
+def test_a_questionnaire_answered_on_the_phone_comes_out_as_a_valid_response(
+    world, db, client, api_as, app_token
+):
+    """Issue 15 item 5: the companion app's answers, read back through FHIR by the care team and
+    by the participant's own app, are a valid QuestionnaireResponse with the same answers."""
+    import time_machine
+
+    from tests.fhir.conftest import ANSWERED, event, qlq
+
+    a1 = world.participants["A1"]
+    qol1 = event(db, a1.id, "qol:1")
+    phone = {"Authorization": f"Bearer {app_token('A1')}"}
+    answers = qlq(q1=4, q29=7)
+    with time_machine.travel(ANSWERED, tick=False):
+        resp = client.post(
+            f"/api/v1/mobile/questionnaires/{qol1.id}/answers",
+            json={"answers": answers, "submit": True},
+            headers=phone,
+        )
+        assert resp.status_code in (200, 201), resp.get_data(as_text=True)
+        response_id = resp.get_json()["response_id"]
+    for reader in (api_as("coordinator", "A").get, lambda p: client.get(p, headers=phone)):
+        got = reader(f"/fhir/QuestionnaireResponse/{response_id}")
+        assert got.status_code == 200
+        qr = validate(got.get_json(force=True))
+        assert qr.status == "completed" and qr.subject.reference == f"Patient/{a1.id}"
+        assert {i.linkId: int(i.answer[0].valueCoding.code) for i in qr.item} == answers
+    scores = api_as("coordinator", "A").get(
+        f"/fhir/Observation?subject=Patient/{a1.id}&category=survey"
+    )
+    global_health = [
+        e["resource"]
+        for e in scores.get_json(force=True)["entry"]
+        if e["resource"]["code"]["coding"][0]["code"] == "eortc_qlq_c30.QL2"
+    ]
+    # Global health from q29 = 7 and q30 = 6: ((6.5 - 1) / 6) x 100.
+    assert round(global_health[0]["valueQuantity"]["value"], 2) == round(5.5 / 6 * 100, 2)
