@@ -299,6 +299,7 @@ def test_scheduler_registers_jobs_under_stable_ids(app):
         "alerts.watchdog",
         "alerts.check_routes",
         "results.overdue",
+        "fhir.subscriptions",
         "health.deadman",
     }
 
