@@ -1,7 +1,7 @@
 """fhir subscriptions and their notifications
 
 Revision ID: 0018
-Revises: 0013
+Revises: 0012
 Create Date: 2026-12-04 21:50:05.666212+00:00
 
 FHIR Subscriptions (R4 Backport, rest-hook): a site's endpoints, and the notifications queued
@@ -16,7 +16,7 @@ from alembic import op
 
 
 revision: str = "0018"
-down_revision: str | None = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

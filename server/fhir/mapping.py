@@ -560,7 +560,8 @@ def score_observation(subject: Subject, s: Score) -> Resource:
 
 # --- alerts and messages --------------------------------------------------------------------------
 
-_FLAG_PRIORITY = {"critical": "PH", "high": "PM", "normal": "PL"}
+# Alert level → flag-priority: critical high, urgent medium, routine low.
+_FLAG_PRIORITY = {"critical": "PH", "urgent": "PM", "routine": "PL"}
 
 
 @dataclass(frozen=True)
@@ -569,7 +570,7 @@ class AlertRow:
 
     id: int
     kind: str
-    severity: str
+    level: str
     state: str
     summary: str
     opened_at: datetime
@@ -578,7 +579,7 @@ class AlertRow:
 
 
 def flag(subject: Subject, a: AlertRow) -> Resource:
-    """An alert as a Flag: active until resolved, its kind as the code, severity as priority."""
+    """An alert as a Flag: active until resolved, its kind as the code, its level as priority."""
     out: Resource = {
         "resourceType": "Flag",
         "id": str(a.id),
@@ -594,12 +595,12 @@ def flag(subject: Subject, a: AlertRow) -> Resource:
     }
     if a.resolved_at:
         out["period"]["end"] = instant(a.resolved_at)
-    if a.severity in _FLAG_PRIORITY:
+    if a.level in _FLAG_PRIORITY:
         out["extension"] = [
             {
                 "url": "http://hl7.org/fhir/StructureDefinition/flag-priority",
                 "valueCodeableConcept": concept(
-                    "http://hl7.org/fhir/flag-priority-code", _FLAG_PRIORITY[a.severity]
+                    "http://hl7.org/fhir/flag-priority-code", _FLAG_PRIORITY[a.level]
                 ),
             }
         ]

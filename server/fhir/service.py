@@ -519,7 +519,7 @@ def _flags(session: Session, scope: Scope, query: Query, base_url: str) -> list[
             mapping.AlertRow(
                 id=a.id,  # type: ignore[arg-type]
                 kind=a.kind.value,
-                severity=_alert_level(a),
+                level=a.level.value,
                 state=a.state.value,
                 summary=a.summary,
                 opened_at=a.opened_at,
@@ -531,11 +531,6 @@ def _flags(session: Session, scope: Scope, query: Query, base_url: str) -> list[
             continue
         out.append(Found(resource, a.opened_at))
     return out
-
-
-def _alert_level(alert: Alert) -> str:
-    value = getattr(alert, "level", None) or getattr(alert, "severity", None)
-    return str(getattr(value, "value", value) or "")
 
 
 def _communications(session: Session, scope: Scope, query: Query, base_url: str) -> list[Found]:

@@ -172,7 +172,10 @@ def test_flag_and_communications_never_carry_the_text_or_the_ack_code(scene, api
     flag = fhir_get(nurse, f"/fhir/Flag/{scene.alert_id}")
     assert flag["status"] == "active"
     assert flag["subject"]["reference"] == f"Patient/{scene.a1}"
-    ack_code = db.get(Alert, scene.alert_id).ack_code
+    alert = db.get(Alert, scene.alert_id)
+    priority = flag["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]
+    assert priority == {"critical": "PH", "urgent": "PM", "routine": "PL"}[alert.level.value]
+    ack_code = alert.ack_code
     comms = fhir_get(nurse, f"/fhir/Communication?subject=Patient/{scene.a1}")
     assert comms["total"] >= 1
     text = str(comms) + str(flag)
