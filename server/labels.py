@@ -246,6 +246,8 @@ AUDIT_ACTION = {
     "event.missed": "Event missed",
     "event.redraw": "Redraw planned",
     "event.reschedule": "Event rescheduled",
+    "fhir_subscription.create": "FHIR subscription registered",
+    "fhir_subscription.end": "FHIR subscription ended",
     "instrument_text.load": "Questionnaire text loaded",
     "message.cancel": "Message cancelled",
     "message.resend": "Message sent again",
