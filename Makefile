@@ -30,6 +30,13 @@ browser:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
 	fi
+	@# The Chinese survey pages' screenshots need a CJK font (without one every character is a box).
+	@if fc-list :lang=zh 2>/dev/null | grep -q .; then :; \
+	else \
+		echo "installing a Chinese font for the browser tests' screenshots"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq fonts-wqy-microhei; \
+	fi
 
 migrate: setup
 	$(BIN)/stepdown db upgrade

@@ -1,6 +1,6 @@
 """Imports every table module so SQLModel.metadata is complete (Alembic, tests)."""
 
-from notifications.models import MessageLog, OutboxMessage
+from notifications.models import MessageLog, OutboxMessage, SmsSenderRate
 from server.alerts.models import Alert, AlertLog
 from server.audit import AuditEvent
 from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
@@ -39,6 +39,7 @@ __all__ = [
     "ScheduleEvent",
     "Site",
     "SiteMembership",
+    "SmsSenderRate",
     "StaffUser",
     "Study",
     "SurveyAnswer",
