@@ -13,6 +13,7 @@ from api.errors import validation_failed
 from api.schemas import (
     CtdnaResultSchema,
     FhirObservationSchema,
+    Hl7ReceiptSchema,
     ImagingResultSchema,
     ResultSchema,
     TumorMarkerResultSchema,
@@ -25,7 +26,7 @@ from server.auth.web import require
 from server.clock import utcnow
 from server.db import get_session
 from server.errors import ValidationFailed
-from server.results import fhir
+from server.results import fhir, hl7v2
 from server.results import service as results
 from server.results.models import LabResult, PfsEvent, ResultKind, ResultStatus
 
@@ -134,6 +135,54 @@ def post_fhir() -> tuple[dict[str, Any], int]:
         raise validation_failed(problems)
     args = fhir.observation_to_ctdna(body)
     return _ingest(ResultKind.CTDNA, args, fhir.FIELD_NAMES)
+
+
+@blp.route("/results/hl7v2", methods=["POST"])
+@blp.doc(
+    requestBody={
+        "required": True,
+        "description": "one HL7 v2.5.1 ORU^R01 message (ER7; segments end with CR, LF or CRLF)",
+        "content": {
+            media: {"schema": {"type": "string", "maxLength": 1048576}}
+            for media in (hl7v2.MEDIA_TYPE, "text/plain")
+        },
+    }
+)
+@blp.response(201, Hl7ReceiptSchema)
+@blp.alt_response(200, schema=Hl7ReceiptSchema, description="every result already received")
+def post_hl7v2() -> tuple[dict[str, Any], int]:
+    """ctDNA results as an HL7 v2 ORU^R01 (the MLLP listener, `stepdown mllp`, takes the same
+    messages). Mapped to the same results service as `/results/ctdna`: idempotent on the filler
+    order number (OBR-3) per lab, unknown participants quarantined, the same rules and alerts.
+    The answer carries the ACK (MSA-1 AA, MSA-2 = MSH-10). A message that cannot be read as an
+    ORU^R01 (the MLLP listener's AR) is 400; one whose results cannot be recorded (AE) is 422
+    or 409, naming the segment and field (e.g. `OBR[1] OBR-3`): nothing of it is recorded."""
+    user = require(Permission.RESULT_WRITE)
+    session = get_session()
+    try:
+        text = request.get_data(cache=False).decode("utf-8")
+    except UnicodeDecodeError:
+        raise hl7v2.Rejected("the message is not UTF-8 text", "102") from None
+    receipt = hl7v2.receive(
+        session=session,
+        text=text,
+        now=utcnow(),
+        actor=actor_of(user),
+        actor_user_id=user.id,
+        site_ids=visible_site_ids_subquery(user),
+        commit=commit,
+    )
+    if receipt.error is not None:
+        raise receipt.error
+    dumped = [_dump(i)[0] for i in receipt.ingested]
+    created = any(i.created for i in receipt.ingested)
+    body = {
+        "ack_code": receipt.ack_code,
+        "control_id": receipt.control_id,
+        "ack": receipt.ack,
+        "results": dumped,
+    }
+    return body, 201 if created else 200
 
 
 @blp.route("/results/quarantine")

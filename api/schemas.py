@@ -659,6 +659,13 @@ class ResultSchema(ma.Schema):
     received_at = ma.fields.AwareDateTime()
 
 
+class Hl7ReceiptSchema(ma.Schema):
+    ack_code = ma.fields.String(metadata={"description": "AA: the message's results are recorded"})
+    control_id = ma.fields.String(metadata={"description": "MSH-10 of the message (MSA-2)"})
+    ack = ma.fields.String(metadata={"description": "the HL7 v2 ACK (ER7, segments end with CR)"})
+    results = ma.fields.List(ma.fields.Nested(ResultSchema))
+
+
 class AlertListArgs(ma.Schema):
     state = ma.fields.String(validate=validate.OneOf(["open", "acknowledged", "resolved"]))
     site_id = Id()

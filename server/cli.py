@@ -38,6 +38,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(status_command)
     app.cli.add_command(results_group)
     app.cli.add_command(instruments_group)
+    app.cli.add_command(mllp_command)
 
 
 @click.group("db", cls=AppGroup, help="Database schema (migrations).")
@@ -415,6 +416,32 @@ def results_import(path: str, lab: str) -> None:
                 click.echo(line, err=True)
             raise click.ClickException(f"{len(errors)} bad row(s); nothing imported")
     click.echo(f"imported {len(rows)} row(s): {counts}")
+
+
+@click.command("mllp")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=2575, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--site",
+    "site_codes",
+    multiple=True,
+    help="attach results only to participants of these sites (repeatable; default: all)",
+)
+@with_appcontext
+def mllp_command(host: str, port: int, site_codes: tuple[str, ...]) -> None:
+    """Listen for HL7 v2 ORU^R01 lab results over MLLP and ACK each message (AA/AE/AR)."""
+    from server.mllp import serve
+
+    site_ids: list[int] | None = None
+    if site_codes:
+        with get_db().job_session() as session:
+            found = session.exec(select(Site).where(col(Site.code).in_(site_codes))).all()
+            missing = sorted(set(site_codes) - {s.code for s in found})
+            if missing:
+                raise click.ClickException(f"no site {', '.join(missing)}")
+            site_ids = [s.id for s in found if s.id is not None]
+    click.echo(f"MLLP listener on {host}:{port} (Ctrl-C stops it)")
+    serve(current_app._get_current_object(), host, port, site_ids)  # type: ignore[attr-defined]
 
 
 @click.command("scheduler")
