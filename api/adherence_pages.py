@@ -21,8 +21,10 @@ from server.adherence import service as adherence
 from server.auth.models import StaffUser
 from server.auth.rules import Permission
 from server.auth.scoping import get_site, sites_query, visible_site_ids_subquery
+from server.auth.service import actor_of
 from server.clock import utcnow
 from server.db import get_session
+from server.exports import odm
 from server.participants.models import Participant, Site
 from server.protocols.models import Study
 from server.schedules.models import EventType
@@ -362,3 +364,41 @@ def export_csv() -> Response:
     db.commit()
     filename = f"adherence-{view.replace('_', '-')}-{now:%Y-%m-%d}.csv"
     return csv_download(header, rows, filename)
+
+
+@bp.get("/adherence/odm.xml")
+@login_required
+def export_odm() -> Response:
+    """One study of my sites (the site filter applies) as CDISC ODM 1.3.2 XML for the sponsor's
+    EDC; every download is audited. Monitors may download too (read-only, study codes only)."""
+    now = utcnow()
+    sel = _selection(now)
+    if sel.study is None:
+        raise PageInputError(
+            "study", "is required: one of " + ", ".join(s.key for s in sel.studies.values())
+        )
+    db = get_session()
+    export = odm.build(
+        session=db,
+        study=sel.study,
+        site_ids=sel.covered_site_ids(),
+        now=now,
+    )
+    odm.record_export(
+        session=db,
+        export=export,
+        study=sel.study,
+        actor=actor_of(sel.user),
+        actor_user_id=sel.user.id,
+        via="adherence page",
+        now=now,
+    )
+    db.commit()
+    return Response(
+        export.xml,
+        mimetype="application/xml",
+        headers={
+            "Content-Disposition": f'attachment; filename="{sel.study.key}-odm-{now:%Y-%m-%d}.xml"',
+            "Cache-Control": "no-store",
+        },
+    )

@@ -39,6 +39,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(results_group)
     app.cli.add_command(instruments_group)
     app.cli.add_command(mllp_command)
+    app.cli.add_command(export_group)
 
 
 @click.group("db", cls=AppGroup, help="Database schema (migrations).")
@@ -416,6 +417,63 @@ def results_import(path: str, lab: str) -> None:
                 click.echo(line, err=True)
             raise click.ClickException(f"{len(errors)} bad row(s); nothing imported")
     click.echo(f"imported {len(rows)} row(s): {counts}")
+
+
+@click.group("export", cls=AppGroup, help="Trial data for other systems.")
+def export_group() -> None:
+    pass
+
+
+@export_group.command("odm")
+@click.argument("study_key")
+@click.option(
+    "--site", "site_codes", multiple=True, help="only these sites (repeatable; default: all)"
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="write here, not stdout")
+def export_odm(study_key: str, site_codes: tuple[str, ...], output: str | None) -> None:
+    """A study as CDISC ODM 1.3.2 XML (metadata, subjects, events, results, questionnaires,
+    audit trail), e.g. `stepdown export odm HEROES --site PARIS-01 > heroes.xml`. Audited."""
+    from server.exports import odm
+
+    now = utcnow()
+    with get_db().job_session() as session:
+        study = session.exec(select(Study).where(Study.key == study_key)).first()
+        if study is None:
+            raise click.ClickException(f"no study {study_key!r}")
+        site_ids: list[int] | None = None
+        if site_codes:
+            found = session.exec(select(Site).where(col(Site.code).in_(site_codes))).all()
+            missing = sorted(set(site_codes) - {s.code for s in found})
+            if missing:
+                raise click.ClickException(f"no site {', '.join(missing)}")
+            site_ids = sorted(s.id for s in found if s.id is not None)
+        export = odm.build(
+            session=session,
+            study=study,
+            site_ids=site_ids,
+            now=now,
+            source_version=stepdown_version(),
+        )
+        odm.record_export(
+            session=session,
+            export=export,
+            study=study,
+            actor="cli",
+            actor_user_id=None,
+            via="cli",
+            now=now,
+        )
+    if output:
+        with open(output, "wb") as handle:
+            handle.write(export.xml)
+    else:
+        sys.stdout.buffer.write(export.xml)
+        sys.stdout.buffer.flush()
+    click.echo(
+        f"{study_key}: {export.subjects} subject(s), {export.study_events} study event(s), "
+        f"{export.item_data} item(s), {export.audit_records} audit record(s)",
+        err=True,
+    )
 
 
 @click.command("mllp")
