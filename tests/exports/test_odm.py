@@ -289,3 +289,36 @@ def test_the_export_needs_a_login(client, world):
     r = client.get("/adherence/odm.xml?study=HEROES")
     assert r.status_code in (302, 401)
     assert b"<ODM" not in r.data
+
+
+def test_round_trip_a_result_in_by_hl7_v2_comes_out_as_the_same_odm_item(world, db, api_as):
+    """ORU^R01 in (HTTP, as the MLLP listener would record it) → the ctDNA item group of the draw
+    it fulfilled, field for field, and its creation in the audit trail."""
+    from tests.results.test_hl7v2 import oru
+
+    lab = api_as("coordinator", "A")
+    with at(T0):
+        r = lab.client.post(
+            "/api/v1/results/hl7v2",
+            data=oru(call="POS^Positive^HL70078", mtm="1.24").encode(),
+            headers={**lab._headers(), "Content-Type": "x-application/hl7-v2+er7"},
+        )
+    assert r.status_code == 201, r.get_json()
+    result_id = r.get_json()["results"][0]["id"]
+    root = ET.fromstring(export(db, world).xml)
+    subject = root.find(".//odm:SubjectData[@SubjectKey='A-001']", NS)
+    [item] = [d for d in items(subject, "Event.ctdna_draw") if "ctdna_accession" in d]
+    assert {k: v for k, v in item.items() if k.startswith("ctdna_")} == {
+        "ctdna_accession": "NT-2027-0042",  # OBR-3.1
+        "ctdna_lab": "NATERA",  # OBR-3.2
+        "ctdna_assay": "Signatera ctDNA",  # OBR-4.2
+        "ctdna_collected_at": "2027-03-29T07:00:00Z",  # OBR-7 20270329090000+0200
+        "ctdna_reported_at": "2027-03-30T07:15:00Z",  # OBR-22
+        "ctdna_call": "positive",  # OBX-5 POS^Positive^HL70078
+        "ctdna_mtm_per_ml": "1.24",  # OBX-5 of the {MTM}/mL observation
+    }
+    assert item["evt_status"] == "completed" and item["evt_completed_on"] == "2027-03-29"
+    sources = {
+        r.findtext("odm:SourceID", namespaces=NS) for r in root.iterfind(".//odm:AuditRecord", NS)
+    }
+    assert f"lab_result:{result_id}" in sources
