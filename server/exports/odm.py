@@ -82,7 +82,6 @@ CODELISTS: dict[str, tuple[str, list[tuple[str, dict[str, str]]]]] = {
     "CL.event_status": ("Schedule event status", _codes(s.value for s in EventStatus)),
     "CL.ctdna_call": ("ctDNA call", _codes(c.value for c in CtdnaCall)),
     "CL.recist": ("RECIST 1.1 response", _codes(r.value for r in Recist)),
-    "CL.marker": ("Tumour marker", _codes(["CA15-3", "CEA"])),
     "CL.yes_no": ("Yes / No", [("1", {"en": "Yes"}), ("0", {"en": "No"})]),
 }
 
@@ -174,7 +173,8 @@ MARKERS = FormSpec(
     [
         ItemSpec("tm_accession", "Accession id", "text", "lab_result.accession_id", 64),
         ItemSpec("tm_lab", "Lab", "text", "lab_result.source", 64),
-        ItemSpec("tm_marker", "Marker", "text", "lab_result.marker", 32, "CL.marker"),
+        # Free text, no code list: REDCap's choice codes take no hyphen ("CA15-3").
+        ItemSpec("tm_marker", "Marker", "text", "lab_result.marker", 32),
         ItemSpec("tm_value", "Value", "float", "lab_result.value"),
         ItemSpec("tm_unit", "Unit", "text", "lab_result.unit", 16),
         ItemSpec("tm_collected_at", "Collected", "datetime", "lab_result.collected_at"),
