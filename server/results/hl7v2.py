@@ -164,7 +164,7 @@ def _component(element: Any, index: int) -> str:
 def _field(segment: Any, number: int) -> Any:
     """The first repetition of a segment's field, or None."""
     name = f"{segment.name.lower()}_{number}"
-    found = [c for c in segment.children if c.name.lower() == name]
+    found = [c for c in segment.children if (c.name or "").lower() == name]
     return found[0] if found else None
 
 
@@ -213,6 +213,15 @@ def parse(text: str) -> Parsed:
         raise Rejected(f"not a readable HL7 v2 message: {exc}", "102") from None
     except Exception as exc:  # hl7apy raises plain errors on some damage
         raise Rejected(f"not a readable HL7 v2 message: {type(exc).__name__}", "102") from None
+    try:
+        return _read(message, head)
+    except DomainError:
+        raise
+    except Exception as exc:  # a shape hl7apy accepted but we cannot walk: refuse, never crash
+        raise Rejected(f"not a readable ORU^R01: {type(exc).__name__}", "102") from None
+
+
+def _read(message: Any, head: dict[str, str]) -> Parsed:
     msh = message.msh
     message_type = f"{_f(msh, 9, 1)}^{_f(msh, 9, 2)}".upper()
     if message_type != "ORU^R01":
@@ -237,7 +246,7 @@ def parse(text: str) -> Parsed:
     current: dict[str, Any] | None = None
     n = 0
     for segment in message.children:
-        name = segment.name.upper()
+        name = (segment.name or "").upper()
         if name == "PID":
             code = _f(segment, 3, 1)
             study = _f(segment, 3, 4) or None

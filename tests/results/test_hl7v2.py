@@ -340,3 +340,52 @@ def test_mllp_answers_ar_and_ae_and_keeps_the_connection(world, db, mllp):
     assert msa(replies[2]) == ["AA", "GOOD-1"]
     db.expire_all()
     assert [r.accession_id for r in db.exec(select(LabResult)).all()] == ["NT-2027-0042"]
+
+
+def _damaged(count, seed=20261201):
+    """Realistic messages damaged at random (separators, letters, cut segments): what a broken
+    interface or a bad copy-paste sends. Fixed seed: the same cases every run."""
+    import random
+
+    rng = random.Random(seed)
+    base = oru(extra_orders=order("NT-2"))
+    alphabet = "|^~\\&\r\n MSHPIDOBRX0123456789+-.:\u00ff\x0b\x1c"
+    for _ in range(count):
+        chars = list(base)
+        for _ in range(rng.randint(1, 12)):
+            pos = rng.randrange(len(chars))
+            roll = rng.random()
+            if roll < 0.4:
+                del chars[pos]
+            elif roll < 0.8:
+                chars.insert(pos, rng.choice(alphabet))
+            else:
+                del chars[pos : pos + rng.randint(1, 40)]
+        yield "".join(chars)
+
+
+def test_damaged_messages_are_refused_never_a_crash():
+    from server.errors import DomainError
+    from server.results import hl7v2
+
+    outcomes = {"read": 0, "AE": 0, "AR": 0}
+    for text in _damaged(300):
+        try:
+            hl7v2.parse(text)
+            outcomes["read"] += 1
+        except hl7v2.Rejected:
+            outcomes["AR"] += 1
+        except DomainError:
+            outcomes["AE"] += 1
+    # Each way out is taken (the damage is not all harmless, nor all fatal); nothing else raised.
+    assert all(outcomes.values()), outcomes
+
+
+def test_damaged_messages_over_http_are_4xx_or_recorded(world, db, api_as):
+    lab = api_as("coordinator", "A")
+    with at(T0):
+        for text in _damaged(60, seed=7):
+            r = post(lab, text)
+            assert r.status_code in (200, 201, 400, 409, 422), (r.status_code, text)
+            if r.status_code >= 400:
+                assert r.get_json()["error"]["fields"], r.get_json()
