@@ -389,3 +389,36 @@ def test_damaged_messages_over_http_are_4xx_or_recorded(world, db, api_as):
             assert r.status_code in (200, 201, 400, 409, 422), (r.status_code, text)
             if r.status_code >= 400:
                 assert r.get_json()["error"]["fields"], r.get_json()
+
+
+def test_an_mllp_listener_for_one_site_quarantines_other_sites_participants(app, db, world):
+    """`stepdown mllp --site SITE-B`: Boston's engine cannot attach a result to a Paris
+    participant (held for review, as the JSON API does for a lab outside the site)."""
+    server = MllpServer(app, ("127.0.0.1", 0), site_ids=[world.sites["B"].id], idle_timeout=5)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with at(T0):
+            paris = send("127.0.0.1", server.server_address[1], oru(code="A-001", control="S-1"))
+            boston = send(
+                "127.0.0.1",
+                server.server_address[1],
+                oru(
+                    code="B-001",
+                    accession="NT-B",
+                    call="NEG^Negative^HL70078",
+                    collected="20270329090000-0400",
+                    control="S-2",
+                ),
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert msa(paris) == ["AA", "S-1"] and msa(boston) == ["AA", "S-2"]
+    db.expire_all()
+    rows = {r.accession_id: r for r in db.exec(select(LabResult)).all()}
+    assert rows["NT-2027-0042"].status == ResultStatus.QUARANTINED
+    assert rows["NT-2027-0042"].participant_id is None
+    assert rows["NT-B"].status == ResultStatus.ACCEPTED
+    assert rows["NT-B"].participant_id == world.participants["B1"].id
+    assert db.exec(select(Alert)).all() == []
