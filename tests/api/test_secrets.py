@@ -68,6 +68,7 @@ CARRY_MESSAGES_OR_ALERTS = {
     "today.alert_acknowledge": "alert action",
     "today.alert_resolve": "alert action",
     "adherence_pages.export_csv": "CSV export",
+    "adherence_pages.export_odm": "CDISC ODM export: schedule, results, answers, audit trail",
     "today.coming_up_csv": "CSV export of the windows coming up",
     "adherence_pages.participants": "participants behind a count",
     "participants.ParticipantView": "a participant",
@@ -122,6 +123,7 @@ OTHER = {
     "schedules.preview",
     "results.post_ctdna",
     "results.post_fhir",
+    "results.post_hl7v2",
     "results.post_imaging",
     "results.quarantine",
     "results.post_marker",
@@ -147,7 +149,10 @@ NOT_REQUESTED = {
     "survey.survey": "the participant's own questionnaire, opened with the secret link itself",
 }
 # Query strings some reads need to answer more than 400.
-QUERY = {"adherence_pages.participants": "?measure=due"}
+QUERY = {
+    "adherence_pages.participants": "?measure=due",
+    "adherence_pages.export_odm": "?study=HEROES",
+}
 # Requested last: they end the session (or the token) the other requests use.
 ENDS_SESSION = {("pages.logout", "POST"), ("auth.TokenView", "DELETE")}
 
