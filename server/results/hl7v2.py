@@ -173,16 +173,28 @@ def _f(segment: Any, number: int, component: int = 1) -> str:
     return _component(element, component) if element is not None else ""
 
 
-def _call_from(obx: Any) -> str | None:
-    kind = _f(obx, 2).upper()
-    candidates = []
-    if kind in _CODED:
-        candidates += [_f(obx, 5, 1), _f(obx, 5, 2)]
-    candidates.append(_f(obx, 8))  # abnormal flags (table 0078): POS, NEG, IND …
-    for value in candidates:
-        if value and value.upper() in CALLS:
-            return CALLS[value.upper()]
-    return None
+def _calls_from(obx: Any) -> tuple[str | None, str | None]:
+    """(the call an observation's value states, the call its abnormal flag states)."""
+
+    def read(value: str) -> str | None:
+        return CALLS.get(value.upper()) if value else None
+
+    stated = None
+    if _f(obx, 2).upper() in _CODED:
+        stated = read(_f(obx, 5, 1)) or read(_f(obx, 5, 2))
+    return stated, read(_f(obx, 8))  # OBX-8 abnormal flags (table 0078): POS, NEG, IND …
+
+
+def _one_call(stated: list[str], flagged: list[str]) -> str:
+    """The order's call: what the values state, else what the flags state. None, or two that
+    disagree, is no call: the service quarantines it for review (never read as negative)."""
+    for calls in (stated, flagged):
+        distinct = sorted(set(calls))
+        if len(distinct) == 1:
+            return distinct[0]
+        if len(distinct) > 1:
+            return ("conflicting calls " + "/".join(distinct))[:40]
+    return "(no call)"
 
 
 def parse(text: str) -> Parsed:
@@ -279,6 +291,8 @@ def _read(message: Any, head: dict[str, str]) -> Parsed:
                 "reported_at": _dtm(_f(segment, 22), f"{where} OBR-22", problems),
                 "assay": ((_f(segment, 4, 2) or _f(segment, 4, 1)) or "ctDNA")[:64],
                 "call": None,
+                "_stated": [],
+                "_flagged": [],
                 "mtm_per_ml": None,
                 "pam_mutation": None,
             }
@@ -296,14 +310,14 @@ def _read(message: Any, head: dict[str, str]) -> Parsed:
                     current["mtm_per_ml"] = float(raw)
                 except ValueError:
                     problems.setdefault(f"OBR[{n}] OBX-5", []).append(f"{raw!r} is not a number")
-            call = _call_from(segment)
-            if call and current["call"] is None:
-                current["call"] = call
+            stated, flagged = _calls_from(segment)
+            current["_stated"] += [stated] if stated else []
+            current["_flagged"] += [flagged] if flagged else []
     if not parsed.orders and "OBR" not in problems:
         problems.setdefault("OBR", []).append("an ORU^R01 needs at least one OBR with its OBX")
     for order in parsed.orders:
         # No readable call: quarantined for review by the service, never read as negative.
-        order["call"] = order["call"] or "(no call)"
+        order["call"] = _one_call(order.pop("_stated"), order.pop("_flagged"))
     if problems:
         raise ValidationFailed(
             "the message cannot be recorded: "

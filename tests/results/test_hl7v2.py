@@ -422,3 +422,33 @@ def test_an_mllp_listener_for_one_site_quarantines_other_sites_participants(app,
     assert rows["NT-B"].status == ResultStatus.ACCEPTED
     assert rows["NT-B"].participant_id == world.participants["B1"].id
     assert db.exec(select(Alert)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("call", "flag", "read_as"),
+    [
+        ("NEG^Negative^HL70078", "POS", "negative"),  # the stated value wins over a flag
+        ("See report^^L", "POS", "positive"),  # no coded value: the abnormal flag says it
+        ("Not detected", "", "negative"),
+        ("QNS^Quantity not sufficient^HL70078", "", "insufficient_sample"),
+        ("See report^^L", "", "(no call)"),  # quarantined by the service
+    ],
+)
+def test_the_call_is_read_from_the_value_then_the_flag(call, flag, read_as):
+    from server.results import hl7v2
+
+    [parsed] = hl7v2.parse(oru(call=call, flag=flag)).orders
+    assert parsed["call"] == read_as
+
+
+def test_two_observations_that_disagree_are_held_for_review(world, db, api_as):
+    conflicting = oru().replace(
+        "NTE|1|L|",
+        "OBX|3|CWE|SIGNATERA-CALL^Signatera ctDNA call^L||NEG^Negative^HL70078||||||F\rNTE|1|L|",
+    )
+    with at(T0):
+        r = post(api_as("coordinator", "A"), conflicting)
+    assert r.status_code == 201, r.get_json()
+    [result] = r.get_json()["results"]
+    assert result["status"] == "quarantined" and "conflicting" in result["quarantine_reason"]
+    assert db.exec(select(Alert)).all() == []
