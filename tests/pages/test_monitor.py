@@ -35,6 +35,7 @@ GET_PAGES = {
     "adherence_pages.overview": "/adherence",
     "adherence_pages.participants": "/adherence/participants?measure=due",
     "adherence_pages.export_csv": "/adherence.csv?view=summary",
+    "adherence_pages.export_odm": "/adherence/odm.xml?study=HEROES",
     "today.coming_up_csv": "/coming-up.csv",
 }
 # Pages a monitor may not open at all.
