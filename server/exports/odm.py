@@ -423,7 +423,13 @@ def build(
     instrument_forms: dict[str, FormSpec] = {}
     codelists = dict(CODELISTS)
     instrument_of: dict[str, Instrument] = {}
-    for instrument in _protocol_instruments(study.protocol_key):
+    # The protocol's questionnaires, and any a site chose instead (surveys.use_instrument).
+    chosen = {e.instrument for evs in events_by_p.values() for e in evs if e.instrument}
+    chosen |= {r.instrument_key for r in responses.values()}
+    loaded = instruments()
+    wanted = {i.key: i for i in _protocol_instruments(study.protocol_key)}
+    wanted |= {k: loaded[k] for k in sorted(chosen) if k in loaded and k not in wanted}
+    for instrument in wanted.values():
         form, lists = instrument_form(instrument)
         instrument_forms[instrument.key] = form
         instrument_of[instrument.key] = instrument

@@ -322,3 +322,57 @@ def test_round_trip_a_result_in_by_hl7_v2_comes_out_as_the_same_odm_item(world, 
         r.findtext("odm:SourceID", namespaces=NS) for r in root.iterfind(".//odm:AuditRecord", NS)
     }
     assert f"lab_result:{result_id}" in sources
+
+
+def test_a_questionnaire_the_site_chose_instead_is_exported_too(world, db, schema):
+    """HEROES leaves its quality-of-life instrument to the site: A2's first questionnaire is the
+    check-in instead of the QLQ-C30; its form, code lists and answers are in the export."""
+    a2 = world.participants["A2"]
+    event = db.exec(
+        select(ScheduleEvent).where(
+            ScheduleEvent.participant_id == a2.id, ScheduleEvent.key == "qol:1"
+        )
+    ).one()
+    with at(QOL_DAY):
+        surveys.use_instrument(
+            session=db,
+            participant=a2,
+            event=event,
+            instrument_key="qol_checkin",
+            now=QOL_DAY,
+            actor="test",
+            reason="site's choice",
+        )
+        surveys.save(
+            session=db,
+            participant=a2,
+            event=event,
+            answers={
+                "wellbeing": 7,
+                "fatigue": 1,
+                "pain": 0,
+                "breathlessness": 0,
+                "appetite_loss": 0,
+                "new_lump": 0,
+                "fever": 0,
+            },
+            submit=True,
+            channel="web",
+            now=QOL_DAY,
+        )
+        db.commit()
+    done = export(db, world)
+    schema.validate(done.xml.decode())
+    root = ET.fromstring(done.xml)
+    mdv = root.find("odm:Study/odm:MetaDataVersion", NS)
+    assert mdv.find("odm:FormDef[@OID='Form.qol_checkin']", NS) is not None
+    wellbeing = mdv.find("odm:ItemDef[@OID='qol_checkin_wellbeing']", NS)
+    texts = {
+        t.get("{http://www.w3.org/XML/1998/namespace}lang"): t.text
+        for t in wellbeing.iterfind("odm:Question/odm:TranslatedText", NS)
+    }
+    assert set(texts) == {"en", "fr", "zh"} and all(texts.values())
+    subject = root.find(".//odm:SubjectData[@SubjectKey='A-002']", NS)
+    [answered] = [d for d in items(subject, "Event.questionnaire") if "qol_checkin_fatigue" in d]
+    assert answered["qol_checkin_wellbeing"] == "7" and answered["qol_checkin_fatigue"] == "1"
+    assert "qol_checkin_chills" not in answered  # not asked: fever was no
