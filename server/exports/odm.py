@@ -27,6 +27,7 @@ from sqlmodel import Session, col, or_, select
 
 from server.audit import AuditEvent
 from server.auth.models import Role, StaffUser
+from server.errors import NotFound
 from server.participants.models import Participant, ParticipantStatus, Site
 from server.protocols.definition import EventType
 from server.protocols.models import Study
@@ -272,7 +273,7 @@ class Export:
 def _protocol_instruments(protocol_key: str) -> list[Instrument]:
     try:
         definition = find_protocol(protocol_key).model_dump(mode="json")
-    except Exception:  # a study whose file is gone: its questionnaires are those recorded
+    except NotFound:  # a study whose file is gone: its questionnaires are those recorded
         definition = {}
     used: set[str] = set()
 
