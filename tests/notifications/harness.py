@@ -6,10 +6,16 @@ The fixtures built on these (`live`, `fake`) are in conftest.py."""
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +36,8 @@ from notifications.models import (
 from notifications.providers import TwilioSmsProvider
 
 DONE = (MessageStatus.SENT, MessageStatus.DELIVERED)
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("STEPDOWN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @dataclass
@@ -206,3 +214,64 @@ class VirtualTime:
     def sleep(self, seconds: float) -> None:
         self.now += seconds
         self.slept += seconds
+
+
+def run_processes(script: str, cfg: dict[str, Any], *, count: int = 2) -> list[dict[str, Any]]:
+    """Start `count` Python processes running `script`, hand each `cfg` (one JSON line), wait
+    until every one prints "ready", then say "go" to all at once; the last JSON line each
+    printed, in order. Every process is killed if anything goes wrong."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(count):
+            proc = subprocess.Popen(
+                [sys.executable, "-c", script],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            procs.append(proc)
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(cfg) + "\n")
+            proc.stdin.flush()
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def redis_keyspace(url: str = REDIS_URL) -> Iterator[str]:
+    """A key prefix of this test in the Redis at `url`, its keys deleted afterwards. Without
+    Redis the test is skipped, except in CI (CI=true), where it fails."""
+    import pytest
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at {url} is unreachable; CI needs it: {exc}")
+        pytest.skip(f"Redis at {url} is unreachable ({exc}); CI runs these tests")
+    prefix = f"stepdown-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield prefix
+    finally:
+        for key in client.scan_iter(match=f"{prefix}:*"):
+            client.delete(key)
+        client.close()

@@ -21,10 +21,7 @@ inside the `db` fixture instead; its dispatcher is single-threaded and joins tha
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -65,6 +62,7 @@ from tests.notifications.harness import (
     creations,
     dispatcher_for,
     provider_for,
+    run_processes,
     start_fake,
 )
 
@@ -265,7 +263,6 @@ def test_two_dispatcher_processes_send_2000_rows_exactly_once(app: Flask, live: 
     assert len(ids) == total
     # Callbacks off and status changes far away: the fake only records, fast.
     fake = start_fake(app, callback_delay=3600)
-    procs: list[subprocess.Popen[str]] = []
     try:
         cfg = {
             "now": utcnow().isoformat(),
@@ -276,35 +273,8 @@ def test_two_dispatcher_processes_send_2000_rows_exactly_once(app: Flask, live: 
             "fake_url": fake.base_url,
             "callback_base_url": app.config["PUBLIC_BASE_URL"],
         }
-        for _ in range(2):
-            proc = subprocess.Popen(
-                [sys.executable, "-c", DISPATCHER_PROCESS],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                cwd=ROOT,
-            )
-            procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(cfg) + "\n")
-            proc.stdin.flush()
-        for proc in procs:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = []
-        for proc in procs:
-            out, _ = proc.communicate(timeout=120)
-            assert proc.returncode == 0
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        results = run_processes(DISPATCHER_PROCESS, cfg)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         messages = fake.messages()
         calls = creations(fake)
         fake.stop()

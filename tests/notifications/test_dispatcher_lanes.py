@@ -19,16 +19,12 @@ What is proved here, with the real twilio library against the in-process fake Tw
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,18 +44,19 @@ from notifications.ratelimit import MemoryRate
 from server.clock import utcnow
 from tests.notifications.harness import (
     DONE,
+    REDIS_URL,
     Crash,
     Live,
     VirtualTime,
     creations,
     dispatcher_for,
     provider_for,
+    redis_keyspace,
+    run_processes,
     start_fake,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 ON_POSTGRESQL = bool(os.environ.get("STEPDOWN_TEST_DATABASE_URL"))
-REDIS_URL = os.environ.get("STEPDOWN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ALERT_SENDER = "+15005550009"
 
 only_postgresql = pytest.mark.skipif(
@@ -131,22 +128,8 @@ engine.dispose()
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at {REDIS_URL} is unreachable; CI needs it: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable ({exc}); CI runs these tests")
-    prefix = f"stepdown-test-{uuid.uuid4().hex[:12]}"
-    try:
+    with redis_keyspace(REDIS_URL) as prefix:
         yield prefix
-    finally:
-        for key in client.scan_iter(match=f"{prefix}:*"):
-            client.delete(key)
-        client.close()
 
 
 def two_dispatchers(app: Flask, live: Live, *, store: str, rate: float, rows: int, **kw: Any):
@@ -155,7 +138,6 @@ def two_dispatchers(app: Flask, live: Live, *, store: str, rate: float, rows: in
     sender = f"+1555{uuid.uuid4().int % 10**7:07d}"  # fresh slots in the store
     live.enqueue_many(rows, now=utcnow() - timedelta(seconds=1))
     fake = start_fake(app, callback_delay=3600)
-    procs: list[subprocess.Popen[str]] = []
     try:
         cfg = {
             "now": utcnow().isoformat(),
@@ -170,35 +152,8 @@ def two_dispatchers(app: Flask, live: Live, *, store: str, rate: float, rows: in
             "redis_url": kw.get("redis_url"),
             "prefix": kw.get("prefix", "stepdown-test"),
         }
-        for _ in range(2):
-            proc = subprocess.Popen(
-                [sys.executable, "-c", DISPATCHER_PROCESS],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                cwd=ROOT,
-            )
-            procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(cfg) + "\n")
-            proc.stdin.flush()
-        for proc in procs:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = []
-        for proc in procs:
-            out, _ = proc.communicate(timeout=120)
-            assert proc.returncode == 0
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        results = run_processes(DISPATCHER_PROCESS, cfg)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         messages = fake.messages()
         fake.stop()
         if store == "postgresql":

@@ -30,8 +30,8 @@ from notifications.ratelimit import (
     rate_store,
 )
 from server.db import get_db, make_engine
+from tests.notifications.harness import REDIS_URL, redis_keyspace
 
-REDIS_URL = os.environ.get("STEPDOWN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ON_POSTGRESQL = bool(os.environ.get("STEPDOWN_TEST_DATABASE_URL"))
 
 
@@ -81,22 +81,8 @@ def test_a_pause_holds_every_caller_urgent_or_not() -> None:
 
 @pytest.fixture
 def redis_store() -> Iterator[RedisRate]:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at {REDIS_URL} is unreachable; CI needs it: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable ({exc}); CI runs these tests")
-    prefix = f"stepdown-test-{uuid.uuid4().hex[:12]}"
-    try:
+    with redis_keyspace(REDIS_URL) as prefix:
         yield RedisRate(REDIS_URL, prefix)
-    finally:
-        for key in client.scan_iter(match=f"{prefix}:*"):
-            client.delete(key)
-        client.close()
 
 
 @pytest.fixture
