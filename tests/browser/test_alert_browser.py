@@ -6,32 +6,32 @@ are kept in test-artifacts/ (alert-*.png, participant-open-alert-*.png)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import time_machine
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from sqlmodel import select
-from werkzeug.serving import make_server
 
-from server.alerts.models import Alert, AlertState
+from server.alerts.models import Alert, AlertKind, AlertState
 from server.auth.models import Role, SiteMembership
 from server.db import get_db
 from server.results import service as results
 from server.results.models import ResultKind
 from tests import factories
-from tests.browser.test_survey_browser import ARTIFACTS, chromium_path
-from tests.results.test_concurrency import fresh_app
+from tests.browser.harness import (
+    ARTIFACTS,
+    DESKTOP,
+    PHONE,
+    log_in,
+    new_page,
+    no_sideways_scroll,
+    serving,
+)
 
-__all__ = ["fresh_app"]
-
-VIEWPORTS = {
-    "phone": {"width": 390, "height": 844},
-    "desktop": {"width": 1280, "height": 800},
-}
+VIEWPORTS = {"phone": PHONE, "desktop": DESKTOP}
 
 
 def _ctdna(session: Any, accession: str, call: str, mtm: float, collected: datetime) -> Any:
@@ -74,46 +74,13 @@ def served(fresh_app: Any) -> Iterator[tuple[Any, str, dict[str, int]]]:
             _ctdna(s, "WEEK-8", "negative", 0.0, datetime(2027, 3, 1, 8, 0, tzinfo=UTC))
             done = _ctdna(s, "POS", "positive", 0.42, datetime(2027, 3, 29, 7, 0, tzinfo=UTC))
             ids = {"alert": int(done.alert_id), "A1": int(world.participants["A1"].id)}
-        server = make_server("127.0.0.1", 0, fresh_app, threaded=True)
-        base = f"http://127.0.0.1:{server.server_port}"
-        fresh_app.config["PUBLIC_BASE_URL"] = base
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        ARTIFACTS.mkdir(exist_ok=True)
-        try:
+        with serving(fresh_app) as base:
             yield fresh_app, base, ids
-        finally:
-            server.shutdown()
-            thread.join(timeout=5)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=chromium_path(),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield b
-        b.close()
 
 
 def _logged_in(browser: Any, base: str, size: str, email: str) -> Page:
-    page: Page = browser.new_context(viewport=VIEWPORTS[size]).new_page()
-    page.goto(f"{base}/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(factories.PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_load_state()
+    page = new_page(browser, VIEWPORTS[size])
+    log_in(page, base, email)
     return page
 
 
@@ -124,7 +91,26 @@ def _on_first_screen(page: Page, selector: str, size: str) -> None:
 
 
 def _no_sideways_scroll(page: Page, size: str) -> None:
-    assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORTS[size]["width"]
+    no_sideways_scroll(page, VIEWPORTS[size]["width"])
+
+
+def _routine_task(app: Any, participant_id: int, kind: Any, key: str, summary: str) -> int:
+    """A routine alert of `kind` opened for the participant at T0; its id."""
+    from server.alerts import service as alerts
+    from server.participants.models import Participant
+
+    with app.app_context(), get_db(app).job_session() as s:
+        participant = s.get(Participant, participant_id)
+        task, _ = alerts.open_alert(
+            session=s,
+            kind=kind,
+            trigger_key=key,
+            participant=participant,
+            site_id=participant.site_id,
+            summary=summary,
+            now=T0,
+        )
+        return int(task.id)
 
 
 @pytest.mark.parametrize("size", list(VIEWPORTS))
@@ -194,22 +180,9 @@ def test_a_monitor_sees_the_alert_read_only_with_masked_phones(served, browser):
 def test_a_routine_task_reads_as_a_task_for_the_morning(served, browser, size):
     app, base, ids = served
     with time_machine.travel(T0, tick=False):
-        with app.app_context(), get_db(app).job_session() as s:
-            from server.alerts import service as alerts
-            from server.alerts.models import AlertKind
-            from server.participants.models import Participant
-
-            a1 = s.get(Participant, ids["A1"])
-            task, _ = alerts.open_alert(
-                session=s,
-                kind=AlertKind.RESULT_OVERDUE,
-                trigger_key="browser:routine",
-                participant=a1,
-                site_id=a1.site_id,
-                summary="no result",
-                now=T0,
-            )
-            task_id = task.id
+        task_id = _routine_task(
+            app, ids["A1"], AlertKind.RESULT_OVERDUE, "browser:routine", "no result"
+        )
         page = _logged_in(browser, base, size, "coordinator.a@example.test")
         page.goto(f"{base}/alerts/{task_id}")
         head = page.locator("#alert-head")
@@ -230,22 +203,13 @@ def test_a_routine_task_reads_as_a_task_for_the_morning(served, browser, size):
 def test_today_lists_alerts_by_level_with_their_words(served, browser, size):
     app, base, ids = served
     with time_machine.travel(T0, tick=False):
-        with app.app_context(), get_db(app).job_session() as s:
-            from server.alerts import service as alerts
-            from server.alerts.models import AlertKind
-            from server.participants.models import Participant
-
-            a1 = s.get(Participant, ids["A1"])
-            task, _ = alerts.open_alert(
-                session=s,
-                kind=AlertKind.MISSED_WINDOW,
-                trigger_key="browser:today-routine",
-                participant=a1,
-                site_id=a1.site_id,
-                summary="Signatera ctDNA draw #2: window closed 2027-03-29 without a draw",
-                now=T0,
-            )
-            task_id = task.id
+        task_id = _routine_task(
+            app,
+            ids["A1"],
+            AlertKind.MISSED_WINDOW,
+            "browser:today-routine",
+            "Signatera ctDNA draw #2: window closed 2027-03-29 without a draw",
+        )
         page = _logged_in(browser, base, size, "coordinator.a@example.test")
         page.goto(f"{base}/")
         critical = page.locator(f'#open-alerts tr[data-alert-id="{ids["alert"]}"]')

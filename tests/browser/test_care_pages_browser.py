@@ -5,93 +5,28 @@ participant's page gets a 404. Screenshots are kept in test-artifacts/."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from sqlmodel import select
-from werkzeug.serving import make_server
 
 from server.alerts import service as alerts
 from server.alerts.models import Alert, AlertKind, AlertState
 from server.db import get_db
 from server.participants.models import Participant
 from server.schedules.models import ScheduleEvent
-from tests import factories
-from tests.browser.test_survey_browser import ARTIFACTS, chromium_path
-from tests.results.test_concurrency import fresh_app
-
-__all__ = ["fresh_app"]
+from tests.browser.harness import ARTIFACTS, DESKTOP, log_in, new_page, no_sideways_scroll
 
 VIEWPORTS = {
-    "desktop": {"width": 1280, "height": 800},
+    "desktop": DESKTOP,
     "tablet": {"width": 768, "height": 1024},
 }
 
 
-@pytest.fixture
-def served(fresh_app: Any) -> Iterator[tuple[Any, str, dict[str, Any]]]:
-    """The app on a real port with two sites' world, committed (the browser is another client)."""
-    with fresh_app.app_context(), get_db(fresh_app).job_session() as s:
-        world = factories.build_world(s)
-        ids = {
-            "A1": world.participants["A1"].id,
-            "B1": world.participants["B1"].id,
-            "site_a": world.sites["A"].id,
-        }
-    server = make_server("127.0.0.1", 0, fresh_app, threaded=True)
-    base = f"http://127.0.0.1:{server.server_port}"
-    fresh_app.config["PUBLIC_BASE_URL"] = base
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    ARTIFACTS.mkdir(exist_ok=True)
-    try:
-        yield fresh_app, base, ids
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=chromium_path(),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield b
-        b.close()
-
-
-def _page(browser: Any, size: str) -> Page:
-    context = browser.new_context(viewport=VIEWPORTS[size])
-    return context.new_page()  # type: ignore[no-any-return]
-
-
 def _log_in(page: Page, base: str, email: str) -> None:
-    page.goto(f"{base}/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(factories.PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_load_state()
+    log_in(page, base, email)
     expect(page.get_by_role("button", name="Log out")).to_be_visible()
-
-
-def _no_horizontal_scroll(page: Page, size: str) -> None:
-    # Wide tables scroll inside their own box; the page itself never scrolls sideways.
-    assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORTS[size]["width"]
 
 
 @pytest.mark.parametrize("size", list(VIEWPORTS))
@@ -109,13 +44,14 @@ def test_nurse_acknowledges_an_alert_from_today_and_it_leaves_the_list(served, b
             now=datetime.now(UTC),
         )
         alert_id = alert.id
-    page = _page(browser, size)
+    page = new_page(browser, VIEWPORTS[size])
     _log_in(page, base, "nurse.a@example.test")
     expect(page.locator("h1")).to_contain_text("Today")
     row = page.locator(f'#open-alerts tr[data-alert-id="{alert_id}"]')
     expect(row).to_be_visible()
     expect(row).to_contain_text("A-001")
-    _no_horizontal_scroll(page, size)
+    # Wide tables scroll inside their own box; the page itself never scrolls sideways.
+    no_sideways_scroll(page, VIEWPORTS[size]["width"])
     page.screenshot(path=str(ARTIFACTS / f"today-open-alert-{size}.png"), full_page=True)
 
     row.get_by_label("Note").fill("called the participant")
@@ -135,7 +71,7 @@ def test_nurse_acknowledges_an_alert_from_today_and_it_leaves_the_list(served, b
 def test_coordinator_enrolls_after_seeing_the_timeline(served, browser, size):
     app, base, _ids = served
     code = f"A-1{len(size)}"
-    page = _page(browser, size)
+    page = new_page(browser, VIEWPORTS[size])
     _log_in(page, base, "coordinator.a@example.test")
     page.get_by_role("link", name="Enroll").click()
     page.wait_for_load_state()
@@ -148,7 +84,8 @@ def test_coordinator_enrolls_after_seeing_the_timeline(served, browser, size):
     timeline = page.locator("#timeline")
     expect(timeline).to_be_visible()
     assert timeline.locator("tbody tr").count() > 5
-    _no_horizontal_scroll(page, size)
+    # Wide tables scroll inside their own box; the page itself never scrolls sideways.
+    no_sideways_scroll(page, VIEWPORTS[size]["width"])
     page.screenshot(path=str(ARTIFACTS / f"enroll-preview-{size}.png"), full_page=True)
     with app.app_context(), get_db(app).job_session() as s:
         # Seeing the timeline saved nothing.
@@ -169,7 +106,7 @@ def test_coordinator_enrolls_after_seeing_the_timeline(served, browser, size):
 @pytest.mark.parametrize("size", list(VIEWPORTS))
 def test_site_a_nurse_gets_404_for_a_site_b_participant(served, browser, size):
     _app, base, ids = served
-    page = _page(browser, size)
+    page = new_page(browser, VIEWPORTS[size])
     _log_in(page, base, "nurse.a@example.test")
     own = page.goto(f"{base}/participants/{ids['A1']}")
     assert own is not None and own.status == 200

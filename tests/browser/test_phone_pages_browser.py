@@ -21,32 +21,26 @@ from server.db import get_db
 from server.participants.models import Participant, Site
 from server.protocols.models import Study
 from tests import factories
-from tests.browser.test_care_pages_browser import ARTIFACTS, browser, served
-from tests.results.test_concurrency import fresh_app
+from tests.browser.harness import (
+    ARTIFACTS,
+    DESKTOP,
+    PHONE,
+    failed_requests,
+    log_in,
+    new_page,
+    no_sideways_scroll,
+)
 
-__all__ = ["browser", "fresh_app", "served"]
-
-SIZES = {"phone": {"width": 390, "height": 844}, "laptop": {"width": 1280, "height": 800}}
+SIZES = {"phone": PHONE, "laptop": DESKTOP}
 
 
 def _open(browser: Any, size: str, *, javascript: bool = True) -> tuple[Page, list[str]]:
-    context = browser.new_context(viewport=SIZES[size], java_script_enabled=javascript)
-    page = context.new_page()
-    failed: list[str] = []
-    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    return page, failed
-
-
-def _log_in(page: Page, base: str, email: str) -> None:
-    page.goto(f"{base}/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(factories.PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_load_state()
+    page = new_page(browser, SIZES[size], javascript=javascript)
+    return page, failed_requests(page)
 
 
 def _fits(page: Page, size: str) -> None:
-    assert page.evaluate("document.documentElement.scrollWidth") <= SIZES[size]["width"]
+    no_sideways_scroll(page, SIZES[size]["width"])
 
 
 def _cells_fit(page: Page, table: str) -> None:
@@ -90,7 +84,7 @@ def week_ahead(served: tuple[Any, str, dict[str, Any]]) -> dict[str, Any]:
 def test_today_participants_and_adherence_fit_the_screen(served, week_ahead, browser, size):
     _app, base, ids = served
     page, failed = _open(browser, size)
-    _log_in(page, base, "coordinator.a@example.test")
+    log_in(page, base, "coordinator.a@example.test")
     header = page.locator("header.top")
     menu = page.locator("details.nav-menu > summary")
     if size == "phone":
@@ -148,7 +142,7 @@ def test_today_participants_and_adherence_fit_the_screen(served, week_ahead, bro
 def test_the_phone_menu_works_without_javascript(served, browser):
     _app, base, _ids = served
     page, failed = _open(browser, "phone", javascript=False)
-    _log_in(page, base, "nurse.a@example.test")
+    log_in(page, base, "nurse.a@example.test")
     page.locator("details.nav-menu > summary").click()
     more = page.get_by_role("navigation", name="More pages")
     expect(more.get_by_role("link", name="Adherence")).to_be_visible()

@@ -14,32 +14,26 @@ from server.clock import utcnow
 from server.db import get_db
 from server.health.models import ProcessRole
 from server.health.service import Heartbeats, ProcessIdentity
-from tests import factories
-from tests.browser.test_care_pages_browser import ARTIFACTS, browser, served
-from tests.results.test_concurrency import fresh_app
+from tests.browser.harness import (
+    ARTIFACTS,
+    DESKTOP,
+    PHONE,
+    failed_requests,
+    log_in,
+    new_page,
+    no_sideways_scroll,
+)
 
-__all__ = ["browser", "fresh_app", "served"]
-
-SIZES = {"phone": {"width": 390, "height": 844}, "laptop": {"width": 1280, "height": 800}}
-
-
-def _open(browser: Any, size: str) -> tuple[Page, list[str]]:
-    page = browser.new_context(viewport=SIZES[size]).new_page()
-    failed: list[str] = []
-    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    return page, failed
+SIZES = {"phone": PHONE, "laptop": DESKTOP}
 
 
-def _log_in(page: Page, base: str, email: str) -> None:
-    page.goto(f"{base}/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(factories.PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_load_state()
+def _open(browser: Any, size: str, *, javascript: bool = True) -> tuple[Page, list[str]]:
+    page = new_page(browser, SIZES[size], javascript=javascript)
+    return page, failed_requests(page)
 
 
 def _fits(page: Page, size: str) -> None:
-    assert page.evaluate("document.documentElement.scrollWidth") <= SIZES[size]["width"]
+    no_sideways_scroll(page, SIZES[size]["width"])
 
 
 @pytest.mark.parametrize("size", list(SIZES))
@@ -61,7 +55,7 @@ def test_a_stopped_scheduler_shows_on_today_and_on_the_status_page(served, brows
     dispatcher.register()
 
     page, failed = _open(browser, size)
-    _log_in(page, base, "admin.a@example.test")
+    log_in(page, base, "admin.a@example.test")
     banner = page.get_by_role("alert").filter(has_text="background processes have stopped")
     expect(banner).to_be_visible()
     expect(banner).to_contain_text("have not run for 3 min")

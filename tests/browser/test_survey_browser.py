@@ -8,8 +8,6 @@ test-artifacts/."""
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,9 +15,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from sqlmodel import select
-from werkzeug.serving import make_server
 
 from server.auth import service as auth_service
 from server.auth.models import Role
@@ -29,50 +26,12 @@ from server.participants.models import Locale, ParticipantStatus
 from server.protocols.models import Study
 from server.schedules.models import EventStatus, ScheduleEvent
 from server.surveys.service import survey_link
-from tests.results.test_concurrency import fresh_app
+from tests.browser.harness import ARTIFACTS, DESKTOP, PHONE, chromium, no_sideways_scroll, serving
 
-__all__ = ["fresh_app"]
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 MADEUP_FR = (
     Path(__file__).resolve().parents[1] / "surveys" / "data" / "eortc_qlq_c30.madeup-fr.yaml"
 )
-PHONE = {"width": 390, "height": 844}
 SMALL_PHONE = {"width": 360, "height": 740}
-DESKTOP = {"width": 1280, "height": 800}
-
-
-def chromium_path() -> str:
-    for candidate in (
-        os.environ.get("CHROMIUM_PATH"),
-        "/usr/lib/chromium/chromium",
-        "/usr/bin/chromium",
-    ):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise AssertionError("Debian's chromium is not installed: `make test` installs it")
-
-
-@contextmanager
-def _chromium() -> Iterator[Any]:
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path(),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def _page(browser: Any, size: dict[str, int], *, javascript: bool = True) -> Page:
@@ -92,71 +51,63 @@ def _served(app: Any, people: list[tuple[str, Locale, str]]) -> Iterator[dict[st
     """The app on a real port with one HEROES participant per (code, locale, instrument) whose
     first questionnaire (qol:1) is open now; yields each one's survey link."""
     now = datetime.now(UTC)  # the suite's frozen clock
-    with app.app_context(), get_db(app).job_session() as s:
-        site = auth_service.create_site(
-            session=s,
-            actor=None,
-            code="WEB",
-            name="Web",
-            country="FR",
-            timezone="Europe/Paris",
-            now=now,
-        )
-        s.add(Study(key="HEROES", title="HEROES", protocol_key="heroes", created_at=now))
-        s.flush()
-        coordinator = auth_service.create_user(
-            session=s,
-            actor=None,
-            email="c@web.test",
-            full_name="C",
-            password="x" * 12,
-            role=Role.COORDINATOR,
-            site_ids=[site.id],  # type: ignore[list-item]
-            now=now,
-        )
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        app.config["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{server.server_port}"
-        links = {}
-        for n, (code, locale, instrument) in enumerate(people):
-            p = participants.enroll(
+    with serving(app):
+        with app.app_context(), get_db(app).job_session() as s:
+            site = auth_service.create_site(
                 session=s,
-                user=coordinator,
-                study="HEROES",
-                site_id=site.id,  # type: ignore[arg-type]
-                study_code=code,
+                actor=None,
+                code="WEB",
+                name="Web",
+                country="FR",
                 timezone="Europe/Paris",
-                cohort="stop",
-                # Anchor today: the first questionnaire (qol:1, day 0) is open now.
-                anchor_date=now.astimezone(ZoneInfo("Europe/Paris")).date(),
-                status=ParticipantStatus.OFF_TREATMENT_MONITORING,
-                locale=locale,
-                phone=f"+3361234{9000 + n}",
-                has_sms_consent=True,
                 now=now,
             )
-            event = s.exec(
-                select(ScheduleEvent).where(
-                    ScheduleEvent.participant_id == p.id, ScheduleEvent.key == "qol:1"
+            s.add(Study(key="HEROES", title="HEROES", protocol_key="heroes", created_at=now))
+            s.flush()
+            coordinator = auth_service.create_user(
+                session=s,
+                actor=None,
+                email="c@web.test",
+                full_name="C",
+                password="x" * 12,
+                role=Role.COORDINATOR,
+                site_ids=[site.id],  # type: ignore[list-item]
+                now=now,
+            )
+            links = {}
+            for n, (code, locale, instrument) in enumerate(people):
+                p = participants.enroll(
+                    session=s,
+                    user=coordinator,
+                    study="HEROES",
+                    site_id=site.id,  # type: ignore[arg-type]
+                    study_code=code,
+                    timezone="Europe/Paris",
+                    cohort="stop",
+                    # Anchor today: the first questionnaire (qol:1, day 0) is open now.
+                    anchor_date=now.astimezone(ZoneInfo("Europe/Paris")).date(),
+                    status=ParticipantStatus.OFF_TREATMENT_MONITORING,
+                    locale=locale,
+                    phone=f"+3361234{9000 + n}",
+                    has_sms_consent=True,
+                    now=now,
                 )
-            ).one()
-            event.instrument = instrument
-            s.add(event)
-            link = survey_link(p, event)
-            assert link is not None
-            links[code] = link
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    ARTIFACTS.mkdir(exist_ok=True)
-    try:
+                event = s.exec(
+                    select(ScheduleEvent).where(
+                        ScheduleEvent.participant_id == p.id, ScheduleEvent.key == "qol:1"
+                    )
+                ).one()
+                event.instrument = instrument
+                s.add(event)
+                link = survey_link(p, event)
+                assert link is not None
+                links[code] = link
         yield links
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
 
 
 def _fits(page: Page, width: int) -> None:
     """No sideways scrolling; every answer a full tap target (at least 48 px high)."""
-    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    no_sideways_scroll(page, width)
     heights = page.eval_on_selector_all(
         "label.choice", "els => els.map(e => e.getBoundingClientRect().height)"
     )
@@ -178,7 +129,7 @@ def test_the_qlq_c30_with_a_loaded_text_step_by_step_on_a_phone_and_a_desktop(fr
         args=["instruments", "load-text", "qlq-c30", "--locale", "fr", str(MADEUP_FR)]
     )
     assert loaded.exit_code == 0, loaded.output
-    with _served(fresh_app, people) as links, _chromium() as browser:
+    with _served(fresh_app, people) as links, chromium() as browser:
         page = _page(browser, PHONE)
         page.goto(links["WEB-01"])
         expect(page.locator("h1")).to_have_text("Questionnaire fictif de qualité de vie")
@@ -262,7 +213,7 @@ CHECKIN = {
 
 def test_the_check_in_in_english_french_and_chinese(fresh_app):
     people = [(f"CHK-{loc.value.upper()}", loc, "qol_checkin") for loc in CHECKIN]
-    with _served(fresh_app, people) as links, _chromium() as browser:
+    with _served(fresh_app, people) as links, chromium() as browser:
         for locale, (title, first, progress) in CHECKIN.items():
             page = _page(browser, PHONE)
             page.goto(links[f"CHK-{locale.value.upper()}"])
@@ -314,7 +265,7 @@ def test_today_says_which_questionnaires_wait_for_their_text(fresh_app):
     """No QLQ-C30 text is loaded: the coordinator's Today lists the waiting questionnaires, the
     language and the command to run, readable on a phone and a laptop."""
     people = [("WAIT-EN", Locale.EN, "eortc_qlq_c30"), ("WAIT-FR", Locale.FR, "eortc_qlq_c30")]
-    with _served(fresh_app, people) as links, _chromium() as browser:
+    with _served(fresh_app, people) as links, chromium() as browser:
         base = links["WAIT-EN"].split("/s/")[0]
         for name, size in (("390", PHONE), ("1280", DESKTOP)):
             page = _page(browser, size)
