@@ -10,6 +10,7 @@ the questionnaire's window is open, and anything else that carried a secret is r
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
@@ -150,6 +151,33 @@ def resend(
         ref=message.ref,
         now=now,
     )
+    _audit_resend(
+        session=session,
+        participant=participant,
+        message=message,
+        copy=copy,
+        after={"not_before_at": copy.not_before_at},
+        reason=reason,
+        now=now,
+        actor=actor,
+        actor_user_id=actor_user_id,
+    )
+    return copy
+
+
+def _audit_resend(
+    *,
+    session: Session,
+    participant: Participant,
+    message: OutboxMessage,
+    copy: OutboxMessage,
+    after: dict[str, Any],
+    reason: str,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None,
+) -> None:
+    """The audit row of a 'send again': the original message, and the copy now queued."""
     audit.record(
         session=session,
         actor=actor,
@@ -160,10 +188,9 @@ def resend(
         site_id=participant.site_id,
         now=now,
         before={"original_id": message.id, "status": message.status.value},
-        after={"status": copy.status.value, "not_before_at": copy.not_before_at},
+        after={"status": copy.status.value, **after},
         reason=reason,
     )
-    return copy
 
 
 def _text_again(
@@ -215,17 +242,15 @@ def _reissue_activation(
     from server.participants.mobile import send_activation_code
 
     copy = send_activation_code(session=session, participant=participant, now=now, actor=actor)
-    audit.record(
+    _audit_resend(
         session=session,
+        participant=participant,
+        message=message,
+        copy=copy,
+        after={"reissued": "activation_code"},
+        reason=reason,
+        now=now,
         actor=actor,
         actor_user_id=actor_user_id,
-        action="message.resend",
-        entity="outbox_message",
-        entity_id=copy.id,
-        site_id=participant.site_id,
-        now=now,
-        before={"original_id": message.id, "status": message.status.value},
-        after={"status": copy.status.value, "reissued": "activation_code"},
-        reason=reason,
     )
     return copy
