@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -24,8 +25,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+from notifications import outbox
+from notifications.messages import MessageKind, render
+from notifications.models import PRIORITY_REMINDER, MessageCategory, OutboxMessage
 from server import migrate
 from server.db import make_engine, normalise_url
+from server.participants.models import Locale
 
 Row = list[Any]
 
@@ -70,6 +75,44 @@ def scratch_database(server_url: str | None, *, prefix: str = "stepdown_bench") 
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+# --- outbox rows ----------------------------------------------------------------------------
+
+
+def enqueue_draw_reminder(
+    session: Any,
+    *,
+    dedupe_key: str,
+    to: str,
+    code: str,
+    when: datetime,
+    tz: str,
+    due_at: datetime,
+    expires_at: datetime,
+    now: datetime,
+    ref: str,
+    participant_id: int | None = None,
+) -> OutboxMessage:
+    """A participant's day-before blood-draw reminder in French (the real template), due at
+    `due_at`, written with outbox.enqueue as the reminder job writes it."""
+    row, _ = outbox.enqueue(
+        session,
+        dedupe_key=dedupe_key,
+        category=MessageCategory.REMINDER,
+        kind=MessageKind.REMINDER_BLOOD_DRAW.value,
+        to=to,
+        locale=Locale.FR.value,
+        body=render(MessageKind.REMINDER_BLOOD_DRAW, Locale.FR.value, code=code, when=when, tz=tz),
+        priority=PRIORITY_REMINDER,
+        intended_at=due_at,
+        not_before_at=due_at,
+        expires_at=expires_at,
+        participant_id=participant_id,
+        ref=ref,
+        now=now,
+    )
+    return row
 
 
 # --- bulk loading ---------------------------------------------------------------------------

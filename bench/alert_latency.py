@@ -68,9 +68,7 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -82,7 +80,6 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -93,10 +90,7 @@ from sqlmodel import Session, col, select
 
 from api.schemas import CtdnaResultSchema
 from config.settings import DevelopmentConfig
-from notifications import outbox
-from notifications.messages import MessageKind, render
 from notifications.models import (
-    PRIORITY_REMINDER,
     MessageCategory,
     MessageLog,
     MessageStatus,
@@ -117,6 +111,21 @@ from server.results.models import LabResult, ResultKind
 from server.scheduler import job_specs
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: bench/ is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench._common import enqueue_draw_reminder  # noqa: E402
+from bench._processes import (  # noqa: E402
+    Child,
+    Children,
+    exit_cleanly_on_signals,
+    load_average,
+    log,
+    stepdown_command,
+    utc,
+    wait_for,
+)
+
 LAB = "natera"
 STUDY = "HEROES"
 SITE_TZ = "Europe/Paris"
@@ -127,10 +136,6 @@ TARGET_P99_MS = {"sqlite": 2000.0, "postgresql": 500.0}
 
 
 # --- small helpers --------------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 def free_port() -> int:
@@ -179,33 +184,6 @@ def histogram(values_ms: Sequence[float]) -> list[str]:
     return lines
 
 
-def load_average() -> str:
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "load average unknown"
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
-
-
-def utc(moment: datetime) -> datetime:
-    """SQLite gives naive datetimes (stored as UTC); PostgreSQL aware ones."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def exit_cleanly_on_signals() -> None:
-    """SIGTERM and SIGHUP become SystemExit and SIGINT KeyboardInterrupt (even when the shell
-    started us with SIGINT ignored), so the `finally` blocks stop the child processes and drop
-    the scratch database."""
-
-    def _raise(signum: int, frame: FrameType | None) -> None:
-        print(f"signal {signum}: stopping", file=sys.stderr, flush=True)
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _raise)
-    signal.signal(signal.SIGHUP, _raise)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 # --- the scratch database -------------------------------------------------------------------
 
 
@@ -238,112 +216,6 @@ def scratch_database(server_url: str | None, workdir: Path) -> Iterator[str]:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
         log(f"dropped database {name}")
-
-
-# --- child processes ------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(f"    {line}" for line in text[-lines:])
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            raise RuntimeError(
-                f"{self.name} exited with status {self.popen.returncode}:\n{self.tail()}"
-            )
-
-
-class Children:
-    """Child processes, each in its own session (process group), all stopped on exit: SIGTERM
-    to the group, then SIGKILL to whatever is left; nothing is left behind."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.children: list[Child] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
-        log_path = self.logdir / f"{name}.log"
-        with open(log_path, "wb") as out:
-            popen = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        child = Child(name, popen, log_path)
-        self.children.append(child)
-        return child
-
-    def stop_all(self) -> None:
-        for child in reversed(self.children):
-            self._stop(child)
-        self.children.clear()
-
-    @staticmethod
-    def _group_alive(pgid: int) -> bool:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def _stop(self, child: Child) -> None:
-        pgid = child.popen.pid  # start_new_session: the child leads its own group
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            child.popen.poll()
-            if child.popen.returncode is not None and not self._group_alive(pgid):
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        child.popen.wait(timeout=5)
-        log(f"{child.name}: did not stop on SIGTERM within 10 s; killed")
-
-    def __enter__(self) -> Children:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_all()
-
-
-def wait_for(what: str, predicate: Any, children: Sequence[Child], timeout: float) -> Any:
-    """Poll predicate() until it returns something truthy; fail early if a child died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for child in children:
-            child.check_alive()
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"  {c.name}:\n{c.tail()}" for c in children)
-            raise RuntimeError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.05)
-
-
-def stepdown_command() -> list[str]:
-    script = Path(sys.executable).parent / "stepdown"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from server.cli import main; main()"]
 
 
 @dataclass
@@ -646,23 +518,14 @@ def write_backlog(url: str, count: int, due_at: datetime) -> float:
     try:
         with app.app_context(), get_db(app).job_session() as session:
             for n in range(count):
-                outbox.enqueue(
+                enqueue_draw_reminder(
                     session,
                     dedupe_key=f"bench-backlog:{n}:day_before:sms",
-                    category=MessageCategory.REMINDER,
-                    kind=MessageKind.REMINDER_BLOOD_DRAW.value,
                     to=f"+3375{n:07d}",
-                    locale=Locale.FR.value,
-                    body=render(
-                        MessageKind.REMINDER_BLOOD_DRAW,
-                        Locale.FR.value,
-                        code=f"BL-{n:05d}",
-                        when=when,
-                        tz=SITE_TZ,
-                    ),
-                    priority=PRIORITY_REMINDER,
-                    intended_at=due_at,
-                    not_before_at=due_at,
+                    code=f"BL-{n:05d}",
+                    when=when,
+                    tz=SITE_TZ,
+                    due_at=due_at,
                     expires_at=due_at + timedelta(hours=2),
                     ref=f"bench-backlog:{n}",
                     now=due_at,

@@ -62,7 +62,6 @@ rate never above SMS_RATE_PER_SECOND.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import math
@@ -70,7 +69,6 @@ import os
 import re
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,7 +78,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
@@ -113,6 +110,16 @@ if str(ROOT) not in sys.path:  # run as a script: bench/ is not an installed pac
     sys.path.insert(0, str(ROOT))
 
 from bench._common import percentile, scratch_database  # noqa: E402
+from bench._processes import (  # noqa: E402
+    Child,
+    Children,
+    exit_cleanly_on_signals,
+    load_average,
+    log,
+    stepdown_command,
+    utc,
+)
+from bench._processes import wait_for as _wait_for  # noqa: E402
 
 DEFAULT_SERVER = os.environ.get("STEPDOWN_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 STUDY = "HEROES"
@@ -137,115 +144,18 @@ TIER_KEY = re.compile(r"^alert:(\d+):tier:(\d+):")
 TARGETS = {"failover_s": 15.0, "tier_late_s": 30.0}
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-def exit_cleanly_on_signals() -> None:
-    """SIGTERM/SIGHUP become SystemExit, so the `finally` blocks stop the children and drop the
-    scratch database."""
-
-    def _raise(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _raise)
-    signal.signal(signal.SIGHUP, _raise)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+def wait_for(
+    what: str, predicate: Callable[[], Any], children: Sequence[Any], timeout: float
+) -> Any:
+    """Poll predicate() until it returns something truthy (this bench kills children on purpose:
+    a dead one is no failure here)."""
+    return _wait_for(what, predicate, children, timeout, fail_on_exit=False, poll=0.1)
 
 
 def epoch(moment: datetime | str) -> float:
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment)
     return utc(moment).timestamp()
-
-
-# --- child processes --------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(f"    {line}" for line in text[-lines:])
-
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill9(self) -> None:
-        """SIGKILL to the process (and its group): no `finally`, no goodbye."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-
-class Children:
-    """Child processes in their own sessions; all stopped on exit (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.children: list[Child] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
-        path = self.logdir / f"{name}.log"
-        with open(path, "wb") as out:
-            popen = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        child = Child(name, popen, path)
-        self.children.append(child)
-        return child
-
-    def stop_all(self) -> None:
-        for child in reversed(self.children):
-            if child.alive:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for child in self.children:
-            try:
-                child.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.popen.pid, signal.SIGKILL)
-                child.popen.wait(timeout=5)
-        self.children.clear()
-
-
-def wait_for(
-    what: str, predicate: Callable[[], Any], children: Sequence[Child], timeout: float
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"  {c.name}:\n{c.tail()}" for c in children)
-            raise RuntimeError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.1)
-
-
-def stepdown() -> list[str]:
-    script = Path(sys.executable).parent / "stepdown"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
 
 
 # --- the fake Twilio --------------------------------------------------------------------------
@@ -488,11 +398,7 @@ def fmt(value: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     exit_cleanly_on_signals()
-    try:
-        one, five, _ = os.getloadavg()
-        log(f"load average {one:.2f} (1 min), {five:.2f} (5 min)")
-    except OSError:
-        pass
+    log(load_average())
     log(
         f"settings: {args.alerts} alerts (one per site), tiers every {TIER_MINUTES} min, "
         f"{args.reminders} reminders due, SMS_RATE_PER_SECOND={args.sms_rate:g} (one sender), "
@@ -560,11 +466,11 @@ def measure(args: argparse.Namespace, url: str, children: Children) -> int:
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
     schedulers = [
-        children.start(f"scheduler{n}", [*stepdown(), "scheduler", "--no-dispatcher"], env)
+        children.start(f"scheduler{n}", [*stepdown_command(), "scheduler", "--no-dispatcher"], env)
         for n in (1, 2)
     ]
     dispatchers = [
-        children.start(f"dispatcher{n}", [*stepdown(), "dispatcher"], env) for n in (1, 2)
+        children.start(f"dispatcher{n}", [*stepdown_command(), "dispatcher"], env) for n in (1, 2)
     ]
     everyone = [fake_child, *schedulers, *dispatchers]
     leader = wait_for("a scheduler leader", lambda: leader_pid(engine), everyone, 60)
@@ -775,7 +681,7 @@ def hang_phase(
     committed nothing since."""
     wait_for("every alert at tier 3", lambda: all_tiers_done(engine, len(opened)), everyone, 240)
     restarted = children.start(
-        "scheduler1-restarted", [*stepdown(), "scheduler", "--no-dispatcher"], env
+        "scheduler1-restarted", [*stepdown_command(), "scheduler", "--no-dispatcher"], env
     )
     everyone.append(restarted)
 

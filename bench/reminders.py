@@ -37,7 +37,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from config.settings import DevelopmentConfig
-from notifications import outbox
 from notifications.dispatcher import Dispatcher
 from notifications.fake_twilio import DEFAULT_FROM, FakeTwilio
 from notifications.messages import MessageKind, render
@@ -73,6 +72,7 @@ from bench._common import (  # noqa: E402
     Stopwatch,
     assert_unprocessed,
     captured_sql,
+    enqueue_draw_reminder,
     exit_cleanly_on_sigterm,
     median,
     percentile,
@@ -1130,19 +1130,14 @@ def enqueue_due_reminders(
     for n in range(count):
         pid = consenting[n * ANCHOR_STEP % len(consenting)]
         code = f"H{pid:06d}"
-        outbox.enqueue(
+        enqueue_draw_reminder(
             session,
             dedupe_key=f"reminder:{pid}:{tag}:{n}:day_before:sms",
-            category=MessageCategory.REMINDER,
-            kind=MessageKind.REMINDER_BLOOD_DRAW.value,
             to=f"+3361{pid:07d}",
-            locale=Locale.FR.value,
-            body=render(
-                MessageKind.REMINDER_BLOOD_DRAW, Locale.FR.value, code=code, when=when, tz=TZ
-            ),
-            priority=PRIORITY_REMINDER,
-            intended_at=now - timedelta(seconds=30),
-            not_before_at=now - timedelta(seconds=30),
+            code=code,
+            when=when,
+            tz=TZ,
+            due_at=now - timedelta(seconds=30),
             expires_at=now + timedelta(hours=2),
             participant_id=pid,
             ref=f"{tag}:{n}",
