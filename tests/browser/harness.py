@@ -86,6 +86,14 @@ def failed_requests(page: Page) -> list[str]:
     return failed
 
 
+def open_watched(
+    browser: Any, viewport: dict[str, int], *, javascript: bool = True
+) -> tuple[Page, list[str]]:
+    """A fresh page of this size, and the list of its failed requests (see failed_requests)."""
+    page = new_page(browser, viewport, javascript=javascript)
+    return page, failed_requests(page)
+
+
 def log_in(page: Page, base: str, email: str) -> None:
     """Log in through the login form with the factories' password."""
     page.goto(f"{base}/login")

@@ -25,18 +25,12 @@ from tests.browser.harness import (
     ARTIFACTS,
     DESKTOP,
     PHONE,
-    failed_requests,
     log_in,
-    new_page,
     no_sideways_scroll,
+    open_watched,
 )
 
 SIZES = {"phone": PHONE, "laptop": DESKTOP}
-
-
-def _open(browser: Any, size: str, *, javascript: bool = True) -> tuple[Page, list[str]]:
-    page = new_page(browser, SIZES[size], javascript=javascript)
-    return page, failed_requests(page)
 
 
 def _fits(page: Page, size: str) -> None:
@@ -83,7 +77,7 @@ def week_ahead(served: tuple[Any, str, dict[str, Any]]) -> dict[str, Any]:
 @pytest.mark.parametrize("size", list(SIZES))
 def test_today_participants_and_adherence_fit_the_screen(served, week_ahead, browser, size):
     _app, base, ids = served
-    page, failed = _open(browser, size)
+    page, failed = open_watched(browser, SIZES[size])
     log_in(page, base, "coordinator.a@example.test")
     header = page.locator("header.top")
     menu = page.locator("details.nav-menu > summary")
@@ -141,7 +135,7 @@ def test_today_participants_and_adherence_fit_the_screen(served, week_ahead, bro
 
 def test_the_phone_menu_works_without_javascript(served, browser):
     _app, base, _ids = served
-    page, failed = _open(browser, "phone", javascript=False)
+    page, failed = open_watched(browser, SIZES["phone"], javascript=False)
     log_in(page, base, "nurse.a@example.test")
     page.locator("details.nav-menu > summary").click()
     more = page.get_by_role("navigation", name="More pages")

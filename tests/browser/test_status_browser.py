@@ -5,7 +5,6 @@ nothing scrolling sideways. Screenshots are kept in test-artifacts/."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -18,18 +17,12 @@ from tests.browser.harness import (
     ARTIFACTS,
     DESKTOP,
     PHONE,
-    failed_requests,
     log_in,
-    new_page,
     no_sideways_scroll,
+    open_watched,
 )
 
 SIZES = {"phone": PHONE, "laptop": DESKTOP}
-
-
-def _open(browser: Any, size: str, *, javascript: bool = True) -> tuple[Page, list[str]]:
-    page = new_page(browser, SIZES[size], javascript=javascript)
-    return page, failed_requests(page)
 
 
 def _fits(page: Page, size: str) -> None:
@@ -54,7 +47,7 @@ def test_a_stopped_scheduler_shows_on_today_and_on_the_status_page(served, brows
     dispatcher = Heartbeats(session_factory, ProcessIdentity.new(ProcessRole.DISPATCHER))
     dispatcher.register()
 
-    page, failed = _open(browser, size)
+    page, failed = open_watched(browser, SIZES[size])
     log_in(page, base, "admin.a@example.test")
     banner = page.get_by_role("alert").filter(has_text="background processes have stopped")
     expect(banner).to_be_visible()
