@@ -45,9 +45,22 @@ def exit_cleanly_on_sigterm() -> None:
 
 
 @contextlib.contextmanager
-def scratch_database(server_url: str | None, *, prefix: str = "stepdown_bench") -> Iterator[str]:
+def scratch_database(
+    server_url: str | None,
+    *,
+    prefix: str = "stepdown_bench",
+    sqlite_dir: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[str]:
     """A freshly migrated database, removed afterwards even on error: a temporary SQLite file,
-    or (given a PostgreSQL server URL) a new database `<prefix>_<random>` on that server."""
+    or (given a PostgreSQL server URL) a new database `<prefix>_<random>` on that server.
+    With `sqlite_dir`, the SQLite file is made there and left to the caller; `log` is told when
+    the PostgreSQL database is created and dropped."""
+    if server_url is None and sqlite_dir is not None:
+        url = f"sqlite:///{sqlite_dir / 'bench.db'}"
+        migrate.upgrade(url)
+        yield url
+        return
     if server_url is None:
         directory = Path(tempfile.mkdtemp(prefix=f"{prefix}_"))
         try:
@@ -63,6 +76,8 @@ def scratch_database(server_url: str | None, *, prefix: str = "stepdown_bench") 
     admin = make_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    if log:
+        log(f"created database {name}")
     try:
         url = (
             sa.make_url(normalise_url(server_url))
@@ -75,6 +90,8 @@ def scratch_database(server_url: str | None, *, prefix: str = "stepdown_bench") 
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+        if log:
+            log(f"dropped database {name}")
 
 
 # --- outbox rows ----------------------------------------------------------------------------

@@ -75,7 +75,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -84,7 +84,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import requests
-import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, col, select
 
@@ -96,13 +95,12 @@ from notifications.models import (
     MessageStatus,
     OutboxMessage,
 )
-from server import migrate
 from server.alerts import service as alert_service
 from server.alerts.models import Alert
 from server.app import create_app
 from server.auth import service as auth_service
 from server.auth.models import Role, SiteMembership
-from server.db import get_db, make_engine, normalise_url
+from server.db import get_db, make_engine
 from server.participants import service as participant_service
 from server.participants.models import Locale, ParticipantStatus, Site
 from server.protocols.models import Study
@@ -114,7 +112,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: bench/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
-from bench._common import enqueue_draw_reminder  # noqa: E402
+from bench._common import enqueue_draw_reminder, scratch_database  # noqa: E402
 from bench._processes import (  # noqa: E402
     Child,
     Children,
@@ -182,40 +180,6 @@ def histogram(values_ms: Sequence[float]) -> list[str]:
         lines.append(f"  {label} {n:>4}  {'#' * math.ceil(60 * n / max(1, len(values_ms)))}")
         low = f"{edge:>6.0f}"
     return lines
-
-
-# --- the scratch database -------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def scratch_database(server_url: str | None, workdir: Path) -> Iterator[str]:
-    """A freshly migrated database: a SQLite file in `workdir`, or a new PostgreSQL database
-    `stepdown_alertbench_<random>` on the given server, dropped afterwards even on error."""
-    if server_url is None:
-        url = f"sqlite:///{workdir / 'alertbench.db'}"
-        migrate.upgrade(url)
-        yield url
-        return
-    if not normalise_url(server_url).startswith("postgresql"):
-        raise SystemExit("--database-url must name a PostgreSQL server (SQLite is the default)")
-    name = f"stepdown_alertbench_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    log(f"created database {name}")
-    try:
-        url = (
-            sa.make_url(normalise_url(server_url))
-            .set(database=name)
-            .render_as_string(hide_password=False)
-        )
-        migrate.upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-        log(f"dropped database {name}")
 
 
 @dataclass
@@ -986,7 +950,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="stepdown_alertbench_"))
     prefix = f"stepdown-alertbench-{uuid.uuid4().hex[:10]}"
     try:
-        with scratch_database(args.database_url, workdir) as url, Children(workdir) as children:
+        with (
+            scratch_database(
+                args.database_url, prefix="stepdown_alertbench", sqlite_dir=workdir, log=log
+            ) as url,
+            Children(workdir) as children,
+        ):
             result = run(args, url, children, rng, prefix)
     finally:
         if args.redis_url != "none":
