@@ -30,12 +30,14 @@ def utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def load_average() -> str:
+def load_average(*, cpus: bool = False) -> str:
+    """The machine's load average, for the figures' context (and its CPU count, if asked)."""
     try:
         one, five, _ = os.getloadavg()
     except OSError:
         return "load average unknown"
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+    on = f" on {os.cpu_count()} CPUs" if cpus else ""
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min){on}"
 
 
 def exit_cleanly_on_signals() -> None:

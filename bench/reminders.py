@@ -21,7 +21,6 @@ A check runs `reminders.materialize` for a few participants: it must find nothin
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -80,6 +79,7 @@ from bench._common import (  # noqa: E402
     scratch_database,
     timings_ms,
 )
+from bench._processes import load_average  # noqa: E402
 
 PROTOCOL_FILE = ROOT / "config" / "protocols" / "heroes.yaml"
 # A stand-in for a site's licensed French QLQ-C30 text (the one the demo loads).
@@ -829,14 +829,6 @@ def report_job(label: str, f: JobFigures) -> None:
     )
 
 
-def load_average() -> str:
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "load average unknown"
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
-
-
 def check_materialize_agrees(engine: Engine, now: datetime, participants: int) -> str:
     """Run the real reminders.materialize for a few participants with pending reminders (rolled
     back): it must find its reminders already written, i.e. the bulk-loaded outbox is what the
@@ -1254,7 +1246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"database: {dialect} ({engine.url.render_as_string(hide_password=True)}); "
             f"now = {now.isoformat()} ({now.astimezone(ZoneInfo(TZ)):%H:%M} {TZ}); "
-            f"{load_average()}"
+            f"{load_average(cpus=True)}"
         )
         batch_size = check_statements_match_product(engine)
         print(
@@ -1305,7 +1297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     report_mass(mass[-1], label)
         finally:
             writer.close()
-    print(f"total wall time {total.seconds():.0f} s; {load_average()}")
+    print(f"total wall time {total.seconds():.0f} s; {load_average(cpus=True)}")
     small, large = results[args.small], results[args.large]
     js, jl = job[args.small], job[args.large]
     figures = (
