@@ -13,6 +13,7 @@ from flask_smorest import Api
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from notifications.messages import HealthInformationError
 from server.db import get_session
 from server.errors import DomainError, ValidationFailed
 
@@ -253,6 +254,22 @@ def register(app: Flask) -> None:
 
             return error_page(error.status, error.message, next(iter(error.fields), None))
         return envelope(error.status, error.message, error.fields, error.code)
+
+    @app.errorhandler(HealthInformationError)
+    def _sms_guard(error: HealthInformationError) -> Any:
+        # The inputs that reach an SMS are checked before anything is written (a study code, for
+        # one); a text that still fails the guard is refused with nothing saved, never a 500.
+        _rollback()
+        log.error("an SMS failed the health-information guard inside a request: %s", error)
+        message = (
+            "nothing was saved: a text message this change would send failed the "
+            "health-information check (no health word, drug or trial name may go by SMS)"
+        )
+        if not wants_json():
+            from api.page_kit import error_page
+
+            return error_page(422, message)
+        return envelope(422, message, code="sms_guard")
 
     @app.errorhandler(IntegrityError)
     def _integrity(error: IntegrityError) -> Any:

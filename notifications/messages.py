@@ -235,6 +235,10 @@ class CatalogError(ValueError):
     """A locale catalog is malformed or breaks a content rule."""
 
 
+class HealthInformationError(ValueError):
+    """A rendered SMS would carry a forbidden term or a participant's name (nothing is sent)."""
+
+
 # --- the deny-list -------------------------------------------------------------------------------
 
 
@@ -280,11 +284,11 @@ def assert_no_health_information(text: str, *, participant_names: Iterable[str] 
     if found:
         # Name the most specific term: "stop-her2" says more than the "her2" inside it.
         term = max(found, key=len)
-        raise ValueError(f"SMS text contains the forbidden term {term!r}")
+        raise HealthInformationError(f"SMS text contains the forbidden term {term!r}")
     for index, name in enumerate(participant_names, start=1):
         if any(p.search(folded) for p in _name_patterns(name)):
             # The name itself stays out of the message: exceptions end up in logs.
-            raise ValueError(f"SMS text contains participant name #{index}")
+            raise HealthInformationError(f"SMS text contains participant name #{index}")
 
 
 # --- catalogs -------------------------------------------------------------------------------------

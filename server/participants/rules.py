@@ -7,6 +7,13 @@ import zoneinfo
 
 import phonenumbers
 
+from notifications.messages import (
+    SUPPORTED_LOCALES,
+    HealthInformationError,
+    MessageKind,
+    assert_no_health_information,
+    render,
+)
 from server.participants.models import ParticipantStatus as S
 
 # Fields whose change alters trial data and therefore needs a reason in the audit trail.
@@ -28,6 +35,24 @@ ALLOWED_TRANSITIONS: dict[S, frozenset[S]] = {
 def can_transition(current: S, new: S) -> bool:
     """Whether a participant may move from one status to another."""
     return current == new or new in ALLOWED_TRANSITIONS[current]
+
+
+def study_code_problem(code: str) -> str | None:
+    """Why a study code cannot be used in SMS, or None. The code is in every text message to the
+    participant and to the care team, and the guard refuses any SMS with a health word, drug or
+    trial name in it: a code such as "X-HEROES-01" would make every one of them fail."""
+    try:
+        assert_no_health_information(code)
+        # Also as the messages place it (a term could form across the code and its neighbours).
+        for locale in SUPPORTED_LOCALES:
+            render(MessageKind.WELCOME, locale, code=code)
+    except HealthInformationError as exc:
+        term = str(exc).rpartition(" ")[2]
+        return (
+            f"contains {term}, a word no SMS may carry (health information or a trial name); "
+            "the code appears in every text message: choose one without it"
+        )
+    return None
 
 
 def normalise_phone(raw: str, region: str | None) -> str:

@@ -88,6 +88,12 @@ def _phone(raw: str | None, site: Site) -> str | None:
         raise field_error("phone", str(exc)) from None
 
 
+def _check_study_code(code: str) -> None:
+    problem = rules.study_code_problem(code) if code else None
+    if problem:
+        raise field_error("study_code", problem)
+
+
 def _ensure_code_free(session: Session, study_id: int, code: str, exclude_id: int | None) -> None:
     q = select(Participant.id).where(
         Participant.study_id == study_id, Participant.study_code == code
@@ -271,6 +277,7 @@ def update(
             {"reason": [f"required when changing {', '.join(fields)}"]},
         )
     if "study_code" in changed:
+        _check_study_code(changed["study_code"])
         _ensure_code_free(session, participant.study_id, changed["study_code"], participant.id)
     has_consent = changed.get("has_sms_consent", participant.has_sms_consent)
     phone_after = changed.get("phone_e164", participant.phone_e164)
@@ -607,6 +614,7 @@ def check_enrollment(
             return None
 
     site = attempt(lambda: _site_for(session=session, user=user, site_id=site_id))
+    attempt(lambda: _check_study_code(study_code))
     study_row = attempt(lambda: _study_by_key(session, study))
     tz = timezone or (site.timezone if site is not None else None)
     if tz is not None:
