@@ -33,6 +33,7 @@ from server.auth.service import actor_of
 from server.clock import local_date, utcnow
 from server.db import get_session
 from server.errors import Conflict, NotFound, ValidationFailed
+from server.participants import entry_gate
 from server.participants import messages as participant_messages
 from server.participants import service as participants
 from server.participants.models import Participant, Site
@@ -510,6 +511,14 @@ def complete_event(participant_id: int, event_id: int) -> Response | tuple[str, 
             actor=actor_of(user),
             actor_user_id=user.id,
             **args,
+        )
+        # A gate event done in screening (STOP-HER2's baseline scans) may decide the gate.
+        entry_gate.evaluate(
+            session=session,
+            participant=participant,
+            now=utcnow(),
+            actor=actor_of(user),
+            actor_user_id=user.id,
         )
     except ValidationFailed as error:
         return _refused(participant_id, form, error)

@@ -10,7 +10,10 @@ from flask_smorest import Blueprint
 
 from api.common import commit, participant_dicts
 from api.schemas import (
+    AttestSchema,
     AuditEventSchema,
+    EntryGateSchema,
+    GateOverrideSchema,
     ParticipantCreateSchema,
     ParticipantListArgs,
     ParticipantPageSchema,
@@ -23,7 +26,8 @@ from server.auth.scoping import get_participant
 from server.auth.web import require
 from server.clock import utcnow
 from server.db import get_session
-from server.participants import service
+from server.errors import NotFound
+from server.participants import entry_gate, service
 from server.participants.models import Locale, ParticipantStatus
 from server.participants.rules import mask_phone
 
@@ -80,6 +84,7 @@ class ParticipantsView(MethodView):
             locale=Locale(args["locale"]),
             phone=args.get("phone"),
             has_sms_consent=args["has_sms_consent"],
+            eligibility=args.get("eligibility"),
             now=utcnow(),
         )
         commit()
@@ -151,3 +156,68 @@ def audit_history(participant_id: int) -> list[Any]:
                     d[side] = {**d[side], "phone_e164": mask_phone(d[side]["phone_e164"])}
         out.append(d)
     return out
+
+
+def _gate(session: Any, participant: Any) -> dict[str, Any]:
+    found = entry_gate.participant_state(session, participant)
+    if found is None:
+        raise NotFound("this participant's protocol has no entry gate")
+    return found.as_dict(participant)
+
+
+@blp.route("/<int:participant_id>/entry-gate")
+@blp.response(200, EntryGateSchema)
+def gate_state(participant_id: int) -> dict[str, Any]:
+    """The participant's entry gate: each fact with its value, provenance and attester, the
+    confirmed stop date, the outcome (pass, fail, wait) and what it still awaits."""
+    user = require(Permission.PARTICIPANT_READ)
+    session = get_session()
+    participant = get_participant(session=session, user=user, participant_id=participant_id)
+    return _gate(session, participant)
+
+
+@blp.route("/<int:participant_id>/entry-gate/facts", methods=["POST"])
+@blp.arguments(AttestSchema)
+@blp.response(200, EntryGateSchema)
+def attest_fact(args: dict[str, Any], participant_id: int) -> dict[str, Any]:
+    """Attest one entry-gate fact a person attests (e.g. Free-HER's complete radiological
+    remission) or the confirmed stop date, once, with its date; the gate then decides."""
+    user = require(Permission.PARTICIPANT_READ)
+    session = get_session()
+    participant = get_participant(session=session, user=user, participant_id=participant_id)
+    require(Permission.PARTICIPANT_WRITE)
+    entry_gate.attest(
+        session=session,
+        participant=participant,
+        user=user,
+        key=args["fact"],
+        value=args["value"],
+        observed_on=args["observed_on"],
+        note=args.get("note"),
+        now=utcnow(),
+    )
+    commit()
+    return _gate(session, participant)
+
+
+@blp.route("/<int:participant_id>/entry-gate/override", methods=["POST"])
+@blp.arguments(GateOverrideSchema)
+@blp.response(200, EntryGateSchema)
+def override_gate(args: dict[str, Any], participant_id: int) -> dict[str, Any]:
+    """The investigator decides the entry gate, with a reason (audited): pass (monitoring from
+    the stop date) or fail (continues maintenance)."""
+    user = require(Permission.PARTICIPANT_READ)
+    session = get_session()
+    participant = get_participant(session=session, user=user, participant_id=participant_id)
+    require(Permission.PARTICIPANT_WRITE)
+    entry_gate.override(
+        session=session,
+        participant=participant,
+        user=user,
+        outcome=args["outcome"],
+        reason=args["reason"],
+        stop_date=args.get("stop_date"),
+        now=utcnow(),
+    )
+    commit()
+    return _gate(session, participant)

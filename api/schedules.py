@@ -32,6 +32,7 @@ from server.auth.web import current_staff, require
 from server.clock import utcnow
 from server.db import get_session
 from server.errors import NotFound, field_error
+from server.participants import entry_gate
 from server.participants.models import Participant
 from server.participants.rules import is_valid_timezone
 from server.protocols import rules as engine
@@ -86,6 +87,14 @@ def complete(args: dict[str, Any], participant_id: int, event_id: int) -> dict[s
         completed_on=args["completed_on"],
         reason=args.get("reason"),
         outcome=args.get("outcome"),
+        now=utcnow(),
+        actor=actor_of(user),
+        actor_user_id=user.id,
+    )
+    # A gate event done in screening (STOP-HER2's baseline scans) may decide the entry gate.
+    entry_gate.evaluate(
+        session=get_session(),
+        participant=participant,
         now=utcnow(),
         actor=actor_of(user),
         actor_user_id=user.id,
@@ -210,13 +219,17 @@ def get_protocol(key: str) -> dict[str, Any]:
 @blp.arguments(PreviewSchema)
 @blp.response(200)
 def preview(args: dict[str, Any], key: str) -> dict[str, Any]:
-    """Dry run: the full timeline for a cohort, anchor date and time zone. Creates nothing."""
+    """Dry run: the full timeline for a cohort, anchor date and time zone. Creates nothing. A
+    protocol with an entry gate also gives `entry_gate`: the events planned in screening, the
+    facts, and both paths (monitoring from the confirmed stop date; continue maintenance)."""
     current_staff()
     protocol = protocols.find_protocol(key)
     tz = args.get("timezone") or protocol.time_zone
     if tz is None or not is_valid_timezone(tz):
         raise field_error("timezone", "not a known IANA time zone (e.g. Europe/Paris)")
-    cohort = service.resolve_cohort(protocol, args.get("cohort"), required=True)
+    # A protocol whose entry gate picks the cohort (HEROES: stop) previews that path.
+    gated = protocol.entry_gate.on_pass.cohort if protocol.entry_gate else None
+    cohort = service.resolve_cohort(protocol, args.get("cohort") or gated, required=True)
     try:
         chosen = engine.check_participant_choices(protocol, args.get("choices"))
     except ValueError as exc:

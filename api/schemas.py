@@ -125,6 +125,56 @@ class ParticipantCreateSchema(ma.Schema):
         metadata={"description": "E.164, or national format of the site"},
     )
     has_sms_consent = StrictBoolean(load_default=False)
+    eligibility = ma.fields.Dict(
+        keys=ma.fields.String(validate=validate.Length(min=1, max=48)),
+        values=ma.fields.Nested(lambda: AttestedFactSchema()),
+        load_default=None,
+        metadata={
+            "description": "entry-gate facts a person attests (and stop_date, the confirmed "
+            "stop date): {fact: {value, observed_on}}; past screening, every fact of the gate"
+        },
+    )
+
+
+class AttestedFactSchema(ma.Schema):
+    value = ma.fields.String(validate=validate.Length(max=64), load_default="")
+    observed_on = TrialDate(
+        required=True, metadata={"description": "the date the fact held (YYYY-MM-DD)"}
+    )
+
+
+class AttestSchema(ma.Schema):
+    fact = ma.fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=48),
+        metadata={"description": "a fact the gate says a person attests, or stop_date"},
+    )
+    value = ma.fields.String(validate=validate.Length(max=64), load_default="")
+    observed_on = TrialDate(
+        required=True,
+        metadata={"description": "the date it held; for stop_date, the confirmed stop date"},
+    )
+    note = ma.fields.String(validate=validate.Length(max=500), load_default=None)
+
+
+class GateOverrideSchema(ma.Schema):
+    outcome = ma.fields.String(required=True, validate=validate.OneOf(["pass", "fail"]))
+    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    stop_date = TrialDate(
+        load_default=None, metadata={"description": "pass: the day monitoring counts from"}
+    )
+
+
+class EntryGateSchema(ma.Schema):
+    label = ma.fields.String()
+    source = ma.fields.String(allow_none=True)
+    status = ma.fields.String()
+    outcome = ma.fields.String(metadata={"description": "pass | fail | wait"})
+    decided = ma.fields.Boolean()
+    awaiting = ma.fields.List(ma.fields.String())
+    facts = ma.fields.List(ma.fields.Dict())
+    stop_date = ma.fields.Dict()
+    paths = ma.fields.List(ma.fields.Dict())
 
 
 class ParticipantUpdateSchema(PatchSchema):

@@ -193,6 +193,9 @@ def protocol_preview(
         ) from None
     try:
         protocol = protocols.find_protocol(protocol_key)
+        if cohort is None and protocol.entry_gate is not None:
+            # The entry gate picks the cohort of its passing path (HEROES: stop).
+            cohort = protocol.entry_gate.on_pass.cohort
         if cohort is None and len(protocol.cohort_keys()) > 1:
             raise click.UsageError(
                 f"--cohort is required for {protocol.study}: one of "
@@ -232,6 +235,9 @@ def protocol_preview(
         offset = engine.offset_from_anchor(anchor_date, date.fromisoformat(e["target_date"]))
         when = f"{target} {e['target_local'][11:16]} · {offset}"
         click.echo(f"{when:<38} {window:<25} {label[:44]:<44} {e['phase'] or ''}")
+    gate = data.get("entry_gate")
+    if gate:
+        _echo_gate(gate, anchor_date)
     for decision in data["decisions"]:
         click.echo(
             f"decision {decision['id']}: {len(decision['rules'])} rules over "
@@ -245,6 +251,30 @@ def protocol_preview(
             f"{', '.join(choice['allowed'])}, set by the {choice['decided_by']}"
         )
     click.echo(f"{len(data['events'])} events")
+
+
+def _echo_gate(gate: dict[str, Any], anchor_date: date) -> None:
+    """The preview's entry gate: what screening plans, the facts, and each path."""
+    from server.protocols import rules as engine
+
+    click.echo(f"entry gate: {gate['label']} (anchor = {gate['stop_date']})")
+    for event in gate["screening_events"]:
+        day = date.fromisoformat(event["target_date"])
+        click.echo(
+            f"  in screening: {event['label']} {engine.weekday_date(day)} · "
+            f"{engine.offset_from_anchor(anchor_date, day)} (window {event['window_open_date']} "
+            f"→ {event['window_close_date']})"
+        )
+    for fact in gate["facts"]:
+        fails = f"; fails: {', '.join(fact['fails'])}" if fact["fails"] else ""
+        where = f" of {fact['item']}" if fact["item"] else ""
+        click.echo(
+            f"  fact {fact['key']}: {fact['label']} — from the {fact['provenance']}{where}; "
+            f"passes: {', '.join(fact['passes'])}{fails}; anything else waits"
+        )
+    for path in gate["paths"]:
+        count = f" [{path['events']} events]" if "events" in path else ""
+        click.echo(f"  if {path['outcome']}: {path['when']} → {path['then']}{count}")
 
 
 @protocol_group.command("decisions")

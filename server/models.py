@@ -7,7 +7,13 @@ from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
 from server.fhir.models import FhirNotification, FhirSubscription
 from server.health.models import LeaderLease, ProcessHeartbeat
 from server.participants.mobile import ActivationCode, ParticipantToken
-from server.participants.models import Locale, Participant, ParticipantStatus, Site
+from server.participants.models import (
+    EligibilityFact,
+    Locale,
+    Participant,
+    ParticipantStatus,
+    Site,
+)
 from server.protocols.models import ProtocolVersion, Study
 from server.results.models import LabResult, PfsEvent
 from server.schedules.models import Decision, EventStatus, EventType, ScheduleEvent
@@ -20,6 +26,7 @@ __all__ = [
     "ApiToken",
     "AuditEvent",
     "Decision",
+    "EligibilityFact",
     "EventStatus",
     "EventType",
     "FhirNotification",

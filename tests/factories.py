@@ -76,6 +76,8 @@ def make_participant(
         "has_sms_consent": False,
     }
     params.update(kw)
+    if "eligibility" not in params:
+        params["eligibility"] = passed_gate(study, params)
     return participant_service.enroll(
         session=db,
         user=user,
@@ -85,6 +87,19 @@ def make_participant(
         now=utcnow(),
         **params,  # type: ignore[arg-type]
     )
+
+
+def passed_gate(study: Study, params: dict[str, object]) -> dict[str, object] | None:
+    """Past screening in a gated protocol, every gate fact attested as passing (as for a
+    participant whose entry gate was passed before Stepdown); else nothing."""
+    from server.protocols.service import find_protocol
+    from server.schedules.service import PLANNING_STATUSES
+
+    gate = find_protocol(study.protocol_key).entry_gate
+    if gate is None or params.get("status") not in PLANNING_STATUSES:
+        return None
+    held = min(params["anchor_date"], utcnow().date())  # type: ignore[type-var]
+    return {f.key: {"value": f.passes[0], "observed_on": held} for f in gate.facts}
 
 
 # When the world's calendar (anchor 2027-01-04, baseline draw window from 2026-12-07) has its

@@ -20,6 +20,8 @@ class AlertKind(enum.StrEnum):
     REDRAW_NEEDED = "redraw_needed"
     RESULT_OVERDUE = "result_overdue"
     MISSED_WINDOW = "missed_window"
+    # The entry gate decided (continues maintenance) or waits for the stop date: a task.
+    ENTRY_GATE = "entry_gate"
     CRITICAL_ANSWER = "critical_answer"
     DEAD_ROUTE = "dead_route"
     OPERATOR = "operator"

@@ -48,6 +48,8 @@ DEFAULT_LEVEL_OF_KIND: Mapping[AlertKind, Level] = {
     AlertKind.REDRAW_NEEDED: Level.ROUTINE,
     AlertKind.RESULT_OVERDUE: Level.ROUTINE,
     AlertKind.MISSED_WINDOW: Level.ROUTINE,
+    # The entry gate decided, or waits for the stop date: a task, never a page (issue 17).
+    AlertKind.ENTRY_GATE: Level.ROUTINE,
     AlertKind.DEAD_ROUTE: Level.URGENT,
     AlertKind.OPERATOR: Level.CRITICAL,
 }

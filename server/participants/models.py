@@ -18,6 +18,9 @@ class ParticipantStatus(enum.StrEnum):
     ACTIVE = "active"
     OFF_TREATMENT_MONITORING = "off_treatment_monitoring"
     RESUMED_TREATMENT = "resumed_treatment"
+    # Failed the protocol's entry gate (e.g. HEROES: Signatera-positive at baseline): stays on
+    # maintenance therapy and leaves the trial's follow-up; nothing more is planned or sent.
+    CONTINUES_MAINTENANCE = "continues_maintenance"
     COMPLETED = "completed"
     WITHDRAWN = "withdrawn"
 
@@ -76,3 +79,28 @@ class Participant(SQLModel, table=True):
     withdrawn_at: datetime | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class EligibilityFact(SQLModel, table=True):
+    """One fact of a participant's entry gate (or the confirmed stop date), recorded once with
+    where it came from: a result, an event's completion, or a person's attestation (who, and
+    the date it held). A correction is the investigator's override, in the audit trail."""
+
+    __tablename__ = "eligibility_fact"
+    __table_args__ = (
+        sa.UniqueConstraint("participant_id", "fact_key", name="uq_eligibility_fact_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    participant_id: int = Field(foreign_key="participant.id", ondelete="CASCADE")
+    fact_key: str = Field(max_length=48)
+    value: str = Field(max_length=64)
+    # result | event | attestation (see server.protocols.definition.GateProvenance)
+    provenance: str = Field(max_length=16)
+    result_id: int | None = Field(default=None, foreign_key="lab_result.id")
+    event_id: int | None = Field(default=None, foreign_key="schedule_event.id")
+    # The day the fact held: the sample's or scan's day, or the date a person attests.
+    observed_on: date | None = Field(default=None)
+    attested_by_user_id: int | None = Field(default=None, foreign_key="staff_user.id")
+    note: str | None = Field(default=None, max_length=500)
+    recorded_at: datetime = Field(default_factory=utcnow)

@@ -20,12 +20,17 @@ from server.participants.models import ParticipantStatus as S
 TRIAL_DATA_FIELDS = frozenset({"study_code", "site_id", "cohort", "anchor_date", "status"})
 
 ALLOWED_TRANSITIONS: dict[S, frozenset[S]] = {
-    S.SCREENING: frozenset({S.ACTIVE, S.OFF_TREATMENT_MONITORING, S.WITHDRAWN}),
+    S.SCREENING: frozenset(
+        {S.ACTIVE, S.OFF_TREATMENT_MONITORING, S.CONTINUES_MAINTENANCE, S.WITHDRAWN}
+    ),
     S.ACTIVE: frozenset(
         {S.OFF_TREATMENT_MONITORING, S.RESUMED_TREATMENT, S.COMPLETED, S.WITHDRAWN}
     ),
     S.OFF_TREATMENT_MONITORING: frozenset({S.RESUMED_TREATMENT, S.COMPLETED, S.WITHDRAWN}),
     S.RESUMED_TREATMENT: frozenset({S.OFF_TREATMENT_MONITORING, S.COMPLETED, S.WITHDRAWN}),
+    # Out of the trial's follow-up after the entry gate; the investigator's override can still
+    # send them into monitoring.
+    S.CONTINUES_MAINTENANCE: frozenset({S.OFF_TREATMENT_MONITORING, S.WITHDRAWN}),
     # Completed and withdrawn are final: a correction is a new, audited decision, not an edit.
     S.COMPLETED: frozenset(),
     S.WITHDRAWN: frozenset(),

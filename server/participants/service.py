@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,10 +19,11 @@ from server.alerts.models import Alert, AlertState
 from server.auth.models import StaffUser
 from server.auth.scoping import can_see_site, participants_query
 from server.auth.service import actor_of
+from server.clock import utcnow
 from server.errors import Conflict, DomainError, ValidationFailed, field_error
-from server.participants import rules
+from server.participants import entry_gate, rules
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
-from server.protocols.definition import Protocol
+from server.protocols.definition import STOP_DATE_FACT, GateProvenance, Protocol
 from server.protocols.models import Study
 from server.protocols.service import protocol_of_study
 from server.schedules import reminders
@@ -122,9 +123,12 @@ def enroll(
     locale: Locale = Locale.EN,
     phone: str | None = None,
     has_sms_consent: bool = False,
+    eligibility: dict[str, dict[str, Any]] | None = None,
 ) -> Participant:
     """Enrol a participant at one of the user's sites (checked by `check_enrollment`, the same
-    checks the enrolment form's dry run shows)."""
+    checks the enrolment form's dry run shows). In a protocol with an entry gate, the facts a
+    person attests come in `eligibility` ({fact: {"value", "observed_on"}}); the gate then
+    decides, on its own, when the participant enters monitoring."""
     checked = check_enrollment(
         session=session,
         user=user,
@@ -137,6 +141,8 @@ def enroll(
         status=status,
         phone=phone,
         has_sms_consent=has_sms_consent,
+        eligibility=eligibility,
+        now=now,
     )
     site, study_row, tz = checked.site, checked.study, checked.timezone
     phone_e164, cohort = checked.phone_e164, checked.cohort
@@ -168,6 +174,10 @@ def enroll(
         now=now,
         after=audit.snapshot(participant, AUDIT_FIELDS),
     )
+    if checked.attested:
+        entry_gate.record_enrolment_attestations(
+            session=session, participant=participant, user=user, attested=checked.attested, now=now
+        )
     schedules.on_participant_changed(
         session=session,
         participant=participant,
@@ -176,6 +186,13 @@ def enroll(
         actor=actor_of(user),
         actor_user_id=user.id,
         reason="enrolment",
+    )
+    entry_gate.evaluate(
+        session=session,
+        participant=participant,
+        now=now,
+        actor=actor_of(user),
+        actor_user_id=user.id,
     )
     queue_welcome(session=session, participant=participant, now=now)
     if participant.has_sms_consent and participant.phone_e164:
@@ -582,6 +599,8 @@ class EnrollmentCheck:
     timezone: str
     phone_e164: str | None
     cohort: str | None
+    # Gate facts (and the confirmed stop date) attested at enrolment: key -> (value, date).
+    attested: dict[str, tuple[str, date]] = field(default_factory=dict)
 
 
 def check_enrollment(
@@ -597,6 +616,8 @@ def check_enrollment(
     status: ParticipantStatus,
     phone: str | None,
     has_sms_consent: bool,
+    eligibility: dict[str, dict[str, Any]] | None = None,
+    now: datetime | None = None,
 ) -> EnrollmentCheck:
     """Run the checks `enroll` runs, with its helpers, and save nothing (the dry run before
     an enrolment). Raises ValidationFailed naming every field at fault, not just the first."""
@@ -638,6 +659,19 @@ def check_enrollment(
             )
     if status in schedules.PLANNING_STATUSES and anchor_date is None:
         errors.setdefault("anchor_date", []).append(f"required when the status is {status.value}")
+    attested: dict[str, tuple[str, date]] = {}
+    if protocol is not None:
+        tz_now = tz if tz is not None and rules.is_valid_timezone(tz) else "UTC"
+        today = (now or utcnow()).astimezone(ZoneInfo(tz_now)).date()
+        attested = _check_gate(
+            protocol,
+            status,
+            cohort=resolved,
+            anchor_date=anchor_date,
+            eligibility=eligibility or {},
+            today=today,
+            errors=errors,
+        )
     if errors:
         summary = " | ".join(f"{k}: {'; '.join(v)}" for k, v in sorted(errors.items()))
         # A study code already taken is a conflict (409), whatever else is wrong with the form.
@@ -650,7 +684,84 @@ def check_enrollment(
         timezone=tz,
         phone_e164=phone_e164,
         cohort=resolved,
+        attested=attested,
     )
+
+
+def _check_gate(
+    protocol: Protocol,
+    status: ParticipantStatus,
+    *,
+    cohort: str | None,
+    anchor_date: date | None,
+    eligibility: dict[str, dict[str, Any]],
+    today: date,
+    errors: dict[str, list[str]],
+) -> dict[str, tuple[str, date]]:
+    """The entry gate's enrolment rules; the attested facts, checked (problems go in `errors`).
+
+    In screening, the gate's events are planned from the planned stop date (`anchor_date`), and
+    a person may attest the facts the protocol says a person attests, and the stop date. Past
+    screening (a participant whose gate was passed before Stepdown), every fact must be attested
+    with a passing value, and the anchor is the confirmed stop date."""
+    gate = protocol.entry_gate
+    if gate is None:
+        if eligibility:
+            errors.setdefault("eligibility", []).append(f"{protocol.study} has no entry gate")
+        return {}
+    if status == ParticipantStatus.SCREENING and anchor_date is None:
+        errors.setdefault("anchor_date", []).append(
+            "required: the planned stop date, from which the entry gate's events are planned"
+        )
+    if gate.on_pass.cohort is None and cohort is None and len(protocol.cohort_keys()) > 1:
+        errors.setdefault("cohort", []).append(
+            f"required for {protocol.study}: one of {', '.join(protocol.cohort_keys())}"
+        )
+    attested: dict[str, tuple[str, date]] = {}
+    past_screening = status != ParticipantStatus.SCREENING
+    for key, given in eligibility.items():
+        name = f"eligibility.{key}"
+        if not isinstance(given, dict):
+            errors.setdefault(name, []).append("give value and observed_on")
+            continue
+        if key != STOP_DATE_FACT and not past_screening:
+            try:
+                fact = gate.fact(key)
+            except KeyError:
+                fact = None
+            if fact is not None and fact.provenance != GateProvenance.ATTESTATION:
+                errors.setdefault(name, []).append(
+                    f"comes from a {fact.provenance.value}: the gate reads it on its own"
+                )
+                continue
+        try:
+            attested[key] = entry_gate.check_attestation(
+                protocol,
+                key,
+                str(given.get("value") or ""),
+                given.get("observed_on"),
+                today,
+                field=name,
+            )
+        except DomainError as exc:
+            for fname, msgs in exc.fields.items():
+                errors.setdefault(fname, []).extend(msgs)
+    if past_screening:
+        for fact in gate.facts:
+            value = attested.get(fact.key, (None,))[0]
+            if value is None or value not in fact.passes:
+                errors.setdefault(f"eligibility.{fact.key}", []).append(
+                    f"{fact.label}: attest {' or '.join(fact.passes)} (with its date) to enrol "
+                    f"past screening, or enrol in screening and let the entry gate decide"
+                )
+        if anchor_date is not None:
+            stop = attested.get(STOP_DATE_FACT)
+            if stop is not None and stop[1] != anchor_date:
+                errors.setdefault(f"eligibility.{STOP_DATE_FACT}", []).append(
+                    "past screening, the anchor date is the confirmed stop date"
+                )
+            attested[STOP_DATE_FACT] = (anchor_date.isoformat(), anchor_date)
+    return attested
 
 
 def audit_history(

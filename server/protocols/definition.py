@@ -88,6 +88,32 @@ in `site_defaults` when they are silent):
         source: 'seed 003: "resuming the pre-study regimen is strongly encouraged"'
         site_defaults: [level]
 
+`entry_gate:` (issue 17) states the facts that must hold before monitoring starts, where each
+comes from and what each outcome does. Participants of a gated protocol start in screening with
+only the gate's `items` planned (from the planned stop date); they move on their own once the
+facts are in: every fact passing and the stop date confirmed -> monitoring counted from the
+confirmed stop date (cohort `on_pass.cohort` if given); any fact failing -> `on_fail` (status
+continues_maintenance: nothing more is planned or sent); anything else waits (an indeterminate
+draw is redrawn, a missing fact is awaited).
+
+    entry_gate:
+      label: Baseline Signatera ctDNA decides the path
+      source: 'seed 002: "Signatera-negative patients at baseline will stop treatment ..."'
+      items: [ctdna_baseline]
+      facts:
+        - key: baseline_ctdna
+          label: Baseline Signatera ctDNA
+          provenance: result          # result | event | attestation
+          item: ctdna_baseline        # result: the ctDNA call (or RECIST) of this item's draw
+          passes: [negative]
+          fails: [positive]           # indeterminate, insufficient_sample, none yet: wait
+        # provenance: event + within: 30 days -> the item done within 30 days before the stop
+        # date (values within | outside); provenance: attestation -> a person attests one of
+        # `values` (default yes | no) with the date it held.
+      stop_date: Date anti-HER2 maintenance stopped (confirmed by the coordinator)
+      on_pass: {cohort: stop}
+      on_fail: {status: continues_maintenance, cohort: continue, label: "..."}
+
 `choices:` declares values the protocol leaves to the care team per participant; the file's own
 value is the default and a participant's choice replaces it from `applies_from` on:
 
@@ -203,6 +229,7 @@ ALERT_SOURCES: dict[str, tuple[StudyRule | None, ...]] = {
     "result_overdue": (StudyRule.RESULT_OVERDUE,),
     "missed_window": (StudyRule.MISSED_CTDNA_WINDOW,),
     "critical_answer": (None,),  # a questionnaire item's critical_if
+    "entry_gate": (),  # the protocol's entry gate (checked against `entry_gate:`)
 }
 
 
@@ -935,6 +962,108 @@ class ParticipantChoice(_Node):
         return self.cohorts is None or cohort in self.cohorts
 
 
+class GateProvenance(enum.StrEnum):
+    """Where an entry-gate fact comes from."""
+
+    RESULT = "result"  # the result of a gate event: a ctDNA call, a RECIST response
+    EVENT = "event"  # a gate event's completion: its date against the confirmed stop date
+    ATTESTATION = "attestation"  # a person attests it, with the date it held
+
+
+# Values a gate fact may take, by provenance (results: by the item's result kind).
+GATE_RESULT_VALUES: dict[ResultKind, tuple[str, ...]] = {
+    ResultKind.CTDNA: ("positive", "negative", "indeterminate", "insufficient_sample"),
+    ResultKind.IMAGING: ("CR", "PR", "SD", "PD", "NE"),
+}
+GATE_EVENT_VALUES = ("within", "outside")
+# The key under which the confirmed stop date is recorded among a participant's facts.
+STOP_DATE_FACT = "stop_date"
+CONTINUES_MAINTENANCE = "continues_maintenance"
+
+
+class GateFact(_Node):
+    """One fact an entry gate reads: where it comes from and which values pass or fail. Any
+    other value (and no value yet) waits."""
+
+    key: Id
+    label: str = Field(min_length=1, max_length=200)
+    provenance: GateProvenance
+    item: Id | None = None
+    within: DurationField | None = None
+    values: list[str] | None = None
+    passes: list[str] = Field(min_length=1)
+    fails: list[str] = Field(default_factory=list)
+    source: str | None = Field(default=None, max_length=600)
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _check_fact(self) -> GateFact:
+        if self.key == STOP_DATE_FACT:
+            raise FieldError("key", f"{STOP_DATE_FACT!r} is the gate's confirmed stop date")
+        needs_item = self.provenance != GateProvenance.ATTESTATION
+        if needs_item != (self.item is not None):
+            raise FieldError(
+                "item", "required for result and event facts" if needs_item else "not here"
+            )
+        if (self.within is not None) != (self.provenance == GateProvenance.EVENT):
+            raise FieldError("within", "an event fact (and only one) says `within: <n> days`")
+        if self.values is not None and self.provenance != GateProvenance.ATTESTATION:
+            raise FieldError("values", "only an attested fact lists its values")
+        if set(self.passes) & set(self.fails):
+            raise FieldError("fails", "a value cannot both pass and fail")
+        return self
+
+    def allowed(self, result_kind: ResultKind | None = None) -> tuple[str, ...]:
+        """The values this fact can take (a result fact: those of its item's result)."""
+        if self.provenance == GateProvenance.ATTESTATION:
+            return tuple(self.values or ("yes", "no"))
+        if self.provenance == GateProvenance.EVENT:
+            return GATE_EVENT_VALUES
+        return GATE_RESULT_VALUES.get(result_kind, ()) if result_kind else ()
+
+    def verdict(self, value: str | None) -> str:
+        """pass, fail or wait for a value (None: not in yet)."""
+        if value is not None and value in self.passes:
+            return "pass"
+        if value is not None and value in self.fails:
+            return "fail"
+        return "wait"
+
+
+class GatePass(_Model):
+    """What passing the gate does: enter monitoring from the confirmed stop date."""
+
+    cohort: Id | None = None
+
+
+class GateFail(_Model):
+    """What failing the gate does: the participant continues maintenance, is planned nothing
+    more and leaves the trial's follow-up, with a status that says so."""
+
+    status: Literal["continues_maintenance"]
+    cohort: Id | None = None
+    label: str = Field(min_length=1, max_length=200)
+
+
+class EntryGate(_Node):
+    """The facts that must hold before monitoring starts, and what each outcome does."""
+
+    label: str = Field(min_length=1, max_length=200)
+    source: str | None = Field(default=None, max_length=600)
+    items: list[Id] = Field(default_factory=list)
+    facts: list[GateFact] = Field(min_length=1)
+    stop_date: str = Field(min_length=1, max_length=200)
+    on_pass: GatePass = Field(default_factory=GatePass)
+    on_fail: GateFail | None = None
+
+    def fact(self, key: str) -> GateFact:
+        """The fact with this key (KeyError when unknown)."""
+        for fact in self.facts:
+            if fact.key == key:
+                return fact
+        raise KeyError(key)
+
+
 class Protocol(_Node):
     """A whole protocol file (one trial, one version)."""
 
@@ -953,6 +1082,8 @@ class Protocol(_Node):
     schedule: list[Item] = Field(min_length=1)
     treatment: Treatment | None = None
     decisions: list[DecisionTable] = Field(default_factory=list)
+    # The facts that must hold before monitoring starts (see EntryGate); None: no gate.
+    entry_gate: EntryGate | None = None
     # Values the protocol leaves to the care team per participant (see ParticipantChoice).
     choices: list[ParticipantChoice] = Field(default_factory=list)
     # Participant reminder plans per event type; an item's own `reminders` replace its type's.
@@ -1015,6 +1146,7 @@ class Protocol(_Node):
 
         self._check_treatment(cohort_keys, item_ids, decision_ids)
         self._check_choices(cohort_keys, items)
+        self._check_entry_gate(cohort_keys, items)
 
         regimen_keys = {r.key for r in self.treatment.regimens} if self.treatment else set()
         for t, table in enumerate(self.decisions):
@@ -1074,6 +1206,10 @@ class Protocol(_Node):
             raised = any(
                 (rule in self.rules) if rule is not None else has_questionnaire for rule in sources
             )
+            if kind == "entry_gate":
+                if self.entry_gate is None:
+                    raise FieldError(f"alerts.{kind}", "nothing raises it here (needs entry_gate)")
+                continue
             if not raised:
                 needs = " or ".join(r.value if r else "a questionnaire" for r in sources)
                 raise FieldError(f"alerts.{kind}", f"nothing raises it here (needs {needs})")
@@ -1205,6 +1341,48 @@ class Protocol(_Node):
                         f"{choice.default!r} differs from the file's value {current!r} for "
                         f"{target.item}: the file's value is the default",
                     )
+
+    def _check_entry_gate(self, cohort_keys: set[str], items: dict[str, Item]) -> None:
+        gate = self.entry_gate
+        if gate is None:
+            return
+        for i, item_id in enumerate(gate.items):
+            if item_id not in items:
+                raise FieldError(f"entry_gate.items[{i}]", f"no item {item_id!r}")
+            if items[item_id].cohorts is not None:
+                raise FieldError(
+                    f"entry_gate.items[{i}]", "a gate item is planned for every cohort"
+                )
+        _unique(gate.facts, "entry_gate.facts", "key")
+        for f, fact in enumerate(gate.facts):
+            where = f"entry_gate.facts[{f}]"
+            kind = None
+            if fact.item is not None:
+                if fact.item not in gate.items:
+                    raise FieldError(
+                        f"{where}.item", f"{fact.item!r} is not one of the gate's items"
+                    )
+                expects = items[fact.item].expects
+                kind = expects.result if expects is not None else None
+                if fact.provenance == GateProvenance.RESULT and kind not in GATE_RESULT_VALUES:
+                    raise FieldError(f"{where}.item", "gives no ctDNA or imaging result")
+            allowed = fact.allowed(kind)
+            for name in ("passes", "fails"):
+                for value in getattr(fact, name):
+                    if value not in allowed:
+                        raise FieldError(
+                            f"{where}.{name}", f"{value!r} is not one of {', '.join(allowed)}"
+                        )
+        for name in ("on_pass", "on_fail"):
+            outcome = getattr(gate, name)
+            if outcome is not None and outcome.cohort not in (None, *cohort_keys):
+                raise FieldError(f"entry_gate.{name}.cohort", f"no cohort {outcome.cohort!r}")
+        can_fail = any(fact.fails for fact in gate.facts)
+        if can_fail != (gate.on_fail is not None):
+            raise FieldError(
+                "entry_gate.on_fail",
+                "required: a fact can fail" if can_fail else "no fact lists values that fail",
+            )
 
     def choice(self, key: str) -> ParticipantChoice:
         """The participant choice with this key (KeyError when unknown)."""
@@ -1442,3 +1620,7 @@ def iter_nodes(protocol: Protocol) -> Iterator[tuple[str, _Node]]:
         yield f"choices[{c}]", choice
     for kind, guidance in protocol.alerts.items():
         yield f"alerts.{kind}", guidance
+    if protocol.entry_gate is not None:
+        yield "entry_gate", protocol.entry_gate
+        for f, fact in enumerate(protocol.entry_gate.facts):
+            yield f"entry_gate.facts[{f}]", fact

@@ -66,6 +66,7 @@ from server.protocols.definition import (
     DecisionRule,
     DecisionTable,
     Duration,
+    EntryGate,
     EventType,
     FactKind,
     Item,
@@ -1354,6 +1355,81 @@ def timeline(
         ],
         "decisions": decisions,
         "participant_choices": choice_states(protocol, cohort=cohort, values=participant_choices),
+        "entry_gate": gate_preview(protocol, events=events, tz=zone.key),
+    }
+
+
+def gate_paths(gate: EntryGate) -> list[dict[str, str]]:
+    """An entry gate's outcomes in words: when each happens and what it does."""
+    facts = " and ".join(f"{f.label}: {' or '.join(f.passes)}" for f in gate.facts)
+    out = [
+        {
+            "outcome": "pass",
+            "when": f"{facts}, and the stop date confirmed",
+            "then": "enters monitoring: the whole schedule counts from the confirmed stop date"
+            + (f" (cohort {gate.on_pass.cohort})" if gate.on_pass.cohort else ""),
+        }
+    ]
+    if gate.on_fail is not None:
+        failing = " or ".join(f"{f.label}: {' or '.join(f.fails)}" for f in gate.facts if f.fails)
+        out.append(
+            {
+                "outcome": "fail",
+                "when": failing,
+                "then": f"{gate.on_fail.label}: status continues maintenance, nothing more is "
+                "planned, no monitoring SMS; the coordinator is told",
+            }
+        )
+    out.append(
+        {
+            "outcome": "wait",
+            "when": "a fact not in yet, a failed test (redrawn), or the stop date not confirmed",
+            "then": "stays in screening with only the gate's events planned",
+        }
+    )
+    return out
+
+
+def gate_preview(
+    protocol: Protocol, *, events: list[PlannedEvent], tz: str
+) -> dict[str, Any] | None:
+    """The dry run's entry gate: what is planned in screening (from the planned stop date), its
+    facts, and both paths (the monitoring events if it passes, nothing if it fails)."""
+    gate = protocol.entry_gate
+    if gate is None:
+        return None
+    screening = [e for e in events if e.item_id in gate.items]
+    monitoring = [e for e in events if e.item_id not in gate.items]
+    paths = gate_paths(gate)
+    for path in paths:
+        if path["outcome"] == "pass":
+            path["events"] = str(len(monitoring))
+            path["cohort"] = gate.on_pass.cohort or ""
+            if monitoring:
+                path["first"] = monitoring[0].target_date.isoformat()
+                path["last"] = monitoring[-1].target_date.isoformat()
+        elif path["outcome"] == "fail":
+            path["events"] = "0"
+            path["cohort"] = (gate.on_fail.cohort if gate.on_fail else None) or ""
+    return {
+        "label": gate.label,
+        "source": gate.source,
+        "stop_date": gate.stop_date,
+        "items": list(gate.items),
+        "facts": [
+            {
+                "key": f.key,
+                "label": f.label,
+                "provenance": f.provenance.value,
+                "item": f.item,
+                "within": str(f.within) if f.within else None,
+                "passes": list(f.passes),
+                "fails": list(f.fails),
+            }
+            for f in gate.facts
+        ],
+        "screening_events": [e.as_dict(tz) for e in screening],
+        "paths": paths,
     }
 
 

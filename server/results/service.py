@@ -23,6 +23,7 @@ from server.alerts import service as alerts
 from server.alerts.models import AlertKind
 from server.clock import local_date
 from server.errors import Conflict, ValidationFailed
+from server.participants import entry_gate
 from server.participants.models import Participant, ParticipantStatus
 from server.protocols.models import Study
 from server.protocols.service import protocol_of_study
@@ -379,7 +380,39 @@ def apply(
     actor: str,
     actor_user_id: int | None,
 ) -> int | None:
-    """Link the result to its event, complete it, and act on the study's rules."""
+    """Link the result to its event, complete it, and act on the study's rules; a participant in
+    screening at an entry gate then moves on if the gate has decided."""
+    _, protocol = protocol_of_study(session, participant.study_id)
+    gated = participant.status == ParticipantStatus.SCREENING and protocol.entry_gate is not None
+    alert_id = _apply(
+        session=session,
+        result=result,
+        participant=participant,
+        now=now,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        gated=gated,
+    )
+    if gated:
+        session.flush()
+        entry_gate.evaluate(session=session, participant=participant, now=now)
+    return alert_id
+
+
+# The findings an entry gate decides itself (routine, through the gate), not a critical alert.
+GATE_DECIDES = frozenset({AlertKind.CTDNA_POSITIVE_BASELINE, AlertKind.CTDNA_POSITIVE})
+
+
+def _apply(
+    *,
+    session: Session,
+    result: LabResult,
+    participant: Participant,
+    now: datetime,
+    actor: str,
+    actor_user_id: int | None,
+    gated: bool,
+) -> int | None:
     event = _fulfils(session, result, participant)
     outcome: dict[str, Any] = {}
     if result.kind == ResultKind.CTDNA and result.call in (CtdnaCall.POSITIVE, CtdnaCall.NEGATIVE):
@@ -452,8 +485,8 @@ def apply(
     if finding.pfs_event and result.performed_on:
         _record_pfs(session, participant, result)
     if finding.redraw:
-        _plan_redraw(session, participant, result, event, now)
-    if finding.alert is None:
+        _plan_redraw(session, participant, result, event, now, gated=gated)
+    if finding.alert is None or (gated and finding.alert in GATE_DECIDES):
         return None
     alert, _ = alerts.open_alert(
         session=session,
@@ -488,9 +521,11 @@ def _plan_redraw(
     result: LabResult,
     event: ScheduleEvent | None,
     now: datetime,
+    gated: bool = False,
 ) -> None:
-    """A failed test asks for a new draw as soon as possible (a week's window)."""
-    if participant.status not in schedules.PLANNING_STATUSES:
+    """A failed test asks for a new draw as soon as possible (a week's window); in screening
+    too, where the entry gate waits for it."""
+    if participant.status not in schedules.PLANNING_STATUSES and not gated:
         return
     zone = ZoneInfo(participant.timezone)
     today = schedules.local_today(participant, now)
@@ -601,7 +636,12 @@ def results_overdue(
             col(ScheduleEvent.completed_on).is_not(None),
             col(ScheduleEvent.completed_on) >= (now - timedelta(days=AWAITED_RESULT_DAYS)).date(),
             col(Participant.status).in_(
-                [ParticipantStatus.ACTIVE, ParticipantStatus.OFF_TREATMENT_MONITORING]
+                [
+                    ParticipantStatus.ACTIVE,
+                    ParticipantStatus.OFF_TREATMENT_MONITORING,
+                    # The entry gate's draws and scans in screening await their results too.
+                    ParticipantStatus.SCREENING,
+                ]
             ),
             ~has_result,
         )

@@ -42,7 +42,12 @@ PLANNING_STATUSES = frozenset(
     {ParticipantStatus.ACTIVE, ParticipantStatus.OFF_TREATMENT_MONITORING}
 )
 ENDING_STATUSES = frozenset(
-    {ParticipantStatus.RESUMED_TREATMENT, ParticipantStatus.WITHDRAWN, ParticipantStatus.COMPLETED}
+    {
+        ParticipantStatus.RESUMED_TREATMENT,
+        ParticipantStatus.WITHDRAWN,
+        ParticipantStatus.COMPLETED,
+        ParticipantStatus.CONTINUES_MAINTENANCE,
+    }
 )
 RECIST = ("CR", "PR", "SD", "PD", "NE")
 
@@ -148,12 +153,15 @@ def desired_plan(
     existing: list[ScheduleEvent],
     choices: dict[str, engine.Choice],
     participant_choices: dict[str, str] | None = None,
+    cohort: str | None = None,
 ) -> list[engine.PlannedEvent]:
     """The plan the protocol gives today: expansion, the regimens chosen at decisions and the
-    participant's choices, then re-anchoring on actual dates."""
-    assert participant.anchor_date is not None and participant.cohort is not None
+    participant's choices, then re-anchoring on actual dates. `cohort` stands in for the
+    participant's while the entry gate has not chosen it (only the gate's items are kept)."""
+    assert participant.anchor_date is not None
+    assert (cohort or participant.cohort) is not None
     common: dict[str, Any] = {
-        "cohort": participant.cohort,
+        "cohort": cohort or participant.cohort,
         "anchor_date": participant.anchor_date,
         "tz": participant.timezone,
         "choices": choices,
@@ -299,11 +307,21 @@ def plan_participant(
     future_only: bool = False,
     why: str | None = None,
 ) -> PlanResult | None:
-    """(Re-)plan a participant's schedule; None when they are not in a planning status."""
-    if participant.status not in PLANNING_STATUSES or participant.anchor_date is None:
+    """(Re-)plan a participant's schedule; None when they are not in a planning status. A
+    participant in screening at a protocol's entry gate gets the gate's events only."""
+    if participant.anchor_date is None:
         return None
-    protocol = participant_protocol(session=session, participant=participant, now=now)
-    participant.cohort = resolve_cohort(protocol, participant.cohort, required=True)
+    gate_items: frozenset[str] | None = None
+    if participant.status == ParticipantStatus.SCREENING:
+        protocol = participant_protocol(session=session, participant=participant, now=now)
+        if protocol.entry_gate is None:
+            return None
+        gate_items = frozenset(protocol.entry_gate.items)
+    elif participant.status not in PLANNING_STATUSES:
+        return None
+    else:
+        protocol = participant_protocol(session=session, participant=participant, now=now)
+        participant.cohort = resolve_cohort(protocol, participant.cohort, required=True)
     existing = _events(session, participant.id)  # type: ignore[arg-type]
     desired = desired_plan(
         protocol,
@@ -311,7 +329,11 @@ def plan_participant(
         existing,
         _choices(session, participant.id),  # type: ignore[arg-type]
         choice_values(session, protocol, participant.id),  # type: ignore[arg-type]
+        # Gate items are planned for every cohort: any one expands them.
+        cohort=(participant.cohort or protocol.cohort_keys()[0]) if gate_items else None,
     )
+    if gate_items is not None:
+        desired = [p for p in desired if p.item_id in gate_items]
     result = apply_plan(
         session=session,
         participant=participant,

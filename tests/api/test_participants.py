@@ -22,6 +22,8 @@ def _new(site: int, **kw):
         "phone": "06 12 34 56 79",
         "has_sms_consent": True,
         "status": "off_treatment_monitoring",
+        # Past screening, HEROES's entry gate must have been passed (attested, with its date).
+        "eligibility": {"baseline_ctdna": {"value": "negative", "observed_on": "2026-11-20"}},
     }
     body.update(kw)
     return body
@@ -329,11 +331,14 @@ def test_audit_endpoint_shows_before_and_after(daytime, world, api_as):
     actions = [e["action"] for e in events]
     assert actions == [
         "participant.create",
+        # Enrolled past screening: the gate's fact and the stop date, attested.
+        "eligibility.record",
+        "eligibility.record",
         "schedule.planned",
         "participant.activation_code",
         "participant.update",
         "schedule.replanned",
     ]
-    assert events[3]["before"] == {"cohort": "stop"}
-    assert events[3]["after"] == {"cohort": "continue"}
-    assert events[3]["reason"] == "baseline positive"
+    assert events[5]["before"] == {"cohort": "stop"}
+    assert events[5]["after"] == {"cohort": "continue"}
+    assert events[5]["reason"] == "baseline positive"

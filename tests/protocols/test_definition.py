@@ -66,7 +66,8 @@ def test_the_four_trials_load_keyed_by_file_name(protocols: dict[str, Protocol])
         assert protocol.key == key
         assert protocol.source_file == f"{key}.yaml"
         assert len(protocol.sha256) == 64
-        assert protocol.version == "3"  # 2: complete decision tables, choices; 3: alert levels
+        # version 2: complete decision tables, choices; 3: alert levels; 4: the entry gate
+        assert protocol.version == ("4" if protocol.entry_gate else "3")
 
 
 def test_cohorts_locales_and_rules(protocols: dict[str, Protocol]) -> None:
