@@ -34,11 +34,11 @@ from server.auth.scoping import sites_query
 from server.clock import utcnow
 from server.db import get_session
 from server.errors import DomainError
-from server.participants import service
+from server.participants import entry_gate, service
 from server.participants.models import Locale, ParticipantStatus, Site
 from server.participants.rules import default_locale
 from server.protocols import rules as engine
-from server.protocols.definition import Protocol
+from server.protocols.definition import STOP_DATE_FACT, Protocol
 from server.protocols.models import Study
 from server.protocols.service import current_protocols
 
@@ -48,17 +48,25 @@ PAGE_SIZE = 50
 SEARCH_MAX = 32
 # Rows of the previewed timeline shown at once; the rest sit behind "show all".
 PREVIEW_ROWS = 40
-# The form enrols into the statuses that plan a schedule (that is what the preview shows).
-ENROLL_STATUSES = (ParticipantStatus.OFF_TREATMENT_MONITORING, ParticipantStatus.ACTIVE)
+# The form enrols into screening (a protocol with an entry gate: the gate decides) or into the
+# statuses that plan the whole schedule (what the preview then shows).
+ENROLL_STATUSES = (
+    ParticipantStatus.OFF_TREATMENT_MONITORING,
+    ParticipantStatus.ACTIVE,
+    ParticipantStatus.SCREENING,
+)
 # Short option texts (a select cuts long ones off, on a phone first); the meaning below the field.
 STATUS_LABELS = {
     ParticipantStatus.OFF_TREATMENT_MONITORING: "Off treatment, monitored",
     ParticipantStatus.ACTIVE: "Active",
+    ParticipantStatus.SCREENING: "Screening (entry gate)",
 }
 STATUS_MEANINGS = {
     ParticipantStatus.OFF_TREATMENT_MONITORING: "therapy stopped; followed by the protocol's "
-    "monitoring schedule",
+    "monitoring schedule (with an entry gate: its facts attested below)",
     ParticipantStatus.ACTIVE: "on study treatment (e.g. an adaptive arm's cycles)",
+    ParticipantStatus.SCREENING: "the protocol's entry gate decides: only its events are planned; "
+    "monitoring starts on its own once the facts are in and the stop date is confirmed",
 }
 _MISSING = ma.fields.Field.default_error_messages["required"]
 LOCALE_LABELS = {Locale.EN: "English", Locale.FR: "Français", Locale.ZH: "中文"}
@@ -169,16 +177,55 @@ class FormState:
     errors: dict[str, list[str]] = field(default_factory=dict)
 
 
+# Entry-gate fields: gate.<fact>.value and gate.<fact>.observed_on, and gate.stop_date.
+GATE_PREFIX = "gate."
+GATE_FIELD_MAX = 40
+
+
 def _read_form() -> FormState:
     values = {name: request.form.get(name, "").strip() for name in FORM_FIELDS}
     values["has_sms_consent"] = "on" if request.form.get("has_sms_consent") else ""
+    gate = [k for k in request.form if k.startswith(GATE_PREFIX)]
+    if len(gate) > GATE_FIELD_MAX:
+        raise PageInputError("gate", "too many entry-gate fields")
+    for name in gate:
+        values[name] = request.form.get(name, "").strip()[:64]
     return FormState(values)
+
+
+def _gate_answers(form: FormState, protocol: Protocol) -> dict[str, dict[str, Any]]:
+    """The entry-gate facts the form attests, as `enroll` takes them; unreadable dates become
+    messages on the fact."""
+    gate = protocol.entry_gate
+    if gate is None:
+        return {}
+    v = form.values
+    out: dict[str, dict[str, Any]] = {}
+    for key in [f.key for f in gate.facts] + [STOP_DATE_FACT]:
+        prefix = f"{GATE_PREFIX}{key}"
+        value = v.get(f"{prefix}.value", "") if key != STOP_DATE_FACT else ""
+        raw_day = v.get(f"{prefix}.observed_on", "") if key != STOP_DATE_FACT else v.get(prefix, "")
+        if not value and not raw_day:
+            continue
+        try:
+            day = date.fromisoformat(raw_day) if raw_day else None
+        except ValueError:
+            form.errors.setdefault(f"eligibility.{key}", []).append("a date, YYYY-MM-DD")
+            continue
+        if day is None:
+            form.errors.setdefault(f"eligibility.{key}", []).append("give the date it held")
+            continue
+        out[key] = {"value": value, "observed_on": day}
+    return out
 
 
 def _default_form(sites: list[Site], studies: list[tuple[Study, Protocol]]) -> FormState:
     values = dict.fromkeys(FORM_FIELDS, "")
     values["has_sms_consent"] = ""
     values["status"] = ENROLL_STATUSES[0].value
+    if any(pr.entry_gate is not None for _, pr in studies):
+        # The protocol's entry gate decides who enters monitoring: start there.
+        values["status"] = ParticipantStatus.SCREENING.value
     site = sites[0] if len(sites) == 1 else None
     protocol = studies[0][1] if len(studies) == 1 else None
     if site is not None:
@@ -245,6 +292,8 @@ def _check(session: Session, user: StaffUser, form: FormState, now: datetime) ->
             )
         args = {k: val for k, val in raw.items() if k not in messages}
     status = ParticipantStatus(args.get("status") or ENROLL_STATUSES[0].value)
+    protocol = next((pr for st, pr in _studies(session) if st.key == args.get("study")), None)
+    eligibility = _gate_answers(form, protocol) if protocol is not None else {}
     try:
         check = service.check_enrollment(
             session=session,
@@ -258,6 +307,8 @@ def _check(session: Session, user: StaffUser, form: FormState, now: datetime) ->
             status=status,
             phone=args.get("phone"),
             has_sms_consent=args["has_sms_consent"],
+            eligibility=eligibility,
+            now=now,
         )
     except DomainError as exc:
         for name, msgs in exc.fields.items():
@@ -268,9 +319,13 @@ def _check(session: Session, user: StaffUser, form: FormState, now: datetime) ->
     if form.errors:
         return None
     anchor = args["anchor_date"]
+    gate = check.protocol.entry_gate
     try:
         timeline = engine.timeline(
-            check.protocol, cohort=check.cohort or "", anchor_date=anchor, tz=check.timezone
+            check.protocol,
+            cohort=check.cohort or (gate.on_pass.cohort if gate else None) or "",
+            anchor_date=anchor,
+            tz=check.timezone,
         )
     except (ValueError, OverflowError):
         # A date the calendar arithmetic cannot carry (year 9999 and the like).
@@ -287,6 +342,10 @@ def _check(session: Session, user: StaffUser, form: FormState, now: datetime) ->
         "locale": args["locale"],
         "phone": check.phone_e164,
         "has_sms_consent": args["has_sms_consent"],
+        "eligibility": {
+            k: {"value": a["value"], "observed_on": a["observed_on"].isoformat()}
+            for k, a in sorted(eligibility.items())
+        },
     }
     # The form now shows what will be saved: the phone in E.164, the zone filled in.
     v.update(
@@ -298,6 +357,15 @@ def _check(session: Session, user: StaffUser, form: FormState, now: datetime) ->
         }
     )
     return Checked(values=values, anchor_date=anchor, timeline=timeline, check=check)
+
+
+def participants_events(session: Session, participant_id: int) -> list[Any]:
+    """The events stored for a participant (what enrolment planned)."""
+    from server.schedules.models import ScheduleEvent
+
+    return list(
+        session.exec(select(ScheduleEvent.id).where(ScheduleEvent.participant_id == participant_id))
+    )
 
 
 def _digest(user: StaffUser, checked: Checked) -> str:
@@ -317,7 +385,13 @@ def _digest(user: StaffUser, checked: Checked) -> str:
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def _timeline_view(timeline: dict[str, Any], anchor: date, now: datetime) -> dict[str, Any]:
+def _timeline_view(
+    timeline: dict[str, Any], anchor: date, now: datetime, *, screening: bool = False
+) -> dict[str, Any]:
+    gate = timeline.get("entry_gate")
+    if gate is not None and screening:
+        # In screening only the gate's events are planned; the rest is the passing path's.
+        timeline = {**timeline, "events": gate["screening_events"]}
     events = [
         e
         | {
@@ -338,6 +412,8 @@ def _timeline_view(timeline: dict[str, Any], anchor: date, now: datetime) -> dic
         "version": timeline["version"],
         "time_zone": timeline["time_zone"],
         "choices": timeline.get("participant_choices", []),
+        "gate": gate,
+        "screening": bool(gate is not None and screening),
     }
 
 
@@ -360,6 +436,16 @@ def enroll() -> str | Response | tuple[str, int]:
             "sites": sites,
             "studies": studies,
             "statuses": [(s.value, STATUS_LABELS[s], STATUS_MEANINGS[s]) for s in ENROLL_STATUSES],
+            # Each gated study's facts with the values a person may attest.
+            "gates": [
+                (
+                    st.key,
+                    pr.entry_gate,
+                    [(f, entry_gate.fact_values(pr, f)) for f in pr.entry_gate.facts],
+                )
+                for st, pr in studies
+                if pr.entry_gate is not None
+            ],
             "locales": [(loc.value, LOCALE_LABELS[loc]) for loc in Locale],
             "zones": sorted(zoneinfo.available_timezones()),
             "client_data": {
@@ -406,6 +492,10 @@ def enroll() -> str | Response | tuple[str, int]:
                 locale=Locale(values["locale"]),
                 phone=values["phone"],
                 has_sms_consent=values["has_sms_consent"],
+                eligibility={
+                    k: {"value": a["value"], "observed_on": date.fromisoformat(a["observed_on"])}
+                    for k, a in values["eligibility"].items()
+                },
                 now=now,
             )
         except DomainError as exc:
@@ -416,10 +506,13 @@ def enroll() -> str | Response | tuple[str, int]:
             }
             return page(form, 422)
         session.commit()
-        flash(
-            f"{participant.study_code} enrolled: {len(checked.timeline['events'])} events planned.",
-            "info",
+        planned = len(participants_events(session, participant.id))  # type: ignore[arg-type]
+        gate_note = (
+            " (in screening: the entry gate decides when monitoring starts)"
+            if participant.status == ParticipantStatus.SCREENING
+            else ""
         )
+        flash(f"{participant.study_code} enrolled: {planned} events planned{gate_note}.", "info")
         return redirect(url_for("participant_page.show", participant_id=participant.id))
     # A preview, or an "Enroll" whose values are not the ones previewed: show the timeline
     # (again); nothing is saved.
@@ -427,7 +520,12 @@ def enroll() -> str | Response | tuple[str, int]:
     return page(
         form,
         409 if changed else 200,
-        preview=_timeline_view(checked.timeline, checked.anchor_date, now),
+        preview=_timeline_view(
+            checked.timeline,
+            checked.anchor_date,
+            now,
+            screening=checked.values["status"] == ParticipantStatus.SCREENING.value,
+        ),
         digest=digest,
         changed=changed,
     )

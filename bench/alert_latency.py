@@ -102,8 +102,10 @@ from server.auth import service as auth_service
 from server.auth.models import Role, SiteMembership
 from server.db import get_db, make_engine
 from server.participants import service as participant_service
+from server.participants.entry_gate import attested_passing
 from server.participants.models import Locale, ParticipantStatus, Site
 from server.protocols.models import Study
+from server.protocols.service import find_protocol
 from server.results import service as result_service
 from server.results.models import LabResult, ResultKind
 from server.scheduler import job_specs
@@ -437,6 +439,8 @@ def seed(url: str, sites: int, per_site: int, warmups: int, now: datetime) -> Se
                     locale=Locale.FR,
                     phone=None,
                     has_sms_consent=False,
+                    # The entry gate was passed before (its facts attested, issue 17).
+                    eligibility=attested_passing(find_protocol(STUDY.lower()), baseline_at.date()),
                     now=now,
                 )
                 fields = schema.load(

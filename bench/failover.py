@@ -102,8 +102,10 @@ from server.auth.models import Role, SiteMembership
 from server.db import get_db, make_engine
 from server.health.models import ProcessHeartbeat, ProcessRole
 from server.participants import service as participant_service
+from server.participants.entry_gate import attested_passing
 from server.participants.models import Locale, Participant, ParticipantStatus
 from server.protocols.models import Study
+from server.protocols.service import find_protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: bench/ is not an installed package
@@ -245,6 +247,8 @@ def seed(app: Any, sites: int, now: datetime) -> World:
                 locale=Locale.FR,
                 phone=None,
                 has_sms_consent=False,
+                # The entry gate was passed before (its facts attested, issue 17).
+                eligibility=attested_passing(find_protocol(STUDY.lower()), now.date()),
                 now=now,
             )
             ids.append(site.id)  # type: ignore[arg-type]

@@ -54,6 +54,7 @@ from server.auth import service as auth_service
 from server.auth.models import Role, SiteMembership, StaffUser
 from server.db import get_db, make_engine
 from server.participants import service as participant_service
+from server.participants.entry_gate import attested_passing
 from server.participants.models import Locale, Participant, ParticipantStatus
 from server.protocols import service as protocols_service
 from server.protocols.definition import Protocol, load_protocol
@@ -229,6 +230,10 @@ def enroll_stop_her2(session: Session, world: World, now: datetime) -> tuple[int
         locale=Locale.FR,
         phone="+33699000001",
         has_sms_consent=True,
+        # The entry gate was passed before (its facts attested, issue 17).
+        eligibility=attested_passing(
+            protocols_service.find_protocol("stop-her2"), enrolled_at.date()
+        ),
     )
     events = session.exec(
         select(ScheduleEvent)

@@ -36,6 +36,7 @@ from server.db import Database
 from server.inbound import handle_inbound
 from server.participants import service as participant_service
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
+from server.protocols import service as protocols
 from server.protocols.models import Study
 from server.results import service as results
 from server.results.models import ResultKind
@@ -184,6 +185,7 @@ class DemoStory:
         self.staff: dict[tuple[Role, str], StaffUser] = {}
         self.emails: list[str] = []
         self.specs = {p.code: p for p in DEMO_PARTICIPANTS}
+        self.study_keys = {key: protocol_key for key, _, protocol_key in DEMO_STUDIES}
         self.participants: dict[str, Participant] = {}
         self.steps: list[Step] = []
 
@@ -243,10 +245,20 @@ class DemoStory:
                 locale=spec.locale,
                 phone=spec.phone,
                 has_sms_consent=True,
+                eligibility=self.passed_gate(spec, at),
                 now=at,
             )
 
         self.step(at, f"{code} enrolled", run)
+
+    def passed_gate(self, spec: DemoParticipant, at: datetime) -> dict[str, Any] | None:
+        """A demo participant enrolled in monitoring passed their protocol's entry gate before
+        Stepdown: its facts are attested at enrolment (issue 17), as the enrolment form asks."""
+        gate = protocols.find_protocol(self.study_keys[spec.study]).entry_gate
+        if gate is None or spec.status == ParticipantStatus.SCREENING:
+            return None
+        held = min(self.anchor(spec.code), at.astimezone(self.zone(spec.code)).date())
+        return {f.key: {"value": f.passes[0], "observed_on": held} for f in gate.facts}
 
     def complete(self, code: str, key: str, at: datetime, reason: str | None = None) -> None:
         """The coordinator records that an event took place (on the local day of `at`)."""

@@ -72,9 +72,10 @@ def test_protocol_preview_shows_weekday_and_offset(app):
 
 def test_protocol_preview_says_what_is_wrong(app):
     runner = app.test_cli_runner()
-    no_cohort = runner.invoke(args=["protocol", "preview", "HEROES", "--anchor", "2027-01-04"])
+    # STOP-HER2's cohort is the coordinator's to choose (HEROES's entry gate picks its own).
+    no_cohort = runner.invoke(args=["protocol", "preview", "STOP-HER2", "--anchor", "2027-01-04"])
     assert no_cohort.exit_code == 2
-    assert "--cohort is required for HEROES: one of stop, continue" in no_cohort.output
+    assert "--cohort is required for STOP-HER2: one of stop, continue" in no_cohort.output
     french = runner.invoke(
         args=["protocol", "preview", "HEROES", "--cohort", "stop", "--anchor", "04/01/2027"]
     )

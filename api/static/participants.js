@@ -35,7 +35,7 @@
       cohort.value = current;
       if (cohort.selectedIndex < 0) cohort.value = "";
     }
-    document.querySelectorAll(".cohort-help[data-study], #study-help [data-study]").forEach(function (help) {
+    document.querySelectorAll(".cohort-help[data-study], #study-help [data-study], .gate-fields[data-study]").forEach(function (help) {
       help.hidden = help.getAttribute("data-study") !== chosen;
     });
     var choices = cohort.querySelectorAll("optgroup option");

@@ -754,3 +754,13 @@ def override(
 
 
 _YEAR = date(2001, 1, 1) - date(2000, 1, 1)
+
+
+def attested_passing(protocol: Protocol, on: date) -> dict[str, dict[str, Any]] | None:
+    """Every gate fact attested with its passing value as of `on` (None: the protocol has no
+    gate): what enrolling past screening needs for a participant whose entry gate was passed
+    before Stepdown (the demo, benchmarks, tests)."""
+    gate = protocol.entry_gate
+    if gate is None:
+        return None
+    return {f.key: {"value": f.passes[0], "observed_on": on} for f in gate.facts}

@@ -51,6 +51,9 @@ AUDIT_FIELDS = (
 # which writes them too).
 REMINDER_INPUTS = frozenset({"phone_e164", "quiet_hours_start", "quiet_hours_end"})
 
+# Statuses an entry gate decides the way out of (withdrawal stays a person's action).
+GATED_STATUSES = frozenset({ParticipantStatus.SCREENING, ParticipantStatus.CONTINUES_MAINTENANCE})
+
 
 @dataclass(frozen=True)
 class Page:
@@ -281,6 +284,16 @@ def update(
             raise field_error(
                 "status", f"cannot change from {participant.status.value} to {new_status.value}"
             )
+        if new_status != participant.status and participant.status in GATED_STATUSES:
+            _, protocol = protocol_of_study(session, participant.study_id)
+            if protocol.entry_gate is not None:
+                # Not a person's memory: the gate's facts move the participant (issue 17).
+                raise Conflict(
+                    f"{protocol.study}'s entry gate decides when a participant leaves "
+                    f"{participant.status.value}: record its facts, or the investigator "
+                    "overrides it with a reason (POST .../entry-gate/override)",
+                    {"status": ["decided by the entry gate"]},
+                )
         new_values["status"] = new_status
     changed = {k: v for k, v in new_values.items() if getattr(participant, k) != v}
     if not changed:
@@ -700,7 +713,8 @@ def _check_gate(
 ) -> dict[str, tuple[str, date]]:
     """The entry gate's enrolment rules; the attested facts, checked (problems go in `errors`).
 
-    In screening, the gate's events are planned from the planned stop date (`anchor_date`), and
+    In screening, the gate's events are planned from the planned stop date (`anchor_date`; none
+    yet: nothing is planned until it is set), and
     a person may attest the facts the protocol says a person attests, and the stop date. Past
     screening (a participant whose gate was passed before Stepdown), every fact must be attested
     with a passing value, and the anchor is the confirmed stop date."""
@@ -709,10 +723,6 @@ def _check_gate(
         if eligibility:
             errors.setdefault("eligibility", []).append(f"{protocol.study} has no entry gate")
         return {}
-    if status == ParticipantStatus.SCREENING and anchor_date is None:
-        errors.setdefault("anchor_date", []).append(
-            "required: the planned stop date, from which the entry gate's events are planned"
-        )
     if gate.on_pass.cohort is None and cohort is None and len(protocol.cohort_keys()) > 1:
         errors.setdefault("cohort", []).append(
             f"required for {protocol.study}: one of {', '.join(protocol.cohort_keys())}"
@@ -754,7 +764,7 @@ def _check_gate(
                     f"{fact.label}: attest {' or '.join(fact.passes)} (with its date) to enrol "
                     f"past screening, or enrol in screening and let the entry gate decide"
                 )
-        if anchor_date is not None:
+        if isinstance(anchor_date, date):
             stop = attested.get(STOP_DATE_FACT)
             if stop is not None and stop[1] != anchor_date:
                 errors.setdefault(f"eligibility.{STOP_DATE_FACT}", []).append(

@@ -26,6 +26,8 @@ def _new(site: int, **kw):
         "eligibility": {"baseline_ctdna": {"value": "negative", "observed_on": "2026-11-20"}},
     }
     body.update(kw)
+    if body["status"] == "screening" and "eligibility" not in kw:
+        del body["eligibility"]  # in screening the gate reads the baseline result itself
     return body
 
 
@@ -149,10 +151,14 @@ def test_enrol_normalises_phone_and_audits(daytime, world, api_as, db):
     events = _audit(db, body["id"], prefix="")
     assert [e.action for e in events] == [
         "participant.create",
+        # Past screening: the gate's fact and the confirmed stop date, attested (issue 17).
+        "eligibility.record",
+        "eligibility.record",
         "schedule.planned",
         "participant.activation_code",
     ]
-    assert events[1].after["created"] > 10
+    assert events[1].after["provenance"] == "attestation"
+    assert events[3].after["created"] > 10
     assert events[0].before is None
     assert events[0].after["study_code"] == "A-100"
     assert events[0].after["phone_e164"] == "+33612345679"

@@ -143,6 +143,9 @@ OTHER = {
     "participant_page.record_decision",
     "participant_page.complete_event",
     "participants_pages.enroll",
+    "participants.gate_state",
+    "participants.attest_fact",
+    "participants.override_gate",
 }
 NOT_REQUESTED = {
     "static": "files from disk",

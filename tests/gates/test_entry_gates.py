@@ -365,22 +365,33 @@ def test_enrolling_past_screening_needs_every_fact_attested(coordinator, world, 
     }
 
 
-def test_screening_needs_the_planned_stop_date(coordinator, world):
+def test_screening_without_a_planned_stop_date_plans_once_it_is_set(coordinator, world):
     resp = coordinator.post(
         P,
         json={"study": "HEROES", "site_id": world.sites["A"].id, "study_code": "G-011"},
     )
-    assert resp.status_code == 422
-    assert "anchor_date" in resp.get_json()["error"]["fields"]
+    assert resp.status_code == 201, resp.get_json()
+    pid = resp.get_json()["id"]
+    assert events(coordinator, pid) == []
+    planned = today() + timedelta(days=21)
+    patched = coordinator.patch(
+        f"{P}/{pid}", json={"anchor_date": planned.isoformat(), "reason": "stop date planned"}
+    )
+    assert patched.status_code == 200, patched.get_json()
+    rows = events(coordinator, pid)
+    assert [(e["key"], e["target_date"]) for e in rows] == [
+        ("ctdna_baseline:1", (planned - timedelta(days=21)).isoformat())
+    ]
 
 
 # --- Free-HER ---
 
 
-def test_free_her_needs_no_ctdna_and_an_attested_complete_remission(
+def test_free_her_needs_no_ctdna_and_a_complete_remission_both_attested(
     coordinator, world, db, free_her
 ):
-    planned = today() + timedelta(days=21)
+    planned = today() + timedelta(days=14)
+    ctdna_day = today() - timedelta(days=9)
     p = enrol(
         coordinator,
         world,
@@ -388,29 +399,41 @@ def test_free_her_needs_no_ctdna_and_an_attested_complete_remission(
         study="FREE-HER",
         planned=planned,
         eligibility={
-            "complete_radiological_remission": {
-                "value": "yes",
-                "observed_on": (today() - timedelta(days=5)).isoformat(),
-            }
+            "screening_ctdna": {"value": "negative", "observed_on": ctdna_day.isoformat()},
         },
     )
-    assert pending_keys(coordinator, p["id"]) == ["ctdna_screening:1"]
-    post_ctdna(coordinator, "F-001", "FH-1", "negative", study="FREE-HER")
-    assert gate(coordinator, p["id"])["outcome"] == "wait"
+    # Seed 001 plans nothing for the screening: no event until the gate passes.
+    assert events(coordinator, p["id"]) == []
+    state = gate(coordinator, p["id"])
+    assert state["outcome"] == "wait"
+    assert [f["verdict"] for f in state["facts"]] == ["pass", "wait"]
+    resp = coordinator.post(
+        f"{P}/{p['id']}/entry-gate/facts",
+        json={
+            "fact": "complete_radiological_remission",
+            "value": "yes",
+            "observed_on": (today() - timedelta(days=5)).isoformat(),
+            "note": "CT chest-abdomen-pelvis, radiologist's report",
+        },
+    )
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["outcome"] == "wait"  # the stop date is not confirmed yet
     confirm_stop(coordinator, p["id"], planned)
     db.expire_all()
     participant = db.get(Participant, p["id"])
     assert participant.status.value == "off_treatment_monitoring"
     rows = {e["key"]: e for e in events(coordinator, p["id"])}
     assert rows["ctdna:1"]["target_date"] == (planned + W12).isoformat()
-    fact = db.exec(
-        select(EligibilityFact).where(
-            EligibilityFact.participant_id == p["id"],
-            EligibilityFact.fact_key == "complete_radiological_remission",
-        )
-    ).one()
-    assert fact.provenance == "attestation" and fact.observed_on == today() - timedelta(days=5)
-    assert fact.attested_by_user_id == world.staff[("coordinator", "A")].id
+    facts = {
+        f.fact_key: f
+        for f in db.exec(select(EligibilityFact).where(EligibilityFact.participant_id == p["id"]))
+    }
+    assert set(facts) == {"screening_ctdna", "complete_radiological_remission", "stop_date"}
+    assert all(f.provenance == "attestation" for f in facts.values())
+    assert facts["screening_ctdna"].observed_on == ctdna_day
+    remission = facts["complete_radiological_remission"]
+    assert remission.note == "CT chest-abdomen-pelvis, radiologist's report"
+    assert remission.attested_by_user_id == world.staff[("coordinator", "A")].id
 
 
 def test_free_her_without_complete_remission_continues_maintenance(
@@ -428,16 +451,55 @@ def test_free_her_without_complete_remission_continues_maintenance(
     assert resp.status_code == 200 and resp.get_json()["outcome"] == "fail"
     db.expire_all()
     assert db.get(Participant, p["id"]).status.value == "continues_maintenance"
-    assert pending_keys(coordinator, p["id"]) == []
+    assert events(coordinator, p["id"]) == []
+    # Decided: nothing more can be attested; only the investigator can override.
+    again = confirm_stop(coordinator, p["id"], today() + timedelta(days=7))
+    assert again.status_code == 409
 
 
-def test_free_her_positive_screening_ctdna_fails_the_gate(coordinator, world, db, free_her):
-    p = enrol(coordinator, world, code="F-003", study="FREE-HER")
-    post_ctdna(coordinator, "F-003", "FH-3", "positive", study="FREE-HER")
+def test_free_her_detectable_ctdna_at_entry_fails_the_gate(coordinator, world, db, free_her):
+    p = enrol(
+        coordinator,
+        world,
+        code="F-003",
+        study="FREE-HER",
+        eligibility={
+            "screening_ctdna": {"value": "positive", "observed_on": today().isoformat()},
+            "complete_radiological_remission": {
+                "value": "yes",
+                "observed_on": today().isoformat(),
+            },
+            "stop_date": {"observed_on": (today() + timedelta(days=7)).isoformat()},
+        },
+    )
     db.expire_all()
     assert db.get(Participant, p["id"]).status.value == "continues_maintenance"
     materialize_over(db, utcnow(), 200, step=5)
     assert reminders_of(db, p["id"]) == []
+
+
+def test_free_her_all_attested_at_enrolment_enters_monitoring_at_once(
+    coordinator, world, db, free_her
+):
+    stop = today() + timedelta(days=7)
+    p = enrol(
+        coordinator,
+        world,
+        code="F-004",
+        study="FREE-HER",
+        planned=stop,
+        eligibility={
+            "screening_ctdna": {"value": "negative", "observed_on": today().isoformat()},
+            "complete_radiological_remission": {
+                "value": "yes",
+                "observed_on": today().isoformat(),
+            },
+            "stop_date": {"observed_on": stop.isoformat()},
+        },
+    )
+    assert p["status"] == "off_treatment_monitoring"
+    rows = {e["key"]: e for e in events(coordinator, p["id"])}
+    assert rows["imaging:1"]["target_date"] == (stop + W12).isoformat()
 
 
 # --- STOP-HER2 ---

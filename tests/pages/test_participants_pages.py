@@ -307,6 +307,9 @@ def form(world: Any, **kw: Any) -> dict[str, Any]:
         "locale": "fr",
         "phone": "06 12 34 56 00",
         "has_sms_consent": "on",
+        # Past screening, HEROES's entry gate was passed: its fact attested, with its date.
+        "gate.baseline_ctdna.value": "negative",
+        "gate.baseline_ctdna.observed_on": "2026-11-20",
     }
     values.update(kw)
     return {k: v for k, v in values.items() if v is not None}
@@ -387,6 +390,9 @@ def test_a_long_timeline_shows_forty_rows_and_the_rest_behind_show_all(web_as, w
     web = web_as("coordinator", "A")
     before = counts(db)
     data = form(world, study="STOP-HER2", cohort="STOP-HER2:stop", timezone="America/New_York")
+    # Past screening: STOP-HER2's entry gate (scans within 30 days) attested (issue 17).
+    data["gate.baseline_scans_recent.value"] = "within"
+    data["gate.baseline_scans_recent.observed_on"] = "2026-11-20"
     html = web.post(NEW, data={**data, "action": "preview"}).get_data(as_text=True)
     assert counts(db) == before
     expected = engine.expand_schedule(
@@ -508,7 +514,7 @@ def test_a_digest_is_bound_to_the_user_who_previewed(web_as, world, db):
         ({"cohort": "adaptive"}, "cohort", "not a cohort of HEROES"),
         ({"cohort": ""}, "cohort", "required"),
         ({"study": "NOPE"}, "study", "no such study"),
-        ({"status": "screening"}, "status", "choose one of"),
+        ({"status": "withdrawn"}, "status", "choose one of"),
         ({"locale": "de"}, "locale", "Must be one of"),
         ({"site_id": "abc"}, "site_id", "Not a valid integer"),
     ],

@@ -123,10 +123,7 @@ def test_a_month_end_anchor_keeps_the_month_end(protocols: dict[str, Protocol]) 
 def test_free_her_timeline(protocols: dict[str, Protocol]) -> None:
     anchor = date(2025, 3, 3)  # 3 years later: 2028-03-03, 1096 days (29 Feb 2028 included)
     events = expand_schedule(protocols["free-her"], cohort="stop", anchor_date=anchor)
-    # The entry gate's screening draw (issue 17), three weeks before the stop date.
-    expected: dict[str, tuple[date, date, date]] = {
-        "ctdna_screening:1": around(anchor - timedelta(days=21), 7, 7)
-    }
+    expected: dict[str, tuple[date, date, date]] = {}
     for k in range(1, 14):  # 13 x 84 = 1092 <= 1096
         expected[f"ctdna:{k}"] = around(anchor + k * W12, 7, 7)
         expected[f"routine_bloods:{k}"] = around(anchor + k * W12, 7, 7)

@@ -123,6 +123,8 @@ def _seed(app) -> str:
                 anchor_date=anchor,
                 status=ParticipantStatus.OFF_TREATMENT_MONITORING,
                 locale=Locale.FR,
+                # Past screening: the entry gate's baseline attested (issue 17).
+                eligibility={"baseline_ctdna": {"value": "negative", "observed_on": anchor}},
                 now=now,
             )
             results.ingest(

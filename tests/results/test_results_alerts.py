@@ -448,6 +448,10 @@ def test_a_tumour_marker_result_joins_the_draw_done_that_day_not_the_research_bl
             cohort="stop",
             anchor_date=date(2027, 1, 4),
             status=ParticipantStatus.OFF_TREATMENT_MONITORING,
+            # Past screening: the entry gate's scans were within 30 days before the stop date.
+            eligibility={
+                "baseline_scans_recent": {"value": "within", "observed_on": date(2026, 12, 20)}
+            },
             now=T0,
         )
         db.commit()

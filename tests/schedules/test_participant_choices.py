@@ -274,6 +274,9 @@ def test_the_enrolment_preview_lists_the_choices_with_their_defaults(world, db, 
             "timezone": "America/New_York",
             "locale": "en",
             "status": "off_treatment_monitoring",
+            # Past screening: the entry gate's scans attested within 30 days (issue 17).
+            "gate.baseline_scans_recent.value": "within",
+            "gate.baseline_scans_recent.observed_on": "2026-11-20",
         },
     )
     html = r.get_data(as_text=True)

@@ -76,13 +76,33 @@ def test_schedule_filters(world, api_as, db):
 
 
 def test_screening_participant_has_no_schedule_until_active(world, db, api_as):
-    p = _enrol(db, world, "HEROES", "heroes", "A-010", status=ParticipantStatus.SCREENING)
+    p = _enrol(
+        db,
+        world,
+        "NCT07239271",
+        "nct07239271",
+        "N-010",
+        status=ParticipantStatus.SCREENING,
+        cohort="control",
+    )
     assert _events(db, p.id) == {}
+    resp = api_as("coordinator", "A").patch(
+        f"{P}/{p.id}", json={"status": "active", "reason": "eligible, randomised"}
+    )
+    assert resp.status_code == 200, resp.get_json()
+    assert "cycle:1" in _events(db, p.id)
+
+
+def test_a_gated_participant_leaves_screening_only_through_the_gate(world, db, api_as):
+    # HEROES: the baseline Signatera result decides, not a status someone sets (issue 17).
+    p = _enrol(db, world, "HEROES", "heroes", "A-010", status=ParticipantStatus.SCREENING)
+    assert set(_events(db, p.id)) == {"ctdna_baseline:1"}
     resp = api_as("coordinator", "A").patch(
         f"{P}/{p.id}", json={"status": "off_treatment_monitoring", "reason": "eligible, stopped"}
     )
-    assert resp.status_code == 200, resp.get_json()
-    assert "ctdna:1" in _events(db, p.id)
+    assert resp.status_code == 409
+    assert "entry gate" in resp.get_json()["error"]["message"]
+    assert set(_events(db, p.id)) == {"ctdna_baseline:1"}
 
 
 def test_cohort_must_belong_to_the_protocol(world, api_as):
