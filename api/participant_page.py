@@ -26,13 +26,13 @@ from server import worklist
 from server.adherence import service as adherence
 from server.alerts.models import Alert, AlertState, Level
 from server.audit import AuditEvent
-from server.auth.models import StaffUser
+from server.auth.models import Role, StaffUser
 from server.auth.rules import Permission
 from server.auth.scoping import get_participant
 from server.auth.service import actor_of
 from server.clock import local_date, utcnow
 from server.db import get_session
-from server.errors import Conflict, NotFound, ValidationFailed
+from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.participants import entry_gate
 from server.participants import messages as participant_messages
 from server.participants import service as participants
@@ -332,6 +332,20 @@ def _decisions(
     ], regimens
 
 
+def _gate_facts(
+    session: Session, participant: Participant, state: entry_gate.GateState | None
+) -> list[tuple[entry_gate.FactState, tuple[str, ...]]]:
+    """The gate facts a person may still attest, with the values allowed."""
+    if state is None:
+        return []
+    protocol = entry_gate.protocol_for(session, participant)
+    return [
+        (fs, entry_gate.fact_values(protocol, fs.fact))
+        for fs in state.facts
+        if fs.fact.provenance.value == "attestation" and fs.record is None
+    ]
+
+
 def _page(
     participant_id: int, *, form: FormState | None = None, status: int = 200
 ) -> tuple[str, int]:
@@ -354,6 +368,8 @@ def _page(
     )
     decisions, regimens = _decisions(session, participant, now)
     choices = schedules.participant_choices(session=session, participant=participant, now=now)
+    gate_state = entry_gate.participant_state(session, participant)
+    gate = gate_state.as_dict(participant) if gate_state is not None else None
     results = _results(session, participant)
     messages = participant_messages.history(session=session, participant=participant)
     alerts = session.exec(
@@ -385,6 +401,10 @@ def _page(
         | {a.resolved_by_user_id for a in alerts}
         | {d["decision"].decided_by_user_id for d in decisions}
         | {c["set_by_user_id"] for c in choices}
+        | {
+            (f["recorded"] or {}).get("attested_by_user_id")
+            for f in [*(gate or {}).get("facts", []), (gate or {}).get("stop_date", {})]
+        }
         | {a.actor_user_id for a in audit_rows}
         | human.staff_ids([a.actor for a in audit_rows]),
     )
@@ -412,6 +432,9 @@ def _page(
         decisions=decisions,
         regimens=regimens,
         choices=choices,
+        gate=gate,
+        gate_facts=_gate_facts(session, participant, gate_state),
+        is_investigator=user.role == Role.INVESTIGATOR,
         results=results,
         chart_data={
             "results": results["chart"],
@@ -634,3 +657,91 @@ def set_choice(participant_id: int, key: str) -> Response | tuple[str, int]:
             "info",
         )
     return redirect(url_for(".show", participant_id=participant_id, _anchor=f"choice-{key}"), 303)
+
+
+@bp.post("/participants/<int:participant_id>/entry-gate/facts")
+@login_required
+def attest_fact(participant_id: int) -> Response | tuple[str, int]:
+    """Attest one entry-gate fact a person attests, or the confirmed stop date (the API's POST,
+    as a form); the gate then decides on its own. Needs participant:write."""
+    user, participant = _writable(participant_id, Permission.PARTICIPANT_WRITE)
+    session = get_session()
+    values = _form_values(("fact", "value", "observed_on", "note"))
+    form = FormState("gate", 0, values)
+    try:
+        problems: dict[str, list[str]] = {}
+        observed_on: date | None = None
+        try:
+            observed_on = date.fromisoformat(values["observed_on"])
+        except ValueError:
+            problems["observed_on"] = ["a date (YYYY-MM-DD) is required"]
+        if len(values["note"]) > 500:
+            problems["note"] = ["at most 500 characters"]
+        if not values["fact"]:
+            problems["fact"] = ["required"]
+        if problems:
+            raise ValidationFailed("please check the form", problems)
+        state = entry_gate.attest(
+            session=session,
+            participant=participant,
+            user=user,
+            key=values["fact"][:48],
+            value=values["value"][:64],
+            observed_on=observed_on,
+            note=values["note"] or None,
+            now=utcnow(),
+        )
+    except ValidationFailed as error:
+        return _refused(participant_id, form, error)
+    except Conflict as error:
+        session.rollback()
+        form.message = error.message
+        return _page(participant_id, form=form, status=error.status)
+    session.commit()
+    outcome = {
+        "pass": "the entry gate passed: monitoring is planned from the confirmed stop date",
+        "fail": "the entry gate decided: the participant continues maintenance",
+        "wait": "the entry gate still waits for: " + "; ".join(state.awaiting),
+    }[state.outcome]
+    flash(f"Recorded. {outcome[0].upper()}{outcome[1:]}.", "info")
+    return redirect(url_for(".show", participant_id=participant_id, _anchor="entry-gate"), 303)
+
+
+@bp.post("/participants/<int:participant_id>/entry-gate/override")
+@login_required
+def override_gate(participant_id: int) -> Response | tuple[str, int]:
+    """The investigator decides the entry gate with a reason (audited): pass, from a stop date,
+    or fail (continues maintenance)."""
+    user, participant = _writable(participant_id, Permission.PARTICIPANT_WRITE)
+    session = get_session()
+    values = _form_values(("outcome", "reason", "stop_date"))
+    form = FormState("gate-override", 0, values)
+    try:
+        stop: date | None = None
+        if values["stop_date"]:
+            try:
+                stop = date.fromisoformat(values["stop_date"])
+            except ValueError:
+                raise ValidationFailed(
+                    "please check the form", {"stop_date": ["a date (YYYY-MM-DD)"]}
+                ) from None
+        if len(values["reason"]) > 1000:
+            raise ValidationFailed("please check the form", {"reason": ["at most 1000 characters"]})
+        entry_gate.override(
+            session=session,
+            participant=participant,
+            user=user,
+            outcome=values["outcome"],
+            reason=values["reason"],
+            stop_date=stop,
+            now=utcnow(),
+        )
+    except ValidationFailed as error:
+        return _refused(participant_id, form, error)
+    except (Conflict, Forbidden) as error:
+        session.rollback()
+        form.message = error.message
+        return _page(participant_id, form=form, status=error.status)
+    session.commit()
+    flash(f"Entry gate overridden ({values['outcome']}); the reason is in the audit trail.", "info")
+    return redirect(url_for(".show", participant_id=participant_id, _anchor="entry-gate"), 303)
