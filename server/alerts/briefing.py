@@ -45,7 +45,7 @@ DEFAULT_NEXT_STEP = {
     AlertKind.RESULT_OVERDUE: "Ask the lab for the report; record the result when it arrives.",
     AlertKind.MISSED_WINDOW: "Call the participant to rebook, or record why it will not happen.",
     AlertKind.ENTRY_GATE: "Open the participant's entry gate: confirm the stop date once the "
-    "facts pass; if the gate decided \"continues maintenance\", tell the investigator and the "
+    "facts pass; if the gate decided 'continues maintenance', tell the investigator and the "
     "participant (nothing more is planned).",
     AlertKind.CRITICAL_ANSWER: "Call the participant about the answer below; record what was "
     "done when resolving the alert.",
