@@ -78,6 +78,10 @@ def test_coordinator_enrolls_after_seeing_the_timeline(served, browser, size):
     page.get_by_label("Study code").fill(code)
     page.get_by_label("Cohort").select_option(label="HEROES: stop")
     page.get_by_label("Anchor date").fill("2027-01-04")
+    # Past screening: the entry gate's baseline attested (issue 17; screening is the default).
+    page.get_by_label("Status at enrolment").select_option("off_treatment_monitoring")
+    page.locator('[id="gate.baseline_ctdna.value-HEROES"]').select_option("negative")
+    page.locator('[id="gate.baseline_ctdna.observed_on-HEROES"]').fill("2026-11-20")
     page.get_by_label("Phone").fill("+33612345600")
     page.get_by_role("button", name="Preview timeline").click()
     page.wait_for_load_state()
