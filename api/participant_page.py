@@ -402,7 +402,7 @@ def _page(
         | {d["decision"].decided_by_user_id for d in decisions}
         | {c["set_by_user_id"] for c in choices}
         | {
-            (f["recorded"] or {}).get("attested_by_user_id")
+            (f.get("recorded") or {}).get("attested_by_user_id")
             for f in [*(gate or {}).get("facts", []), (gate or {}).get("stop_date", {})]
         }
         | {a.actor_user_id for a in audit_rows}

@@ -149,7 +149,7 @@ def test_heroes_positive_baseline_continues_maintenance_with_nothing_planned(
     # The coordinator is told as a routine task, not by a critical alert.
     alerts = db.exec(select(Alert).where(Alert.participant_id == p["id"])).all()
     assert [a.kind for a in alerts] == [AlertKind.ENTRY_GATE]
-    assert alerts[0].severity.value != "critical"
+    assert alerts[0].level.value == "routine"
     assert "continues" in alerts[0].summary
     # The fact is recorded once, with its provenance (the lab's result).
     fact = db.exec(select(EligibilityFact).where(EligibilityFact.participant_id == p["id"])).one()

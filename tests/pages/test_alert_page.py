@@ -107,7 +107,7 @@ def test_the_page_says_what_happened_and_what_now(world, db, web_as, care_team):
     now_ = words(section(html, "what-now"))
     assert "Resume the prior anti-HER2 therapy or begin a new treatment" in now_
     assert 'seed 002: "If at any point during the trial radiological progression' in now_
-    assert "From the HEROES protocol, version 3" in now_
+    assert "From the HEROES protocol, version 4" in now_
 
 
 def test_acknowledge_is_the_first_thing_and_the_code_is_nowhere(world, db, web_as, care_team):

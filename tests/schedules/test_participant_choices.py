@@ -116,7 +116,7 @@ def test_six_monthly_imaging_after_year_one_re_plans_only_future_untouched_scans
     choice = db.exec(select(AuditEvent).where(AuditEvent.action == "participant.choice")).one()
     assert (choice.entity, choice.entity_id) == ("participant", str(p.id))
     assert choice.before == {INTERVAL: "3 months"}
-    assert choice.after == {INTERVAL: "6 months", "protocol_version": "3"}
+    assert choice.after == {INTERVAL: "6 months", "protocol_version": "4"}
     assert choice.reason == "stable for a year: oncologist's call"
     assert choice.actor_user_id == world.staff[("coordinator", "A")].id
     replan = db.exec(
