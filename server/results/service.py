@@ -709,7 +709,9 @@ def on_missed_events(*, session: Session, events: list[ScheduleEvent], now: date
         if event.event_type != EventType.CTDNA_DRAW:
             continue
         participant = session.get(Participant, event.participant_id)
-        if participant is None or participant.status not in schedules.PLANNING_STATUSES:
+        # In screening too: a missed gate draw leaves the entry gate waiting (HEROES baseline).
+        followed = (*schedules.PLANNING_STATUSES, ParticipantStatus.SCREENING)
+        if participant is None or participant.status not in followed:
             continue
         _, protocol = protocol_of_study(session, participant.study_id)
         if "missed_ctdna_window" not in {r.value for r in protocol.rules}:

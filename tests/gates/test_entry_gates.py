@@ -5,7 +5,7 @@ did not pass, the investigator's override, the preview; through the API."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 import time_machine
@@ -599,3 +599,18 @@ def test_protocols_without_a_gate_have_none_in_the_preview(coordinator):
     )
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["entry_gate"] is None
+
+
+def test_a_missed_baseline_in_screening_tells_the_coordinator(coordinator, world, db):
+    from server.schedules import jobs
+
+    p = enrol(coordinator, world)
+    baseline = next(e for e in events(coordinator, p["id"]) if e["key"] == "ctdna_baseline:1")
+    closed = datetime.fromisoformat(baseline["window_close_at"]) + timedelta(minutes=1)
+    with time_machine.travel(closed, tick=False):
+        jobs.update_event_statuses(session=db, now=closed)
+    kinds = [a.kind for a in db.exec(select(Alert).where(Alert.participant_id == p["id"]))]
+    assert kinds == [AlertKind.MISSED_WINDOW]
+    db.expire_all()
+    assert db.get(Participant, p["id"]).status.value == "screening"
+    assert gate(coordinator, p["id"])["outcome"] == "wait"
