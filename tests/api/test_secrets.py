@@ -146,6 +146,8 @@ OTHER = {
     "participants.gate_state",
     "participants.attest_fact",
     "participants.override_gate",
+    "participant_page.attest_fact",
+    "participant_page.override_gate",
 }
 NOT_REQUESTED = {
     "static": "files from disk",

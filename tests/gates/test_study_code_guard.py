@@ -85,7 +85,7 @@ def test_a_guard_failure_inside_a_request_is_a_4xx_and_saves_nothing(
     def refuse(*_a: object, **_k: object) -> str:
         raise HealthInformationError("SMS text contains the forbidden term 'cancer'")
 
-    monkeypatch.setattr("server.participants.service.render", refuse)
+    monkeypatch.setattr("server.participants.service.compose", refuse)
     before = _participants(db)
     outbox = int(db.exec(select(func.count()).select_from(OutboxMessage)).one())
     resp = api_as("coordinator").post(BASE, json=_body(world.sites["A"].id, "A-555"))

@@ -50,6 +50,8 @@ POSTS = {
     "participant_page.complete_event": "/participants/{a1}/events/{event}/complete",
     "participant_page.record_decision": "/participants/{a1}/decisions/{decision}/record",
     "participant_page.set_choice": "/participants/{a1}/choices/scan_modality",
+    "participant_page.attest_fact": "/participants/{a1}/entry-gate/facts",
+    "participant_page.override_gate": "/participants/{a1}/entry-gate/override",
     "participants_pages.enroll": "/participants/new",
 }
 
