@@ -97,6 +97,27 @@ DEMO_PARTICIPANTS = [
     DemoParticipant("HEROES", "PARIS-01", "HER-005", "stop", -2, Locale.FR, "+33612340006"),
     DemoParticipant("HEROES", "PARIS-01", "HER-006", "stop", -2, Locale.EN, "+33612340007"),
     DemoParticipant("HEROES", "PARIS-01", "HER-007", "stop", -2, Locale.ZH, "+33612340008"),
+    # In screening at HEROES's entry gate, their planned stop date two weeks ahead.
+    DemoParticipant(
+        "HEROES",
+        "PARIS-01",
+        "HER-008",
+        None,
+        -14,
+        Locale.FR,
+        "+33612340009",
+        ParticipantStatus.SCREENING,
+    ),
+    DemoParticipant(
+        "HEROES",
+        "PARIS-01",
+        "HER-009",
+        None,
+        -14,
+        Locale.FR,
+        "+33612340010",
+        ParticipantStatus.SCREENING,
+    ),
     DemoParticipant("STOP-HER2", "BOSTON-01", "SH2-001", "stop", 60, Locale.EN, "+16175550101"),
     DemoParticipant("STOP-HER2", "BOSTON-01", "SH2-002", "continue", 10, Locale.EN, "+16175550102"),
     DemoParticipant("FREE-HER", "BOSTON-01", "FH-001", None, 200, Locale.EN, "+16175550103"),
@@ -600,6 +621,17 @@ class DemoStory:
             self.ctdna(c, 1, d(c, -21, "09:40"), "negative", 0.0, d(c, -11, "14:00"))
             self.reminders(c, d(c, -8, "12:00"))
 
+        # HER-008 and HER-009 (HEROES, Paris) are in screening: only the entry gate's baseline
+        # draw is planned. HER-008's baseline comes back Signatera-POSITIVE today: the gate
+        # decides she continues anti-HER2 maintenance (not followed further; nothing planned, no
+        # reminder) and the coordinator gets a routine task, not a page. HER-009's came back
+        # negative three days ago: the gate waits for the coordinator to confirm her stop date.
+        for c, call, reported in (("HER-008", "positive", 0), ("HER-009", "negative", -3)):
+            self.enroll(c, d(c, -25, "11:00"))
+            self.complete(c, "ctdna_baseline:1", d(c, -21, "09:40"))
+            at = self.now if reported == 0 else self.now + timedelta(days=reported)
+            self.ctdna(c, 1, d(c, -21, "09:40"), call, 0.31 if call == "positive" else 0.0, at)
+
         # SH2-001 (STOP-HER2, Boston): baseline scan clear. The weeks 4-6 visit window closed
         # while she was away: the scheduler marked the visit and both blood draws missed. She
         # came two days later for the visit and the research blood draw (recorded late, with
@@ -688,6 +720,10 @@ What the demo shows (nurse.paris / coordinator.boston see their own site; admin 
            questionnaire, step by step in French (the demo's stand-in for the licensed text)
   HER-004  reads English: no English QLQ-C30 text is loaded, so her questionnaire waits (Today)
   HER-005  her SMS links to the site's check-in, in French; HER-006 in English, HER-007 in Chinese
+  HER-008  screening: baseline Signatera positive today, so the entry gate decided she continues
+           maintenance (nothing planned; a routine task for the coordinator)
+  HER-009  screening: baseline negative; the entry gate waits for her stop date (participant
+           page: "Confirm the stop date"), then plans monitoring from it
   SH2-001  weeks 4-6 window missed: one event still missed, two done late (adherence)
   SH2-002  replied STOP by SMS two hours ago: unreachable
   FH-001   a ctDNA result overdue (alert acknowledged, result still missing)

@@ -127,11 +127,14 @@ EXPECTED_STORY = {
         ("FH-001", "result_overdue", "acknowledged"),
         ("HER-002", "ctdna_positive", "open"),
         ("HER-002", "missed_window", "resolved"),
+        # In screening: the entry gate decided (HER-008) or waits for the stop date (HER-009).
+        ("HER-008", "entry_gate", "open"),
+        ("HER-009", "entry_gate", "open"),
     ],
     "decisions": [("NEO-001", "after_c2", "due", "nab_p_hp")],
     "missed": [("SH2-001", "tumor_markers:1")],
     "late": [("HER-002", "ctdna:1"), ("SH2-001", "research_blood:1"), ("SH2-001", "visit:1")],
-    "completed": 33,
+    "completed": 35,
     "ctdna_calls": [
         ("FH-001", "SIG-FH-001-01", "negative"),
         ("HER-001", "SIG-HER-001-01", "negative"),
@@ -145,6 +148,8 @@ EXPECTED_STORY = {
         ("HER-005", "SIG-HER-005-01", "negative"),
         ("HER-006", "SIG-HER-006-01", "negative"),
         ("HER-007", "SIG-HER-007-01", "negative"),
+        ("HER-008", "SIG-HER-008-01", "positive"),
+        ("HER-009", "SIG-HER-009-01", "negative"),
         ("NEO-001", "SIG-NEO-001-01", "negative"),
         ("NEO-001", "SIG-NEO-001-02", "negative"),
     ],
@@ -165,8 +170,11 @@ def test_seed_demo_tells_a_story_through_the_services(app, db, client):
         boston = client.get(
             "/api/v1/alerts", headers=_api(client, "nurse.boston@demo.stepdown.test")
         )
-    assert [(a["study_code"], a["kind"]) for a in paris.get_json()] == [
-        ("HER-002", "ctdna_positive")
+    # (and the entry gate's two routine tasks for the coordinator, HER-008 and HER-009)
+    assert sorted((a["study_code"], a["kind"]) for a in paris.get_json()) == [
+        ("HER-002", "ctdna_positive"),
+        ("HER-008", "entry_gate"),
+        ("HER-009", "entry_gate"),
     ]
     assert "HER-002" not in {a["study_code"] for a in boston.get_json()}
     alert = db.exec(select(Alert).where(Alert.kind == AlertKind.CTDNA_POSITIVE)).one()
