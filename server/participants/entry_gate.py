@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from server import audit
 from server.alerts import service as alerts
-from server.alerts.models import AlertKind
+from server.alerts.models import Alert, AlertKind, AlertState
 from server.auth.models import Role, StaffUser
 from server.auth.service import actor_of
 from server.errors import Conflict, Forbidden, ValidationFailed, field_error
@@ -453,6 +453,37 @@ def _enter_monitoring(
         actor=actor,
         actor_user_id=actor_user_id,
         reason=reason,
+    )
+    _close_task(session, participant, "confirm_stop", now=now, actor=actor, note=reason)
+
+
+def _close_task(
+    session: Session, participant: Participant, task: str, *, now: datetime, actor: str, note: str
+) -> None:
+    """The gate's task for the coordinator is done once the gate has moved the participant."""
+    alert = session.exec(
+        select(Alert).where(Alert.trigger_key == f"gate:{participant.id}:{task}")
+    ).first()
+    if alert is None or alert.state == AlertState.RESOLVED:
+        return
+    before = alert.state.value
+    alert.state = AlertState.RESOLVED
+    alert.resolved_at = now
+    alert.resolution_note = note[:2000]
+    alert.next_tier_at = None
+    session.add(alert)
+    alerts.log(session, alert, "resolved", now, actor=actor, detail={"note": note})
+    audit.record(
+        session=session,
+        actor=actor,
+        action="alert.resolve",
+        entity="alert",
+        entity_id=alert.id,
+        site_id=alert.site_id,
+        now=now,
+        before={"state": before},
+        after={"state": AlertState.RESOLVED.value},
+        reason=note,
     )
 
 

@@ -188,6 +188,9 @@ def test_heroes_negative_baseline_plans_monitoring_from_the_confirmed_stop_date(
     assert participant.status.value == "off_treatment_monitoring"
     assert participant.cohort == "stop"
     assert participant.anchor_date == stop
+    # The task is done: the gate closed it.
+    db.refresh(task)
+    assert task.state.value == "resolved" and "entry gate passed" in task.resolution_note
     rows = {e["key"]: e for e in events(coordinator, p["id"])}
     assert len(rows) == 35  # the baseline + the 34 monitoring events
     assert rows["ctdna:1"]["target_date"] == (stop + W12).isoformat()
