@@ -1,7 +1,7 @@
 """eligibility facts (entry gates)
 
 Revision ID: 0020
-Revises: 0012
+Revises: 0018
 Create Date: 2026-12-04 22:00:00.000000+00:00
 
 Issue 17: a protocol's entry gate decides who enters monitoring. Each participant's gate facts
@@ -17,7 +17,7 @@ import sqlmodel  # noqa: F401  (autogenerate renders sqlmodel.sql.sqltypes types
 from alembic import op
 
 revision: str = "0020"
-down_revision: str | None = "0012"
+down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
