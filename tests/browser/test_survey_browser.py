@@ -91,7 +91,9 @@ def _served(app: Any, people: list[tuple[str, Locale, str]]) -> Iterator[dict[st
                     phone=f"+3361234{9000 + n}",
                     has_sms_consent=True,
                     # Past screening: the entry gate's baseline attested (issue 17).
-                    eligibility={"baseline_ctdna": {"value": "negative", "observed_on": now.date()}},
+                    eligibility={
+                        "baseline_ctdna": {"value": "negative", "observed_on": now.date()}
+                    },
                     now=now,
                 )
                 event = s.exec(
