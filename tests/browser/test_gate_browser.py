@@ -18,18 +18,17 @@ from server.participants.models import Participant
 from server.results import service as results
 from server.results.models import ResultKind
 from server.schedules.models import ScheduleEvent
-from tests.browser.test_care_pages_browser import browser, served
-from tests.browser.test_phone_pages_browser import _log_in
-from tests.browser.test_survey_browser import ARTIFACTS, DESKTOP, PHONE
-from tests.results.test_concurrency import fresh_app
-
-__all__ = ["browser", "fresh_app", "served"]
+from tests.browser.harness import ARTIFACTS, DESKTOP, PHONE, log_in, new_page
 
 SIZES = {"phone": PHONE, "desktop": DESKTOP}
 
 
 def _page(browser: Any, size: str) -> Page:
-    return browser.new_context(viewport=SIZES[size]).new_page()  # type: ignore[no-any-return]
+    return new_page(browser, SIZES[size])
+
+
+def _log_in(page: Page, base: str, email: str) -> None:
+    log_in(page, base, email)
 
 
 def _fits(page: Page, size: str) -> None:
