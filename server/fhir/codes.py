@@ -82,6 +82,8 @@ SUBJECT_STATUS = {
     "active": "on-study-intervention",
     "off_treatment_monitoring": "on-study-observation",
     "resumed_treatment": "on-study-intervention",
+    # Failed the entry gate: stays on maintenance therapy, not followed further in the trial.
+    "continues_maintenance": "off-study",
     "completed": "off-study",
     "withdrawn": "withdrawn",
 }
