@@ -926,3 +926,78 @@ class FhirObservationSchema(FhirSchema):
     )
     valueQuantity = ma.fields.Nested(FhirQuantitySchema)
     performer = ma.fields.List(ma.fields.Nested(FhirPerformerSchema))
+
+
+# --- acknowledgement times (issue 16 item 4) ---------------------------------------------------
+
+MONTH_PATTERN = r"^\d{4}-\d{2}$"
+
+
+class AckReportArgs(ma.Schema):
+    site_id = Id(metadata={"description": "one of your sites (default: all of them)"})
+    from_ = ma.fields.String(
+        data_key="from",
+        validate=validate.Regexp(MONTH_PATTERN, error="must be a month written YYYY-MM"),
+        metadata={"description": "first month (YYYY-MM, site time); default 5 months before to"},
+    )
+    to = ma.fields.String(
+        validate=validate.Regexp(MONTH_PATTERN, error="must be a month written YYYY-MM"),
+        metadata={"description": "last month (YYYY-MM, site time); default this month"},
+    )
+
+
+class SpreadSchema(ma.Schema):
+    count = ma.fields.Integer(metadata={"description": "alerts that reached this moment"})
+    p50 = ma.fields.Float(allow_none=True, metadata={"description": "minutes, nearest rank"})
+    p90 = ma.fields.Float(allow_none=True, metadata={"description": "minutes, nearest rank"})
+    max = ma.fields.Float(allow_none=True, metadata={"description": "minutes"})
+
+
+class AckFiguresSchema(ma.Schema):
+    alerts = ma.fields.Integer(metadata={"description": "critical and urgent alerts"})
+    acknowledged = ma.fields.Integer()
+    resolved = ma.fields.Integer()
+    minutes_to_first_notification = ma.fields.Nested(SpreadSchema)
+    minutes_to_acknowledgement = ma.fields.Nested(SpreadSchema)
+    minutes_to_resolution = ma.fields.Nested(SpreadSchema)
+    acknowledged_within_30_min = ma.fields.Integer()
+    acknowledged_within_30_min_pct = ma.fields.Float(
+        allow_none=True, metadata={"description": "of all the alerts (never acknowledged: not)"}
+    )
+    acknowledged_within_60_min = ma.fields.Integer()
+    acknowledged_within_60_min_pct = ma.fields.Float(allow_none=True)
+    reached_failsafe = ma.fields.Integer(
+        metadata={"description": "alerts that reached the site's fail-safe"}
+    )
+
+
+class AckSiteMonthSchema(AckFiguresSchema):
+    site_id = ma.fields.Integer()
+    site_code = ma.fields.String()
+    month = ma.fields.String(metadata={"description": "YYYY-MM in the site's time zone"})
+
+
+class AckAlertSchema(ma.Schema):
+    alert_id = ma.fields.Integer()
+    site_id = ma.fields.Integer()
+    site_code = ma.fields.String()
+    month = ma.fields.String()
+    kind = ma.fields.String()
+    level = ma.fields.String()
+    study_code = ma.fields.String(allow_none=True)
+    received_at = ma.fields.String(metadata={"description": "the result's arrival (UTC)"})
+    first_notified_at = ma.fields.String(allow_none=True)
+    acknowledged_at = ma.fields.String(allow_none=True)
+    resolved_at = ma.fields.String(allow_none=True)
+    failsafe_at = ma.fields.String(allow_none=True)
+    minutes_to_first_notification = ma.fields.Float(allow_none=True)
+    minutes_to_acknowledgement = ma.fields.Float(allow_none=True)
+    minutes_to_resolution = ma.fields.Float(allow_none=True)
+
+
+class AckReportSchema(ma.Schema):
+    months = ma.fields.List(ma.fields.String())
+    ack_targets_minutes = ma.fields.List(ma.fields.Integer())
+    total = ma.fields.Nested(AckFiguresSchema)
+    by_site_month = ma.fields.List(ma.fields.Nested(AckSiteMonthSchema))
+    alerts = ma.fields.List(ma.fields.Nested(AckAlertSchema))

@@ -55,6 +55,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
 
     from api import (
+        ack_report_pages,
         adherence_pages,
         admin,
         alerts,
@@ -70,6 +71,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         participant_page,
         participant_pages,
         participants,
+        reports,
         results,
         schedules,
         status_pages,
@@ -91,6 +93,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         alerts.blp,
         surveys.blp,
         mobile.blp,
+        reports.blp,
     ):
         api.register_blueprint(blueprint)
         csrf.exempt(blueprint)  # bearer tokens: not exposed to CSRF
@@ -98,7 +101,13 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(status_pages.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(pages.bp)
-    for page_blueprint in (today_pages, participant_pages, participant_page, adherence_pages):
+    for page_blueprint in (
+        today_pages,
+        participant_pages,
+        participant_page,
+        adherence_pages,
+        ack_report_pages,
+    ):
         app.register_blueprint(page_blueprint.bp)
     page_kit.init_app(app)
     app.register_blueprint(twilio.bp)
