@@ -136,7 +136,7 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f} %"
 
 
-@bp.get("/reports/acknowledgement")
+@bp.get("/reports/ack-times")
 @login_required
 def page() -> str:
     """How fast my sites' alerts were acknowledged, per site and month."""
@@ -223,7 +223,7 @@ def summary_cells(site_code: str, month: str, f: timing.Figures) -> list[Any]:
     ]
 
 
-@bp.get("/reports/acknowledgement.csv")
+@bp.get("/reports/ack-times.csv")
 @login_required
 def export_csv() -> Response:
     """The figures per site and month (view=summary) or each alert's moments (view=alerts) as

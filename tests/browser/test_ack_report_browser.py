@@ -41,7 +41,7 @@ def test_monitor_reads_the_acknowledgement_report(served: Any, browser: Any, siz
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
     _log_in(page, base, "monitor.a@example.test")
-    page.goto(f"{base}/reports/acknowledgement?from=2026-05&to=2026-07")
+    page.goto(f"{base}/reports/ack-times?from=2026-05&to=2026-07")
     expect(page.get_by_role("heading", name="Acknowledgement times")).to_be_visible()
     june = page.locator('tr[data-view="by-month"][data-month="2026-06"]')
     expect(june.locator('[data-measure="alerts"]')).to_have_text("10")

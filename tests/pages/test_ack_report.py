@@ -21,7 +21,7 @@ from tests import factories
 from tests.pages.test_adherence_pages import row
 
 MONTH = "2026-06"
-PAGE = "/reports/acknowledgement"
+PAGE = "/reports/ack-times"
 API = "/api/v1/reports/acknowledgement"
 
 # Ten critical/urgent alerts at site A in June 2026: minutes from the result's arrival to the
