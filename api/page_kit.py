@@ -185,9 +185,22 @@ def error_page(status: int, message: str, field: str | None = None) -> tuple[str
     )
 
 
+def failsafe_banner() -> list[Any]:
+    """The logged-in user's sites' open alerts that reached the fail-safe: (alert, participant
+    code) pairs for the red banner on every staff page, until someone acknowledges."""
+    if not getattr(current_user, "is_authenticated", False):
+        return []
+    from server.alerts import service as alerts
+    from server.db import get_session
+
+    return alerts.failsafe_alerts(get_session(), current_user.user)
+
+
 def init_app(app: Flask) -> None:
     """Jinja globals and filters the page templates share."""
-    app.jinja_env.globals.update(can=can, phone_for_display=phone_for_display)
+    app.jinja_env.globals.update(
+        can=can, phone_for_display=phone_for_display, failsafe_banner=failsafe_banner
+    )
     app.jinja_env.filters["local"] = local_time
     app.jinja_env.filters["day"] = day
     app.jinja_env.filters["weekday"] = weekday_day

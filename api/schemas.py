@@ -263,6 +263,11 @@ class AuditEventSchema(ma.Schema):
     request_id = ma.fields.String(allow_none=True)
 
 
+# Roles a site's fail-safe may name (a monitor acknowledges nothing).
+FAILSAFE_ROLES = ["investigator", "coordinator", "nurse", "admin"]
+E164 = r"^\+[1-9][0-9]{6,14}$"
+
+
 class SiteSchema(ma.Schema):
     id = ma.fields.Integer(dump_only=True)
     code = ma.fields.String(
@@ -275,6 +280,19 @@ class SiteSchema(ma.Schema):
     )
     timezone = ma.fields.String(required=True, validate=validate.Length(min=1, max=64))
     is_active = ma.fields.Boolean(dump_only=True)
+    failsafe_role = ma.fields.String(
+        allow_none=True,
+        validate=validate.OneOf(FAILSAFE_ROLES),
+        metadata={
+            "description": "the fail-safe: this role's staff at the site (with a verified phone) "
+            "get the alert nobody acknowledged; a site enrols once it has a role or a number"
+        },
+    )
+    failsafe_phone_e164 = ma.fields.String(
+        allow_none=True,
+        validate=validate.Regexp(E164, error="an E.164 number, e.g. +33142345678"),
+        metadata={"description": "the fail-safe's number (a switchboard, a duty phone)"},
+    )
 
 
 class SiteUpdateSchema(PatchSchema):
@@ -282,6 +300,10 @@ class SiteUpdateSchema(PatchSchema):
     country = ma.fields.String(validate=validate.Regexp(r"^[A-Za-z]{2}$"))
     timezone = ma.fields.String(validate=validate.Length(min=1, max=64))
     is_active = StrictBoolean()
+    failsafe_role = ma.fields.String(allow_none=True, validate=validate.OneOf(FAILSAFE_ROLES))
+    failsafe_phone_e164 = ma.fields.String(
+        allow_none=True, validate=validate.Regexp(E164, error="an E.164 number, e.g. +33142345678")
+    )
 
 
 class UserCreateSchema(ma.Schema):
@@ -1001,3 +1023,36 @@ class AckReportSchema(ma.Schema):
     total = ma.fields.Nested(AckFiguresSchema)
     by_site_month = ma.fields.List(ma.fields.Nested(AckSiteMonthSchema))
     alerts = ma.fields.List(ma.fields.Nested(AckAlertSchema))
+
+
+# --- on-call rotas (issue 16 item 1) -----------------------------------------------------------
+
+
+class RotaSetSchema(ma.Schema):
+    period = ma.fields.String(required=True, validate=validate.OneOf(["daily", "weekly"]))
+    handover = ma.fields.String(
+        required=True,
+        validate=validate.Regexp(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", error="HH:MM, site time"),
+        metadata={"description": "the handover's wall-clock time in the site's time zone"},
+    )
+    handover_weekday = ma.fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0, max=6),
+        metadata={"description": "weekly rotas: the handover day, 0 = Monday"},
+    )
+    starts_on = ma.fields.Date(
+        required=True, metadata={"description": "the first shift begins at its first handover"}
+    )
+    members = ma.fields.List(
+        Id(),
+        required=True,
+        validate=validate.Length(min=1, max=60),
+        metadata={"description": "staff user ids of the site, in turn order"},
+    )
+
+
+class RotaOverrideSchema(ma.Schema):
+    user_id = Id(required=True)
+    starts_at = ma.fields.AwareDateTime(required=True)
+    ends_at = ma.fields.AwareDateTime(required=True)
+    reason = ma.fields.String(load_default=None, validate=validate.Length(max=200))

@@ -84,6 +84,10 @@ class MessageKind(enum.StrEnum):
     ALERT_URGENT = "alert_urgent"
     ALERT_URGENT_ESCALATED = "alert_urgent_escalated"
     ALERT_TASK = "alert_task"
+    # Every tier went unanswered: the site's fail-safe (its staff with the ACK code; its number
+    # without: a reply from a number that is nobody's counts for nothing).
+    ALERT_FAILSAFE = "alert_failsafe"
+    ALERT_FAILSAFE_NUMBER = "alert_failsafe_number"
     ALERT_ACK_CONFIRMED = "alert_ack_confirmed"
     ACK_CODE_UNKNOWN = "ack_code_unknown"
     PARTICIPANT_UNREACHABLE = "participant_unreachable"
@@ -154,6 +158,8 @@ KIND_SPECS: Mapping[MessageKind, KindSpec] = {
     MessageKind.ALERT_URGENT: _staff("code", "ack_code", "link"),
     MessageKind.ALERT_URGENT_ESCALATED: _staff("code", "ack_code", "link", "tier"),
     MessageKind.ALERT_TASK: _staff("code", "link"),
+    MessageKind.ALERT_FAILSAFE: _staff("code", "ack_code", "link"),
+    MessageKind.ALERT_FAILSAFE_NUMBER: _staff("code", "link"),
     MessageKind.ALERT_ACK_CONFIRMED: _staff("code"),
     MessageKind.ACK_CODE_UNKNOWN: _staff(),
     MessageKind.PARTICIPANT_UNREACHABLE: _staff("code", "link"),

@@ -66,6 +66,8 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         health,
         messages,
         mobile,
+        oncall,
+        oncall_pages,
         page_kit,
         pages,
         participant_page,
@@ -94,6 +96,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         surveys.blp,
         mobile.blp,
         reports.blp,
+        oncall.blp,
     ):
         api.register_blueprint(blueprint)
         csrf.exempt(blueprint)  # bearer tokens: not exposed to CSRF
@@ -107,6 +110,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
         participant_page,
         adherence_pages,
         ack_report_pages,
+        oncall_pages,
     ):
         app.register_blueprint(page_blueprint.bp)
     page_kit.init_app(app)

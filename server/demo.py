@@ -34,6 +34,7 @@ from server.auth.models import Role, SiteMembership, StaffUser
 from server.auth.service import actor_of
 from server.db import Database
 from server.inbound import handle_inbound
+from server.oncall import service as oncall
 from server.participants import service as participant_service
 from server.participants.models import Locale, Participant, ParticipantStatus, Site
 from server.protocols import service as protocols
@@ -479,6 +480,7 @@ class DemoStory:
                 country=country,
                 timezone=tz,
                 now=at,
+                failsafe_role="investigator",
             )
         for key, title, protocol_key in DEMO_STUDIES:
             session.add(Study(key=key, title=title, protocol_key=protocol_key, created_at=at))
@@ -523,6 +525,26 @@ class DemoStory:
                     membership.is_on_call = True
                     session.add(membership)
         session.flush()
+        # A rota per site (issue 16): the nurse holds the primary layer (daily, 08:00 site time),
+        # the coordinator and the investigator take turns as backup (weekly, Monday 08:00).
+        for code, site in self.sites.items():
+            started = at.astimezone(ZoneInfo(site.timezone)).date()
+            for layer, period, roles in (
+                ("primary", "daily", (Role.NURSE,)),
+                ("backup", "weekly", (Role.COORDINATOR, Role.INVESTIGATOR)),
+            ):
+                oncall.set_rota(
+                    session=session,
+                    site=site,
+                    layer=layer,
+                    period=period,
+                    handover="08:00",
+                    handover_weekday=0,
+                    starts_on=started,
+                    members=[self.staff[(r, code)].id for r in roles],  # type: ignore[misc]
+                    actor=admin,
+                    now=at,
+                )
         # HEROES asks the EORTC QLQ-C30, whose wording each site loads from its licensed copy:
         # the admin loaded the French one (here the demo's stand-in) before the first enrolment.
         # No English text: HER-004's questionnaire waits for it, and Today says why.

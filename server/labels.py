@@ -96,6 +96,8 @@ MESSAGE_KIND = {
     MessageKind.ALERT_URGENT: "Urgent alert",
     MessageKind.ALERT_URGENT_ESCALATED: "Urgent alert, escalated",
     MessageKind.ALERT_TASK: "Task",
+    MessageKind.ALERT_FAILSAFE: "Fail-safe alert",
+    MessageKind.ALERT_FAILSAFE_NUMBER: "Fail-safe alert (site number)",
     MessageKind.ALERT_ACK_CONFIRMED: "Acknowledgement confirmed",
     MessageKind.ACK_CODE_UNKNOWN: "Unknown ACK code answer",
     MessageKind.PARTICIPANT_UNREACHABLE: "Participant unreachable notice",

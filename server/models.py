@@ -6,6 +6,7 @@ from server.audit import AuditEvent
 from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
 from server.fhir.models import FhirNotification, FhirSubscription
 from server.health.models import LeaderLease, ProcessHeartbeat
+from server.oncall.models import Rota, RotaOverride
 from server.participants.mobile import ActivationCode, ParticipantToken
 from server.participants.models import (
     EligibilityFact,
@@ -43,6 +44,8 @@ __all__ = [
     "ProcessHeartbeat",
     "ProtocolVersion",
     "Role",
+    "Rota",
+    "RotaOverride",
     "ScheduleEvent",
     "Site",
     "SiteMembership",

@@ -35,6 +35,7 @@ def make_site(db: Session, code: str, country: str = "FR", tz: str = "Europe/Par
         country=country,
         timezone=tz,
         now=utcnow(),
+        failsafe_role="investigator",
     )
 
 

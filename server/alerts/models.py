@@ -80,6 +80,8 @@ class Alert(SQLModel, table=True):
     resolved_at: datetime | None = Field(default=None)
     resolved_by_user_id: int | None = Field(default=None, foreign_key="staff_user.id")
     resolution_note: str | None = Field(default=None, max_length=2000)
+    # When the site's fail-safe was called on (every tier unanswered): set once, never again.
+    failsafe_at: datetime | None = Field(default=None)
 
 
 class AlertLog(SQLModel, table=True):

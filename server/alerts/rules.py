@@ -37,7 +37,19 @@ NURSES_AND_COORDINATORS = "nurses_and_coordinators"
 COORDINATORS = "coordinators"
 INVESTIGATORS = "investigators"
 ADMINS = "admins"
-RECIPIENT_GROUPS = (ON_CALL_NURSES, NURSES_AND_COORDINATORS, COORDINATORS, INVESTIGATORS, ADMINS)
+# The person on call now in a layer of the site's rota (server/oncall); a site with a primary rota
+# also reaches its primary through ON_CALL_NURSES (else: the nurses marked on call).
+ROTA_PRIMARY = "rota:primary"
+ROTA_BACKUP = "rota:backup"
+RECIPIENT_GROUPS = (
+    ON_CALL_NURSES,
+    NURSES_AND_COORDINATORS,
+    COORDINATORS,
+    INVESTIGATORS,
+    ADMINS,
+    ROTA_PRIMARY,
+    ROTA_BACKUP,
+)
 
 # The level of each kind when neither the protocol nor the site says otherwise.
 DEFAULT_LEVEL_OF_KIND: Mapping[AlertKind, Level] = {

@@ -35,7 +35,9 @@ from server.alerts import rules
 from server.alerts.models import Alert, AlertKind, AlertLog, AlertState, Level
 from server.auth.models import Role, SiteMembership, StaffUser
 from server.auth.rules import Permission, has_permission
+from server.clock import utcnow
 from server.errors import Conflict, Forbidden, NotFound, field_error
+from server.oncall import service as oncall
 from server.participants.models import Participant, Site
 from server.protocols import service as protocols
 
@@ -131,6 +133,13 @@ def recipients(session: Session, site_id: int, group: str) -> list[StaffUser]:
         .order_by(col(StaffUser.id))
     )
     rows = session.exec(q).all()
+    if group in (rules.ON_CALL_NURSES, rules.ROTA_PRIMARY, rules.ROTA_BACKUP):
+        site = session.get(Site, site_id)
+        layer = "backup" if group == rules.ROTA_BACKUP else "primary"
+        person = oncall.on_call_user(session, site, layer, utcnow()) if site else None
+        if person is not None or group != rules.ON_CALL_NURSES:
+            # The rota's person now (no verified phone: nobody, and the tier moves on).
+            return [person] if person is not None and oncall.reachable(person) else []
     if group == rules.ON_CALL_NURSES:
         on_call = [u for u, is_on_call in rows if u.role == Role.NURSE and is_on_call]
         # Nobody on call: every nurse of the site rather than nobody.
@@ -172,7 +181,166 @@ def route_health(session: Session, site: Site) -> list[dict[str, Any]]:
                     else ("nobody on call: every nurse is paged" if on_call_missing else None),
                 }
             )
+    out.extend(oncall.health(session, site, utcnow()))
+    out.append(failsafe_health(session, site))
     return out
+
+
+# --- the fail-safe -------------------------------------------------------------------------------
+#
+# Joint Commission NPSG 2C: a fail-safe alternate process when the responsible caregiver cannot be
+# reached. A site names one (a role and/or a number; it cannot enrol without); an alert whose last
+# tier went unanswered past its timeout, or whose route reached nobody, calls on it exactly once.
+
+FAILSAFE_ROUTE = "failsafe"
+
+
+def failsafe_people(session: Session, site: Site) -> list[StaffUser]:
+    """The site's fail-safe role: its active staff at the site with a verified phone."""
+    if not site.failsafe_role:
+        return []
+    return list(
+        session.exec(
+            select(StaffUser)
+            .join(SiteMembership, col(SiteMembership.user_id) == col(StaffUser.id))
+            .where(
+                SiteMembership.site_id == site.id,
+                StaffUser.role == Role(site.failsafe_role),
+                col(StaffUser.is_active).is_(True),
+                col(StaffUser.is_phone_verified).is_(True),
+                col(StaffUser.phone_e164).is_not(None),
+            )
+            .order_by(col(StaffUser.id))
+        ).all()
+    )
+
+
+def failsafe_health(session: Session, site: Site) -> dict[str, Any]:
+    """The fail-safe as a route tier: dead when the site has none, or its role reaches nobody
+    and it has no number."""
+    people = failsafe_people(session, site)
+    described = " and ".join(
+        x
+        for x in (
+            f"role {site.failsafe_role}" if site.failsafe_role else "",
+            "the site's number" if site.failsafe_phone_e164 else "",
+        )
+        if x
+    )
+    dead = not people and not site.failsafe_phone_e164
+    warning = None
+    if not site.failsafe_role and not site.failsafe_phone_e164:
+        warning = "no fail-safe designated: the site cannot enrol"
+    elif dead:
+        warning = "nobody with a verified phone"
+    return {
+        "route": FAILSAFE_ROUTE,
+        "tier": 1,
+        "recipients": described or "none",
+        "timeout_minutes": None,
+        "reachable": [u.id for u in people],
+        "is_dead": dead,
+        "warning": warning,
+    }
+
+
+def fire_failsafe(*, session: Session, alert: Alert, now: datetime) -> bool:
+    """Call on the site's fail-safe for an alert nobody acknowledged: SMS to its role's staff
+    (with the ACK code) and its number (without), a line on the timeline, an audit row. Exactly
+    once per alert (`failsafe_at`, under the alert's row lock); never for routine tasks or the
+    system's own alerts."""
+    if (
+        alert.failsafe_at is not None
+        or alert.state != AlertState.OPEN
+        or not rules.needs_ack(alert.level)
+        or alert.kind in rules.SYSTEM_KINDS
+        or alert.site_id is None
+    ):
+        return False
+    site = session.get(Site, alert.site_id)
+    if site is None:
+        return False
+    alert.failsafe_at = now
+    session.add(alert)
+    people = failsafe_people(session, site)
+    participant = session.get(Participant, alert.participant_id) if alert.participant_id else None
+    code = participant.study_code if participant else f"SITE-{alert.site_id}"
+    locale = rules.staff_locale(site.country)
+    link = _link(alert.id)
+    prefix = f"alert:{alert.id}:tier:{alert.tier}:failsafe"
+    for person in people:
+        outbox.enqueue(
+            session,
+            dedupe_key=f"{prefix}:staff:{person.id}",
+            category=MessageCategory.STAFF_ALERT,
+            kind=MessageKind.ALERT_FAILSAFE.value,
+            to=person.phone_e164,  # type: ignore[arg-type]
+            locale=locale,
+            body=compose(
+                MessageKind.ALERT_FAILSAFE, locale, code=code, ack_code=alert.ack_code, link=link
+            ),
+            priority=PRIORITY_STAFF_ALERT,
+            intended_at=now,
+            staff_user_id=person.id,
+            ref=f"alert:{alert.id}",
+            now=now,
+        )
+    if site.failsafe_phone_e164:
+        outbox.enqueue(
+            session,
+            dedupe_key=f"{prefix}:number",
+            category=MessageCategory.STAFF_ALERT,
+            kind=MessageKind.ALERT_FAILSAFE_NUMBER.value,
+            to=site.failsafe_phone_e164,
+            locale=locale,
+            body=compose(MessageKind.ALERT_FAILSAFE_NUMBER, locale, code=code, link=link),
+            priority=PRIORITY_STAFF_ALERT,
+            intended_at=now,
+            ref=f"alert:{alert.id}",
+            now=now,
+        )
+    detail = {
+        "role": site.failsafe_role,
+        "recipients": [u.id for u in people],
+        "site_number": bool(site.failsafe_phone_e164),
+    }
+    log(session, alert, "failsafe_fired", now, tier=alert.tier, detail=detail)
+    audit.record(
+        session=session,
+        actor="system:escalation",
+        action="alert.failsafe_fired",
+        entity="alert",
+        entity_id=alert.id,
+        site_id=alert.site_id,
+        now=now,
+        after=detail,
+    )
+    if not people and not site.failsafe_phone_e164:
+        logging.getLogger("stepdown.alerts").error(
+            "alert %s: the fail-safe of site %s reaches nobody", alert.id, site.id
+        )
+    session.flush()
+    return True
+
+
+def failsafe_alerts(session: Session, user: StaffUser) -> list[tuple[Alert, str | None]]:
+    """Open alerts of the user's sites that reached the fail-safe (every staff page shows them
+    in a red banner until someone acknowledges), with their participant's code."""
+    return list(
+        session.exec(
+            select(Alert, Participant.study_code)
+            .outerjoin(Participant, col(Participant.id) == col(Alert.participant_id))
+            .where(
+                Alert.state == AlertState.OPEN,
+                col(Alert.failsafe_at).is_not(None),
+                col(Alert.site_id).in_(
+                    select(SiteMembership.site_id).where(SiteMembership.user_id == user.id)
+                ),
+            )
+            .order_by(col(Alert.failsafe_at))
+            .limit(20)
+        ).all()
+    )
 
 
 # --- opening -------------------------------------------------------------------------------------
@@ -335,6 +503,8 @@ def notify_tier(*, session: Session, alert: Alert, tier: int, now: datetime) -> 
         if nxt is None or nxt[0] == tier:
             alert.next_tier_at = None
             log(session, alert, "route_exhausted", now, tier=tier)
+            # Nobody of any tier can be reached: the fail-safe at once.
+            fire_failsafe(session=session, alert=alert, now=now)
             break
         tier, alert.repeats_done = nxt
     session.add(alert)
@@ -466,6 +636,8 @@ def escalate(*, session: Session, alert: Alert, now: datetime, expected_tier: in
         alert.next_tier_at = None
         session.add(alert)
         log(session, alert, "route_exhausted", now, tier=alert.tier)
+        # The last tier's timeout passed unanswered: the site's fail-safe, once.
+        fire_failsafe(session=session, alert=alert, now=now)
         return False
     alert.repeats_done = nxt[1]
     notify_tier(session=session, alert=alert, tier=nxt[0], now=now)

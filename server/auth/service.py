@@ -297,7 +297,15 @@ def change_password(
     )
 
 
-SITE_AUDIT_FIELDS = ("code", "name", "country", "timezone", "is_active")
+SITE_AUDIT_FIELDS = (
+    "code",
+    "name",
+    "country",
+    "timezone",
+    "is_active",
+    "failsafe_role",
+    "failsafe_phone_e164",
+)
 
 
 def create_site(
@@ -309,9 +317,19 @@ def create_site(
     country: str,
     timezone: str,
     now: datetime,
+    failsafe_role: str | None = None,
+    failsafe_phone_e164: str | None = None,
 ) -> Site:
-    """Create a site."""
-    site = Site(code=code, name=name, country=country.upper(), timezone=timezone, created_at=now)
+    """Create a site (it enrols once it has a fail-safe: a role or a number)."""
+    site = Site(
+        code=code,
+        name=name,
+        country=country.upper(),
+        timezone=timezone,
+        failsafe_role=failsafe_role,
+        failsafe_phone_e164=failsafe_phone_e164,
+        created_at=now,
+    )
     session.add(site)
     session.flush()
     audit.record(

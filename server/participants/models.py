@@ -45,6 +45,11 @@ class Site(SQLModel, table=True):
     is_active: bool = Field(default=True)
     # The site's escalation policy; None means the default (server/alerts/rules.py).
     escalation_policy: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    # The fail-safe (Joint Commission NPSG 2C): whom an alert reaches when every tier went
+    # unanswered. A role (its staff at the site with a verified phone) and/or a number (a
+    # switchboard, a duty phone). A site without one cannot enrol.
+    failsafe_role: str | None = Field(default=None, max_length=16)
+    failsafe_phone_e164: str | None = Field(default=None, max_length=20)
     created_at: datetime = Field(default_factory=utcnow)
 
 

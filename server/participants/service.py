@@ -649,6 +649,12 @@ def check_enrollment(
 
     site = attempt(lambda: _site_for(session=session, user=user, site_id=site_id))
     attempt(lambda: _check_study_code(study_code))
+    if site is not None and not site.failsafe_role and not site.failsafe_phone_e164:
+        # Joint Commission NPSG 2C: nobody is enrolled where an unanswered alert reaches nobody.
+        errors.setdefault("site_id", []).append(
+            "this site has no fail-safe yet (whom an alert nobody acknowledges reaches): an "
+            "admin sets failsafe_role or failsafe_phone_e164 (PATCH /api/v1/sites/{id})"
+        )
     study_row = attempt(lambda: _study_by_key(session, study))
     tz = timezone or (site.timezone if site is not None else None)
     if tz is not None:

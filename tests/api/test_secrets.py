@@ -151,6 +151,12 @@ OTHER = {
     "participants.override_gate",
     "participant_page.attest_fact",
     "participant_page.override_gate",
+    "oncall.get_rotas",
+    "oncall.set_rota",
+    "oncall.add_override",
+    "oncall.my_calendar",
+    "oncall_pages.page",
+    "oncall_pages.my_calendar",
 }
 NOT_REQUESTED = {
     "static": "files from disk",
@@ -329,6 +335,7 @@ class Walker:
             "resource_type": "Communication",
             "resource_id": str(self._message(MessageKind.REMINDER_QUESTIONNAIRE).id),
             "rest": "Basic/1/_history",
+            "layer": "primary",
         }
 
     def _message(self, kind: MessageKind) -> OutboxMessage:

@@ -4,15 +4,17 @@ failing. Screenshots are kept in test-artifacts/ (ack-report-*.png)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 from sqlmodel import select
 
+from server.auth.models import StaffUser
 from server.db import get_db
-from server.participants.models import Participant
+from server.oncall import service as oncall
+from server.participants.models import Participant, Site
 from tests.browser.test_care_pages_browser import ARTIFACTS, browser, served
 from tests.browser.test_status_browser import SIZES, _fits, _log_in, _open
 from tests.pages.test_ack_report import TIMINGS, make_alert
@@ -57,3 +59,78 @@ def test_monitor_reads_the_acknowledgement_report(served: Any, browser: Any, siz
     page.screenshot(path=str(ARTIFACTS / f"ack-report-{size}.png"), full_page=True)
     assert not failed, failed
     assert all(url.startswith(base) for url in requested), requested
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_the_failsafe_banner_on_every_page_of_the_site(
+    served: Any, browser: Any, size: str
+) -> None:
+    """An open alert that reached the fail-safe: the red banner on Today and the participants
+    list, within the screen, its link to the alert."""
+    app, base, ids = served
+    with app.app_context(), get_db(app).job_session() as s:
+        participant = s.exec(select(Participant).where(Participant.id == ids["A1"])).one()
+        alert = make_alert(
+            s,
+            participant,
+            1,
+            received=datetime(2026, 6, 2, 8, 0, tzinfo=UTC),
+            notify=1,
+            ack=None,
+            resolve=None,
+            failsafe=True,
+        )
+        alert.failsafe_at = datetime(2026, 6, 2, 10, 0, tzinfo=UTC)
+        s.add(alert)
+        alert_id = alert.id
+    page, failed = _open(browser, size)
+    _log_in(page, base, "coordinator.a@example.test")
+    for path in ("/", "/participants"):
+        page.goto(f"{base}{path}")
+        banner = page.locator("#failsafe-banner")
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text("Fail-safe called")
+        expect(banner.get_by_role("link")).to_have_attribute("href", f"/alerts/{alert_id}")
+        _fits(page, size)
+    page.screenshot(path=str(ARTIFACTS / f"failsafe-banner-{size}.png"), full_page=False)
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_the_oncall_page(served: Any, browser: Any, size: str) -> None:
+    """The rota page: who is on call now and next per layer, the 14 days' shifts, a shift without
+    a verified phone flagged; within the screen."""
+    app, base, ids = served
+    with app.app_context(), get_db(app).job_session() as s:
+        site = s.get(Site, ids["site_a"])
+        nurse = s.exec(select(StaffUser).where(StaffUser.email == "nurse.a@example.test")).one()
+        coordinator = s.exec(
+            select(StaffUser).where(StaffUser.email == "coordinator.a@example.test")
+        ).one()
+        nurse.phone_e164, nurse.is_phone_verified = "+33610000001", True
+        s.add(nurse)
+        oncall.set_rota(
+            session=s,
+            site=site,  # type: ignore[arg-type]
+            layer="primary",
+            period="daily",
+            handover="08:00",
+            handover_weekday=0,
+            starts_on=date(2026, 11, 1),
+            members=[nurse.id, coordinator.id],  # type: ignore[list-item]
+            actor=coordinator,
+            now=datetime(2026, 11, 1, tzinfo=UTC),
+        )
+    page, failed = _open(browser, size)
+    _log_in(page, base, "monitor.a@example.test")
+    page.goto(f"{base}/oncall")
+    layer = page.locator('[data-site="SITE-A"] [data-layer="primary"]')
+    expect(layer.locator('[data-who="now"]')).to_be_visible()
+    expect(layer.locator('[data-who="next"]')).to_be_visible()
+    # The coordinator has no verified phone: their shifts are flagged.
+    expect(layer.get_by_role("alert")).to_contain_text("without a verified phone")
+    layer.locator("summary").click()
+    expect(layer.locator("ul.shifts li").first).to_be_visible()
+    _fits(page, size)
+    page.screenshot(path=str(ARTIFACTS / f"oncall-{size}.png"), full_page=True)
+    assert not failed, failed

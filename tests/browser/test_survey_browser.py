@@ -61,6 +61,7 @@ def _served(app: Any, people: list[tuple[str, Locale, str]]) -> Iterator[dict[st
                 country="FR",
                 timezone="Europe/Paris",
                 now=now,
+                failsafe_role="investigator",
             )
             s.add(Study(key="HEROES", title="HEROES", protocol_key="heroes", created_at=now))
             s.flush()

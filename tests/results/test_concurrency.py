@@ -80,6 +80,7 @@ def _seed(app) -> str:
             country="FR",
             timezone="Europe/Paris",
             now=now,
+            failsafe_role="investigator",
         )
         s.add(Study(key="HEROES", title="HEROES", protocol_key="heroes", created_at=now))
         s.flush()
