@@ -97,7 +97,14 @@ def add_override(args: dict[str, Any], site_id: int, layer: str) -> dict[str, An
 
 
 @blp.route("/me/oncall.ics")
-@blp.response(200, content_type="text/calendar")
+@blp.doc(
+    responses={
+        "200": {
+            "description": "an iCalendar (RFC 5545) file",
+            "content": {"text/calendar": {"schema": {"type": "string"}}},
+        }
+    }
+)
 def my_calendar() -> Response:
     """My shifts at my sites, last week to 90 days ahead, as iCalendar (site codes only)."""
     user = require(Permission.PARTICIPANT_READ)

@@ -9,7 +9,9 @@ from flask import Blueprint, Response, current_app, request
 
 from notifications import outbox
 from notifications.models import MessageStatus
-from notifications.providers.twilio import validate_signature
+from notifications.providers.twilio import gather_twiml, say_twiml, validate_signature
+from server.alerts import voice
+from server.alerts.models import Alert, VoiceCall
 from server.clock import utcnow
 from server.db import get_session
 from server.inbound import handle_inbound
@@ -88,3 +90,76 @@ def inbound() -> Response:
     )
     session.commit()
     return Response(EMPTY_TWIML, mimetype="text/xml")
+
+
+# --- the voice tier (issue 16 item 2) -------------------------------------------------------------
+
+
+def _twiml(body: str) -> Response:
+    return Response(body, mimetype="text/xml")
+
+
+def _call(call_id: int) -> VoiceCall | None:
+    return get_session().get(VoiceCall, call_id)
+
+
+@bp.post("/voice/<int:call_id>/twiml")
+def voice_twiml(call_id: int) -> Response:
+    """What an alert call says when answered: the participant's code in the site's language,
+    then one key gathered (1 acknowledges). A voicemail gets nothing."""
+    if not _signed():
+        return _forbidden()
+    call = _call(call_id)
+    if call is None:
+        return _twiml(say_twiml(None, "en-US"))
+    language = voice.SAY_LANGUAGE.get(call.locale, "en-US")
+    if request.form.get("AnsweredBy", "").startswith("machine"):
+        return _twiml(say_twiml(None, language))  # leave nothing on a voicemail
+    session = get_session()
+    alert = session.get(Alert, call.alert_id)
+    from server.participants.models import Participant
+
+    participant = (
+        session.get(Participant, alert.participant_id) if alert and alert.participant_id else None
+    )
+    code = voice.spoken_code(
+        participant.study_code if participant else f"SITE {alert.site_id if alert else ''}"
+    )
+    text = voice.SPOKEN.get(call.locale, voice.SPOKEN["en"])[0].format(code=code)
+    action = current_app.config["PUBLIC_BASE_URL"] + f"/twilio/voice/{call.id}/gather"
+    return _twiml(gather_twiml(text, language, action))
+
+
+@bp.post("/voice/<int:call_id>/gather")
+def voice_gather(call_id: int) -> Response:
+    """The key pressed: 1 acknowledges the alert for the person called."""
+    if not _signed():
+        return _forbidden()
+    call = _call(call_id)
+    if call is None:
+        return _twiml(say_twiml(None, "en-US"))
+    session = get_session()
+    done = voice.on_keypress(session, call, request.form.get("Digits", "")[:4], utcnow())
+    session.commit()
+    spoken = voice.SPOKEN.get(call.locale, voice.SPOKEN["en"])
+    language = voice.SAY_LANGUAGE.get(call.locale, "en-US")
+    return _twiml(say_twiml(spoken[1] if done else spoken[2], language))
+
+
+@bp.post("/voice/<int:call_id>/status")
+def voice_status(call_id: int) -> Response:
+    """The call's final status: no answer, busy, voicemail or failure move the alert on."""
+    if not _signed():
+        return _forbidden()
+    call = _call(call_id)
+    if call is not None:
+        session = get_session()
+        voice.on_status(
+            session,
+            call,
+            request.form.get("CallStatus", "")[:20],
+            request.form.get("AnsweredBy", "")[:30],
+            utcnow(),
+        )
+        session.commit()
+    return Response(status=204)

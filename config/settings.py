@@ -102,6 +102,8 @@ class BaseConfig:
     TWILIO_AUTH_TOKEN: str | None = None
     TWILIO_MESSAGING_SERVICE_SID: str | None = None
     TWILIO_FROM_NUMBER: str | None = None
+    # The number alert calls come from (Programmable Voice); default TWILIO_FROM_NUMBER.
+    TWILIO_VOICE_FROM_NUMBER: str | None = None
     TWILIO_BASE_URL: str | None = None
     # SMS a second per sender, kept by every dispatcher together (Redis when REDIS_URL is set,
     # else PostgreSQL, else this process): a long code sends ~1/s; a Messaging Service or short
@@ -153,6 +155,7 @@ class BaseConfig:
             "TWILIO_BASE_URL",
             "TWILIO_ALERT_MESSAGING_SERVICE_SID",
             "TWILIO_ALERT_FROM_NUMBER",
+            "TWILIO_VOICE_FROM_NUMBER",
         ):
             setattr(self, name, _env(name, getattr(self, name)))
         self.SMS_RATE_PER_SECOND = _env_float("SMS_RATE_PER_SECOND", self.SMS_RATE_PER_SECOND)

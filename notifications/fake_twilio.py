@@ -223,6 +223,46 @@ class InboundResult:
         return dataclasses.asdict(self)
 
 
+# What a phone call does when the fake places it (per number; `call_behaviour`).
+CALL_BEHAVIOURS = ("press1", "press2", "no_answer", "busy", "voicemail", "failed", "hang_up")
+
+
+@dataclass
+class FakePhoneCall:
+    """A call created through the Calls API, and what the simulated phone did with it."""
+
+    sid: str
+    account_sid: str
+    to: str
+    sender: str
+    url: str
+    status_callback: str | None
+    behaviour: str
+    status: str = "queued"
+    answered_by: str | None = None
+    twiml: str | None = None
+    digits: str | None = None
+    gather_reply: str | None = None
+    callbacks: list[tuple[str, int | None]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sid": self.sid,
+            "account_sid": self.account_sid,
+            "to": self.to,
+            "from": self.sender,
+            "status": self.status,
+            "answered_by": self.answered_by,
+            "behaviour": self.behaviour,
+            "twiml": self.twiml,
+            "digits": self.digits,
+            "gather_reply": self.gather_reply,
+            "callbacks": [{"status": st, "http": code} for st, code in self.callbacks],
+            "api_version": API_VERSION,
+            "uri": f"/{API_VERSION}/Accounts/{self.account_sid}/Calls/{self.sid}.json",
+        }
+
+
 @dataclass
 class _Fault:
     mode: str
@@ -365,6 +405,10 @@ class FakeTwilio:
         self._unsubscribed: set[str] = set()
         self._invalid: set[str] = set()
         self._undeliverable: dict[str, tuple[str, int]] = {}
+        # Phone calls (the Calls API) and what each number does when called (default: press 1).
+        self._phone_calls: dict[str, FakePhoneCall] = {}
+        self._call_behaviour: dict[str, str] = {}
+        self.default_call_behaviour = "press1"
 
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -378,6 +422,8 @@ class FakeTwilio:
             [
                 Rule(f"/{API_VERSION}/Accounts/<account>/Messages.json", endpoint="messages"),
                 Rule(f"/{API_VERSION}/Accounts/<account>/Messages/<sid>.json", endpoint="fetch"),
+                Rule(f"/{API_VERSION}/Accounts/<account>/Calls.json", endpoint="voice_calls"),
+                Rule("/_fake/voice", endpoint="control_voice"),
                 Rule("/_fake/", endpoint="page"),
                 Rule("/_fake/health", endpoint="health"),
                 Rule("/_fake/messages", endpoint="control_messages"),
@@ -495,6 +541,9 @@ class FakeTwilio:
         """Forget everything, faults included."""
         self.clear_messages()
         self.clear_faults()
+        with self._lock:
+            self._phone_calls.clear()
+            self._call_behaviour.clear()
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Block until predicate() is true; TimeoutError after `timeout` seconds."""
@@ -806,6 +855,124 @@ class FakeTwilio:
             self._schedule(self.callback_delay, sid, "final")
 
     # ---- the WSGI app ----------------------------------------------------------------------
+
+    # ---- the Calls API (Programmable Voice) ------------------------------------------------
+
+    def set_call_behaviour(self, to: str, behaviour: str | None) -> None:
+        """What `to` does when called: press1 / press2 (answers, presses that key), no_answer,
+        busy, voicemail (a machine answers), failed, hang_up (answers, presses nothing); None:
+        the default (`default_call_behaviour`, press1)."""
+        if behaviour is not None and behaviour not in CALL_BEHAVIOURS:
+            raise _BadControl(f"behaviour must be one of {', '.join(CALL_BEHAVIOURS)}")
+        with self._lock:
+            if behaviour is None:
+                self._call_behaviour.pop(to, None)
+            else:
+                self._call_behaviour[to] = behaviour
+
+    def phone_calls(self, to: str | None = None) -> list[FakePhoneCall]:
+        with self._lock:
+            return [c for c in self._phone_calls.values() if to is None or c.to == to]
+
+    def wait_for_phone_call(self, to: str, status: str, timeout: float = 5.0) -> FakePhoneCall:
+        """Wait until a call to `to` reached `status` (completed, no-answer, busy, failed)."""
+
+        def done() -> bool:
+            return any(c.status == status for c in self.phone_calls(to))
+
+        self.wait_until(done, timeout)
+        return next(c for c in self.phone_calls(to) if c.status == status)
+
+    def _ep_voice_calls(self, request: Request, account: str) -> Response:
+        form = request.form
+        to = (form.get("To") or "").strip()
+        if request.method != "POST":
+            return twilio_error(405, 20004, "Method not allowed")
+        if not self._authorized(request, account):
+            self._log_call("POST", "create", to, 401)
+            return twilio_error(401, 20003, "Authenticate")
+        sender = (form.get("From") or "").strip()
+        url = (form.get("Url") or "").strip()
+        if not _E164.match(to):
+            return _json(_error_payload(400, 21211, f"The 'To' number {to} is not valid."), 400)
+        if not sender:
+            return _json(_error_payload(400, 21603, "A 'From' phone number is required."), 400)
+        if not url:
+            return _json(_error_payload(400, 21205, "Url parameter is required."), 400)
+        with self._lock:
+            call = FakePhoneCall(
+                sid=_new_sid("CA"),
+                account_sid=account,
+                to=to,
+                sender=sender,
+                url=url,
+                status_callback=(form.get("StatusCallback") or "").strip() or None,
+                behaviour=self._call_behaviour.get(to, self.default_call_behaviour),
+            )
+            self._phone_calls[call.sid] = call
+            executor = self._executor
+        self._log_call("POST", "create", to, 201)
+        if executor is not None and self.callbacks_enabled:
+            executor.submit(self._run_phone_call, call.sid)
+        return _json(call.to_dict(), 201)
+
+    def _run_phone_call(self, sid: str) -> None:
+        """Play the call: fetch its TwiML as Twilio does, press the number's key on its Gather,
+        then post the final status."""
+        with self._lock:
+            call = self._phone_calls[sid]
+        self._stopping.wait(self.callback_delay)
+        base = {
+            "CallSid": call.sid,
+            "AccountSid": call.account_sid,
+            "From": call.sender,
+            "To": call.to,
+            "Direction": "outbound-api",
+            "ApiVersion": API_VERSION,
+        }
+        behaviour = call.behaviour
+        final = {"no_answer": "no-answer", "busy": "busy", "failed": "failed"}.get(behaviour)
+        if final is None:
+            answered_by = "machine_end_beep" if behaviour == "voicemail" else "human"
+            with self._lock:
+                call.status, call.answered_by = "in-progress", answered_by
+            _, body, _ = self._post_form(
+                call.url, {**base, "CallStatus": "in-progress", "AnsweredBy": answered_by}
+            )
+            with self._lock:
+                call.twiml = body
+            action = re.search(r'<Gather[^>]*action="([^"]+)"', body or "")
+            if behaviour in ("press1", "press2") and action:
+                digits = behaviour[-1]
+                _, reply, _ = self._post_form(
+                    html.unescape(action.group(1)),
+                    {**base, "CallStatus": "in-progress", "Digits": digits},
+                )
+                with self._lock:
+                    call.digits, call.gather_reply = digits, reply
+            final = "completed"
+        with self._lock:
+            call.status = final
+            self._changed.notify_all()
+        if call.status_callback:
+            params = {**base, "CallStatus": final}
+            if call.answered_by:
+                params["AnsweredBy"] = call.answered_by
+            code, _, _ = self._post_form(call.status_callback, params)
+            with self._lock:
+                call.callbacks.append((final, code))
+                self._changed.notify_all()
+
+    def _ep_control_voice(self, request: Request) -> Response:
+        """GET: every phone call; POST {"to": ..., "behaviour": ...}: what a number does."""
+        if request.method == "POST":
+            payload = request.get_json(silent=True) or {}
+            to = str(payload.get("to") or "")
+            if not _E164.match(to):
+                raise _BadControl("to must be an E.164 number")
+            self.set_call_behaviour(to, payload.get("behaviour"))
+            return _json({"to": to, "behaviour": payload.get("behaviour")})
+        return _json([c.to_dict() for c in self.phone_calls()])
 
     def wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
         """WSGI entry point (also usable with werkzeug's test Client, without a socket)."""

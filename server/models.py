@@ -1,7 +1,7 @@
 """Imports every table module so SQLModel.metadata is complete (Alembic, tests)."""
 
 from notifications.models import MessageLog, OutboxMessage, SmsSenderRate
-from server.alerts.models import Alert, AlertLog
+from server.alerts.models import Alert, AlertLog, VoiceCall
 from server.audit import AuditEvent
 from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
 from server.fhir.models import FhirNotification, FhirSubscription
@@ -55,4 +55,5 @@ __all__ = [
     "SurveyAnswer",
     "SurveyResponse",
     "SurveyScore",
+    "VoiceCall",
 ]

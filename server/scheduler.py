@@ -47,6 +47,7 @@ def job_specs() -> list[JobSpec]:
     """Every job the scheduler runs (imported late so the web app never needs them)."""
     from server import messaging
     from server.alerts import service as alerts
+    from server.alerts import voice
     from server.fhir import subscriptions as fhir_subscriptions
     from server.health import service as health
     from server.results import service as results
@@ -77,6 +78,12 @@ def job_specs() -> list[JobSpec]:
             10,
             alerts.escalate_due,
             "notify the next tier of open alerts whose timeout passed",
+        ),
+        JobSpec(
+            "alerts.calls",
+            10,
+            voice.place_due_calls,
+            "place the alert phone calls that are due (the voice tier)",
         ),
         JobSpec(
             "alerts.watchdog",

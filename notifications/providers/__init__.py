@@ -58,4 +58,5 @@ def provider_from_config(config: Mapping[str, Any]) -> SmsProvider:
         else config.get("TWILIO_FROM_NUMBER"),
         base_url=base_url,
         timeout=float(config.get("TWILIO_TIMEOUT_SECONDS") or 10),
+        voice_from_number=config.get("TWILIO_VOICE_FROM_NUMBER"),
     )

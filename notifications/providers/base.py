@@ -192,6 +192,8 @@ class RecordingProvider:
     """
 
     calls: list[RecordedSend] = field(default_factory=list)
+    # Phone calls placed (to, TwiML url, status callback, sid), in order.
+    voice_calls: list[tuple[str, str, str, str]] = field(default_factory=list)
     _script: deque[_Scripted] = field(default_factory=deque, init=False, repr=False)
     _by_number: dict[str, SmsSendError] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -218,9 +220,20 @@ class RecordingProvider:
             else:
                 self._by_number[to] = error
 
+    def place_call(self, *, to: str, url: str, status_callback: str) -> str:
+        """Record a phone call (a number made to fail with `fail_number` raises its error)."""
+        with self._lock:
+            error = self._by_number.get(to)
+            if error is not None:
+                raise error
+            sid = f"CA{next(self._counter):032x}"
+            self.voice_calls.append((to, url, status_callback, sid))
+            return sid
+
     def reset(self) -> None:
         """Forget calls and scripted errors."""
         with self._lock:
+            self.voice_calls.clear()
             self.calls.clear()
             self._script.clear()
             self._by_number.clear()

@@ -61,6 +61,31 @@ def validate_signature(auth_token: str, url: str, params: Any, signature: str) -
     return bool(RequestValidator(auth_token).validate(url, params, signature))
 
 
+def gather_twiml(text: str, language: str, action: str) -> str:
+    """TwiML that says `text` and gathers one key, posted to `action`; nothing pressed: goodbye."""
+    from twilio.twiml.voice_response import Gather, VoiceResponse
+
+    response = VoiceResponse()
+    gather = Gather(num_digits=1, action=action, method="POST", timeout=8)
+    gather.say(text, language=language)
+    gather.pause(length=1)
+    gather.say(text, language=language)
+    response.append(gather)
+    response.hangup()
+    return str(response)
+
+
+def say_twiml(text: str | None, language: str) -> str:
+    """TwiML that says `text` (if any) and hangs up."""
+    from twilio.twiml.voice_response import VoiceResponse
+
+    response = VoiceResponse()
+    if text:
+        response.say(text, language=language)
+    response.hangup()
+    return str(response)
+
+
 def _is_loopback(host: str | None) -> bool:
     if host in (None, ""):
         return False
@@ -230,6 +255,7 @@ class TwilioSmsProvider:
         from_number: str | None = None,
         base_url: str | None = None,
         timeout: float = 10,
+        voice_from_number: str | None = None,
     ) -> None:
         if not account_sid or not auth_token:
             raise ValueError("account_sid and auth_token are required")
@@ -239,8 +265,32 @@ class TwilioSmsProvider:
         self.messaging_service_sid = messaging_service_sid or None
         self.from_number = from_number or None
         self.base_url = base_url
+        # Calls need a number of ours (a messaging service only sends SMS).
+        self.voice_from_number = voice_from_number or from_number or None
         self.http_client = RedirectingHttpClient(base_url, timeout=timeout)
         self._client = Client(account_sid, auth_token, http_client=self.http_client)
+
+    def place_call(self, *, to: str, url: str, status_callback: str) -> str:
+        """Start a phone call through Programmable Voice: Twilio fetches its TwiML from `url`
+        (POST, signed) and posts its outcome to `status_callback`. Returns the call's sid."""
+        if not self.voice_from_number:
+            raise ProviderConfigError(
+                "no number to call from: set TWILIO_VOICE_FROM_NUMBER", may_have_been_accepted=False
+            )
+        try:
+            call = self._client.calls.create(
+                to=to,
+                from_=self.voice_from_number,
+                url=url,
+                method="POST",
+                status_callback=status_callback,
+                status_callback_method="POST",
+                machine_detection="Enable",
+                timeout=25,
+            )
+        except _REQUEST_FAILURES as exc:
+            raise self._translate(exc) from exc
+        return str(call.sid)
 
     def __repr__(self) -> str:
         # The token stays out of reprs, which end up in logs and tracebacks.

@@ -96,3 +96,28 @@ class AlertLog(SQLModel, table=True):
     tier: int | None = Field(default=None)
     actor: str | None = Field(default=None, max_length=100)
     detail: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+
+
+class VoiceCall(SQLModel, table=True):
+    """A phone call of an alert's tier (issue 16 item 2): placed through Twilio Programmable
+    Voice, it speaks the participant's code and gathers a keypad press; 1 acknowledges. No answer,
+    busy, voicemail or a failed call move the alert on like an undelivered SMS."""
+
+    __tablename__ = "voice_call"
+    __table_args__ = (sa.Index("ix_voice_call_due", "status", "due_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedupe_key: str = Field(max_length=120, unique=True)
+    alert_id: int = Field(foreign_key="alert.id", index=True)
+    staff_user_id: int | None = Field(default=None, foreign_key="staff_user.id")
+    to_e164: str = Field(max_length=20)
+    locale: str = Field(max_length=8)
+    tier: int
+    # queued -> calling -> acknowledged | answered | no_answer | busy | voicemail | failed;
+    # canceled when the alert was acknowledged before the call was placed.
+    status: str = Field(default="queued", max_length=16)
+    due_at: datetime
+    call_sid: str | None = Field(default=None, max_length=64)
+    placed_at: datetime | None = Field(default=None)
+    ended_at: datetime | None = Field(default=None)
+    created_at: datetime = Field(default_factory=utcnow)

@@ -5,7 +5,8 @@ Levels (each kind's default below; a protocol file's `alerts:` block or the site
 `escalation_policy.levels` may set another, the site's word last):
 
 - critical: act now. SMS at once, day or night (the site's `page_24_7`), reply ACK, escalates
-  through the `clinical` route: the on-call nurse, after 15 minutes every nurse and the
+  through the `clinical` route: the on-call nurse (a phone call after 10 minutes unacknowledged;
+  keypad 1 acknowledges), after 15 minutes every nurse and the
   coordinator, after 30 more the investigator, repeated twice every 30 minutes.
 - urgent: act today. SMS at once in the day, held until the night ends (21:00-08:00 site time)
   unless `page_24_7` names it; reply ACK; escalates through the `urgent` route: nurses and
@@ -84,7 +85,8 @@ DEFAULT_POLICY: dict[str, Any] = {
         # then the investigator after 30 more, twice more every 30 minutes.
         "clinical": {
             "tiers": [
-                {"recipients": ON_CALL_NURSES, "timeout_minutes": 15},
+                # SMS now, a phone call after 10 minutes unacknowledged (issue 16).
+                {"recipients": ON_CALL_NURSES, "timeout_minutes": 15, "call_after_minutes": 10},
                 {"recipients": NURSES_AND_COORDINATORS, "timeout_minutes": 30},
                 {"recipients": INVESTIGATORS, "timeout_minutes": 30},
             ],
@@ -176,13 +178,29 @@ def route(policy: Mapping[str, Any] | None, kind: AlertKind, level: Level) -> di
     return dict(routes.get(name) or DEFAULT_POLICY["routes"][name])
 
 
+# How a tier reaches people: SMS (the default), a phone call, or both at once.
+CHANNELS = ("sms", "call", "both")
+
+
 @dataclass(frozen=True)
 class Tier:
-    """One escalation step (`timeout` None: it never times out)."""
+    """One escalation step (`timeout` None: it never times out). `channel`: sms, call or both;
+    `call_after`: an SMS tier also calls its people when still unacknowledged this long after
+    its SMS (None: never)."""
 
     number: int
     recipients: str
     timeout: timedelta | None
+    channel: str = "sms"
+    call_after: timedelta | None = None
+
+    @property
+    def texts(self) -> bool:
+        return self.channel in ("sms", "both")
+
+    @property
+    def calls_at_once(self) -> bool:
+        return self.channel in ("call", "both")
 
 
 def tiers(route_: Mapping[str, Any]) -> list[Tier]:
@@ -193,6 +211,10 @@ def tiers(route_: Mapping[str, Any]) -> list[Tier]:
             t["recipients"],
             timedelta(minutes=int(t["timeout_minutes"]))
             if t.get("timeout_minutes") is not None
+            else None,
+            t.get("channel") if t.get("channel") in CHANNELS else "sms",
+            timedelta(minutes=int(t["call_after_minutes"]))
+            if t.get("call_after_minutes") is not None
             else None,
         )
         for i, t in enumerate(route_["tiers"])

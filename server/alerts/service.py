@@ -31,7 +31,7 @@ from notifications.models import (
     OutboxMessage,
 )
 from server import audit
-from server.alerts import rules
+from server.alerts import rules, voice
 from server.alerts.models import Alert, AlertKind, AlertLog, AlertState, Level
 from server.auth.models import Role, SiteMembership, StaffUser
 from server.auth.rules import Permission, has_permission
@@ -285,6 +285,9 @@ def fire_failsafe(*, session: Session, alert: Alert, now: datetime) -> bool:
             ref=f"alert:{alert.id}",
             now=now,
         )
+    if people:
+        # And a phone call to each of them at once.
+        voice.queue_calls(session, alert, alert.tier, people, now, locale, now, kind="failsafe")
     if site.failsafe_phone_e164:
         outbox.enqueue(
             session,
@@ -479,7 +482,17 @@ def notify_tier(*, session: Session, alert: Alert, tier: int, now: datetime) -> 
         people = recipients(session, alert.site_id, step.recipients) if alert.site_id else []
         alert.tier = tier
         if people:
-            _queue(session, alert, tier, people, send_at, now, site)
+            if step.texts:
+                _queue(session, alert, tier, people, send_at, now, site)
+            if rules.needs_ack(alert.level):
+                # The voice tier: a call at once (channel call/both), or when the SMS is still
+                # unacknowledged after `call_after_minutes` (default critical tier 1: 10).
+                locale = rules.staff_locale(site.country if site else None)
+                if step.calls_at_once:
+                    voice.queue_calls(session, alert, tier, people, send_at, locale, now)
+                elif step.call_after is not None:
+                    due = send_at + step.call_after
+                    voice.queue_calls(session, alert, tier, people, due, locale, now)
             log(
                 session,
                 alert,

@@ -80,6 +80,9 @@ CARRY_MESSAGES_OR_ALERTS = {
     "schedules.schedule": "a participant's events",
     "twilio.inbound": "SMS webhook (answers with TwiML)",
     "twilio.status_callback": "delivery webhook",
+    "twilio.voice_twiml": "what an alert call says (a participant's code)",
+    "twilio.voice_gather": "an alert call's keypress",
+    "twilio.voice_status": "an alert call's outcome",
     "fhir.search_type": "FHIR search (requested as Communication: one per SMS)",
     "fhir.read": "one FHIR resource (requested as a Communication)",
 }
@@ -336,6 +339,7 @@ class Walker:
             "resource_id": str(self._message(MessageKind.REMINDER_QUESTIONNAIRE).id),
             "rest": "Basic/1/_history",
             "layer": "primary",
+            "call_id": 1,
         }
 
     def _message(self, kind: MessageKind) -> OutboxMessage:

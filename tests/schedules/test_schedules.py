@@ -316,6 +316,7 @@ def test_scheduler_registers_jobs_under_stable_ids(app):
         "reminders.materialize",
         "outbox.expire_stale",
         "alerts.escalate",
+        "alerts.calls",
         "alerts.watchdog",
         "alerts.check_routes",
         "results.overdue",
