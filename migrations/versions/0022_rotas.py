@@ -71,7 +71,6 @@ def upgrade() -> None:
     with op.batch_alter_table("rota_override", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_rota_override_rota_id"), ["rota_id"], unique=False)
 
-
     op.create_table(
         "voice_call",
         sa.Column("id", sa.Integer(), nullable=False),
