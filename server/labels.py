@@ -68,6 +68,13 @@ ALERT_LOG = {
     "resolved": "Resolved",
     "stale_escalation_ignored": "Escalation skipped (already handled)",
     "sms_ack_refused": "SMS acknowledgement refused",
+    "failsafe_fired": "Fail-safe called (every tier unanswered)",
+    "call_placed": "Phone call placed",
+    "call_answered": "Call answered, no key pressed",
+    "call_no_answer": "Call not answered",
+    "call_busy": "Call: line busy",
+    "call_voicemail": "Call reached voicemail",
+    "call_failed": "Call failed",
 }
 
 ACK_CHANNEL = {
@@ -76,6 +83,7 @@ ACK_CHANNEL = {
     "sms": "by SMS reply",
     "app": "in the app",
     "resolve": "when resolving",
+    "call": "by keypad on a phone call",
 }
 
 MESSAGE_KIND = {
@@ -232,6 +240,11 @@ RECIPIENTS = {
 # Audit actions (server/audit.py rows); event.<what> from the schedules service.
 AUDIT_ACTION = {
     "adherence.export": "Adherence exported",
+    "ack_report.export": "Acknowledgement times exported",
+    "alert.failsafe_fired": "Fail-safe called",
+    "alert.call_keypress": "Alert acknowledged by keypad (phone call)",
+    "rota.set": "On-call rota set",
+    "rota.override": "On-call override added",
     "worklist.export": "Coming-up list exported",
     "alert.acknowledge": "Alert acknowledged",
     "alert.open": "Alert opened",
