@@ -227,6 +227,8 @@ ROUTE = {
     "urgent": "Urgent alerts",
     "follow_up": "Routine tasks",
     "operator": "System alerts",
+    "failsafe": "Fail-safe",
+    "rota": "On-call rota",
 }
 
 RECIPIENTS = {
@@ -235,6 +237,8 @@ RECIPIENTS = {
     "coordinators": "the coordinators",
     "investigators": "the investigator",
     "admins": "the admins",
+    "rota:primary": "the rota's primary",
+    "rota:backup": "the rota's backup",
 }
 
 # Audit actions (server/audit.py rows); event.<what> from the schedules service.

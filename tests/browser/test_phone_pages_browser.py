@@ -87,7 +87,8 @@ def test_today_participants_and_adherence_fit_the_screen(served, week_ahead, bro
         expect(page.get_by_role("link", name="Participants")).to_be_hidden()
     else:
         expect(menu).to_be_hidden()
-        expect(page.get_by_role("navigation", name="Main").get_by_role("link")).to_have_count(5)
+        # Today, Alerts, Participants, Enroll, Adherence, On call, ACK times
+        expect(page.get_by_role("navigation", name="Main").get_by_role("link")).to_have_count(7)
 
     # Today: the alert card and the coming-up list, whole on the screen.
     expect(page.locator(f'#open-alerts tr[data-alert-id="{week_ahead["alert"]}"]')).to_be_visible()
