@@ -15,12 +15,9 @@ from server.auth.models import StaffUser
 from server.db import get_db
 from server.oncall import service as oncall
 from server.participants.models import Participant, Site
-from tests.browser.test_care_pages_browser import ARTIFACTS, browser, served
-from tests.browser.test_status_browser import SIZES, _fits, _log_in, _open
+from tests.browser.harness import ARTIFACTS, log_in, open_watched
+from tests.browser.test_status_browser import SIZES, _fits
 from tests.pages.test_ack_report import TIMINGS, make_alert
-from tests.results.test_concurrency import fresh_app
-
-__all__ = ["browser", "fresh_app", "served"]
 
 
 @pytest.mark.parametrize("size", list(SIZES))
@@ -39,10 +36,10 @@ def test_monitor_reads_the_acknowledgement_report(served: Any, browser: Any, siz
                 ack=ack,
                 resolve=resolve,
             )
-    page, failed = _open(browser, size)
+    page, failed = open_watched(browser, SIZES[size])
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
-    _log_in(page, base, "monitor.a@example.test")
+    log_in(page, base, "monitor.a@example.test")
     page.goto(f"{base}/reports/ack-times?from=2026-05&to=2026-07")
     expect(page.get_by_role("heading", name="Acknowledgement times")).to_be_visible()
     june = page.locator('tr[data-view="by-month"][data-month="2026-06"]')
@@ -83,8 +80,8 @@ def test_the_failsafe_banner_on_every_page_of_the_site(
         alert.failsafe_at = datetime(2026, 6, 2, 10, 0, tzinfo=UTC)
         s.add(alert)
         alert_id = alert.id
-    page, failed = _open(browser, size)
-    _log_in(page, base, "coordinator.a@example.test")
+    page, failed = open_watched(browser, SIZES[size])
+    log_in(page, base, "coordinator.a@example.test")
     for path in ("/", "/participants"):
         page.goto(f"{base}{path}")
         banner = page.locator("#failsafe-banner")
@@ -121,8 +118,8 @@ def test_the_oncall_page(served: Any, browser: Any, size: str) -> None:
             actor=coordinator,
             now=datetime(2026, 11, 1, tzinfo=UTC),
         )
-    page, failed = _open(browser, size)
-    _log_in(page, base, "monitor.a@example.test")
+    page, failed = open_watched(browser, SIZES[size])
+    log_in(page, base, "monitor.a@example.test")
     page.goto(f"{base}/oncall")
     layer = page.locator('[data-site="SITE-A"] [data-layer="primary"]')
     expect(layer.locator('[data-who="now"]')).to_be_visible()

@@ -21,7 +21,7 @@ from server.auth.models import SiteMembership, StaffUser
 from server.clock import utcnow
 from server.db import get_db
 from server.participants.models import Participant
-from tests.browser.test_care_pages_browser import served
+from tests.browser.conftest import served
 from tests.results.test_concurrency import fresh_app
 
 __all__ = ["fresh_app", "served"]
