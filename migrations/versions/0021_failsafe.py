@@ -1,7 +1,7 @@
 """the fail-safe: a site's designated fail-safe and when an alert reached it
 
 Revision ID: 0021
-Revises: 0018
+Revises: 0020
 Create Date: 2026-12-04 23:00:00.000000+00:00
 
 Issue 16 item 3. A site names its fail-safe (a role and/or a phone number) before it can enrol;
@@ -16,7 +16,7 @@ import sqlmodel  # noqa: F401  (autogenerate renders sqlmodel.sql.sqltypes types
 from alembic import op
 
 revision: str = "0021"
-down_revision: str | None = "0018"
+down_revision: str | None = "0020"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
