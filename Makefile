@@ -83,12 +83,16 @@ test-shifted: setup browser
 
 ## make test: install what tests need, lint, type-check, run the suite on SQLite then PostgreSQL
 ## (and, in CI, on SQLite again with the clock moved); every pass runs, any failure fails.
-test: lint typecheck
-	@status=0; \
+## The PostgreSQL pass runs beside the SQLite passes (two cores: CI stays under 15 minutes); its
+## output is printed once it ends. Each pass has its own database, ports and artifacts.
+test: lint typecheck browser
+	@status=0; pg_log=$$(mktemp); \
+	( $(MAKE) --no-print-directory test-postgres > $$pg_log 2>&1 ) & pg_pid=$$!; \
 	echo "== tests on SQLite =="; \
 	$(MAKE) --no-print-directory test-sqlite || status=1; \
-	$(MAKE) --no-print-directory test-postgres || status=1; \
 	if [ "$${CI:-}" = "true" ]; then $(MAKE) --no-print-directory test-shifted || status=1; fi; \
+	wait $$pg_pid || status=1; \
+	cat $$pg_log; rm -f $$pg_log; \
 	if [ $$status -ne 0 ]; then echo "!! at least one test pass failed (see above)" >&2; fi; \
 	exit $$status
 
