@@ -378,6 +378,7 @@ def seed(url: str, sites: int, per_site: int, warmups: int, now: datetime) -> Se
                     name=f"Alert latency bench site {n}",
                     country="FR",
                     timezone=SITE_TZ,
+                    failsafe_role="investigator",  # required before enrolment (issue 16)
                     now=now,
                 )
                 assert site.id is not None

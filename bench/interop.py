@@ -91,6 +91,7 @@ def build(app: object, participants: int, now: datetime) -> list[str]:
             name="Paris",
             country="FR",
             timezone="Europe/Paris",
+            failsafe_role="investigator",  # required before enrolment (issue 16)
             now=now,
         )
         assert site.id is not None

@@ -153,6 +153,7 @@ def create_reference_rows(session: Session, now: datetime) -> tuple[World, Proto
             name=f"Centre {code.split('-')[1].title()}",
             country="FR",
             timezone=TZ,
+            failsafe_role="investigator",  # required before enrolment (issue 16)
             now=now,
         )
         for code in SITE_CODES
