@@ -57,7 +57,7 @@ from notifications.providers.base import (
     SmsProvider,
     TransientSendError,
 )
-from notifications.ratelimit import MemoryRate, SendRate
+from notifications.ratelimit import MemoryRate, SendRate, interval
 from notifications.segments import count_segments
 from notifications.sqltypes import utcnow
 
@@ -184,8 +184,7 @@ class Dispatcher:
         return self.rate_per_second
 
     def _interval(self, sender: str | None) -> float:
-        rate = self._rate_of(sender)
-        return 1.0 / rate if rate > 0 else 0.0
+        return interval(self._rate_of(sender))
 
     def _claim_cap(self, sender: str | None) -> int | None:
         """Routine rows one claim may take for this sender (None: no limit)."""

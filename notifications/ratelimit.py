@@ -11,8 +11,14 @@ live where every dispatcher sees them:
 - else this process's memory (SQLite: one machine, one scheduler process sending).
 
 The rule is GCRA (a token bucket of one token, kept as a single "theoretical arrival time"): a
-sender's sends are at least 1/rate seconds apart, whoever sends them. The clock is the store's
+sender's sends are at least `interval(rate)` apart, whoever sends them. The clock is the store's
 own, so the machines' clocks never matter.
+
+The slots are paced at PACING (90 %) of the configured rate: the provider counts arrivals, not our
+slots, and the time from a slot to the request reaching the provider varies (a busy machine, the
+network). At exactly 1/rate, rate+1 sends span exactly one second, so any jitter lets the provider
+see more than the rate in some second; at 90 % it takes a jitter of a tenth of a second per
+interval's worth (100 ms at 1/s, 22 ms per send at 5/s: 111 ms across six) before it could.
 
 Staff alerts keep their priority when they share a sender with participant messages: an urgent
 caller that finds the next slot taken *holds* it — routine callers are refused until the urgent
@@ -42,6 +48,13 @@ log = logging.getLogger("stepdown.ratelimit")
 
 # How long a slot stays reserved for the urgent caller that asked for it.
 HOLD_GRACE_SECONDS = 0.25
+# Slots go at this share of the configured rate (see above): the provider never sees more.
+PACING = 0.9
+
+
+def interval(rate: float) -> float:
+    """Seconds between two slots of a sender sending `rate` SMS a second (0: no limit)."""
+    return 1.0 / (rate * PACING) if rate > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +112,7 @@ class MemoryRate:
             return 0.0
         with self._lock:
             state, wait = decide(
-                self._state.get(sender, Slots()), self._clock(), 1.0 / rate, urgent=urgent
+                self._state.get(sender, Slots()), self._clock(), interval(rate), urgent=urgent
             )
             self._state[sender] = state
             return wait
@@ -146,7 +159,7 @@ class DatabaseRate:
             return 0.0
         with self._engine.begin() as conn:
             state, now = self._locked(conn, sender)
-            new, wait = decide(state, now, 1.0 / rate, urgent=urgent)
+            new, wait = decide(state, now, interval(rate), urgent=urgent)
             if new != state:
                 self._store(conn, sender, new)
             return wait
@@ -208,7 +221,7 @@ class RedisRate:
             return 0.0
         raw = self._script(
             keys=[self._key(sender)],
-            args=[repr(1.0 / rate), "1" if urgent else "0", repr(HOLD_GRACE_SECONDS), ""],
+            args=[repr(interval(rate)), "1" if urgent else "0", repr(HOLD_GRACE_SECONDS), ""],
         )
         return float(raw)
 

@@ -26,6 +26,7 @@ from notifications.ratelimit import (
     SendRate,
     Slots,
     decide,
+    interval,
     paused,
     rate_store,
 )
@@ -67,6 +68,14 @@ def test_an_urgent_caller_keeps_the_next_slot_from_routine_callers() -> None:
     state, _ = decide(Slots(tat=20.0), 19.5, 1.0, urgent=True)
     _, wait = decide(state, 20.0 + HOLD_GRACE_SECONDS + 0.01, 1.0, urgent=False)
     assert wait == 0.0
+
+
+def test_slots_are_paced_under_the_configured_rate() -> None:
+    # The provider counts arrivals: at exactly 1/rate, rate+1 sends span exactly one second and
+    # any jitter shows the provider more than the rate; the slots keep a tenth in hand.
+    assert interval(1) == pytest.approx(1 / 0.9)
+    assert 6 * interval(6) == pytest.approx(1 / 0.9)
+    assert interval(0) == 0.0 and interval(-1) == 0.0
 
 
 def test_a_pause_holds_every_caller_urgent_or_not() -> None:
@@ -180,7 +189,7 @@ def test_redis_store_spaces_callers_and_pauses_every_one(redis_store: RedisRate)
     # The urgent hold, in Lua as in Python.
     assert redis_store.acquire(sender, 2, urgent=False) == 0.0
     assert redis_store.acquire(sender, 2, urgent=True) > 0.4  # the next slot is held for it
-    time.sleep(0.55)
+    time.sleep(interval(2) + 0.03)
     assert redis_store.acquire(sender, 2, urgent=False) > 0  # free, but held: refused
     assert redis_store.acquire(sender, 2, urgent=True) == 0.0
 
