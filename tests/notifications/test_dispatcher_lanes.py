@@ -18,7 +18,6 @@ What is proved here, with the real twilio library against the in-process fake Tw
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
@@ -172,11 +171,18 @@ RATE = 10.0  # a fast "long code", so the test takes seconds
 @only_postgresql
 def test_two_dispatcher_processes_keep_one_rate_through_postgresql(app: Flask, live: Live) -> None:
     times = two_dispatchers(app, live, store="postgresql", rate=RATE, rows=40)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    # The database's clock grants the slots; arrivals at the fake jitter by a few ms.
-    assert min(gaps) > 0.8 / RATE, min(gaps)
-    assert max_in_window(times, 1.0) <= RATE + 1
+    assert_one_rate(times)
     assert times[-1] - times[0] >= (len(times) - 1) / RATE - 0.05
+
+
+def assert_one_rate(times: list[float]) -> None:
+    """What the provider would count: never more than RATE arrivals in any second, and never two
+    slots' worth at once. The store's clock grants the slots 1/(0.9 RATE) apart; arrivals at the
+    fake jitter (a busy machine delays one send and not the next), so a single gap proves
+    nothing, but any three arrivals span about two intervals."""
+    assert max_in_window(times, 1.0) <= RATE, max_in_window(times, 1.0)
+    spans = [c - a for a, c in zip(times, times[2:], strict=False)]
+    assert min(spans) > 1.5 / RATE, min(spans)
 
 
 @only_postgresql
@@ -186,9 +192,7 @@ def test_two_dispatcher_processes_keep_one_rate_through_redis(
     times = two_dispatchers(
         app, live, store="redis", rate=RATE, rows=40, redis_url=REDIS_URL, prefix=redis_prefix
     )
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) > 0.8 / RATE, min(gaps)
-    assert max_in_window(times, 1.0) <= RATE + 1
+    assert_one_rate(times)
 
 
 @only_postgresql
