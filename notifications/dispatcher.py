@@ -148,8 +148,8 @@ class Dispatcher:
     rates: SendRate = field(default_factory=MemoryRate)
     # A staff alert's claim lasts seconds: if this process dies mid-send, another dispatcher's
     # reaper (which asks the provider's log, never resends blindly) settles it within about
-    # 20 s, so the alert still reaches its nurse within half a minute of its due time.
-    urgent_lease_seconds: int = 20
+    # 17 s, so the alert still reaches its nurse within half a minute of its due time.
+    urgent_lease_seconds: int = 15
     # A claimed row is handed to the provider only while this long is left of its lease: the
     # provider call may take the client's whole timeout, and must end before the reaper may act.
     send_margin_seconds: float = 12.0

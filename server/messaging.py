@@ -277,8 +277,10 @@ def build_dispatcher(app: Flask, **overrides: object) -> Dispatcher:
         "rates": send_rates(app),
         # A provider call may take the client's whole timeout; it must end inside its lease.
         "send_margin_seconds": timeout + 2,
-        # Long enough to start the call (its turn at the sender) with the margin still ahead.
-        "urgent_lease_seconds": max(20, int(timeout) + 10),
+        # Long enough to start the call (its turn at the sender, counted on top of this) with the
+        # margin still ahead: 15 s at the default timeout, so a dead dispatcher's alert is re-sent
+        # (after the provider's log is asked) within about 17 s.
+        "urgent_lease_seconds": max(15, int(timeout) + 5),
         "on_unsubscribed": make_unsubscribed_hook(f"{base}/"),
         "on_failed": on_send_failed,
         "hold": participant_holds,

@@ -75,7 +75,7 @@ def job_specs() -> list[JobSpec]:
         ),
         JobSpec(
             "alerts.escalate",
-            10,
+            5,
             alerts.escalate_due,
             "notify the next tier of open alerts whose timeout passed",
         ),

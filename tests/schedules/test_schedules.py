@@ -3,7 +3,7 @@ status changes, amendments, NCT07239271 decisions, adherence — through the API
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import time_machine
 from sqlmodel import select
@@ -323,6 +323,10 @@ def test_scheduler_registers_jobs_under_stable_ids(app):
         "fhir.subscriptions",
         "health.deadman",
     }
+    # A tier is notified at most 5 s after its timeout (issue 13: within 30 s of its due time,
+    # a dead dispatcher's 15 s lease and the sender's queue included).
+    jobs_by_id = {j.id: j for j in sched.get_jobs()}
+    assert jobs_by_id["alerts.escalate"].trigger.interval == timedelta(seconds=5)
 
 
 # --- status changes -----------------------------------------------------------------------------
