@@ -6,7 +6,7 @@ from server.audit import AuditEvent
 from server.auth.models import ApiToken, Role, SiteMembership, StaffUser
 from server.fhir.models import FhirNotification, FhirSubscription
 from server.health.models import LeaderLease, ProcessHeartbeat
-from server.oncall.models import Rota, RotaOverride
+from server.oncall.models import CalendarLink, Rota, RotaOverride
 from server.participants.mobile import ActivationCode, ParticipantToken
 from server.participants.models import (
     EligibilityFact,
@@ -26,6 +26,7 @@ __all__ = [
     "AlertLog",
     "ApiToken",
     "AuditEvent",
+    "CalendarLink",
     "Decision",
     "EligibilityFact",
     "EventStatus",

@@ -42,3 +42,16 @@ class RotaOverride(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=200)
     created_by_user_id: int | None = Field(default=None, foreign_key="staff_user.id")
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class CalendarLink(SQLModel, table=True):
+    """A person's secret calendar subscription link (GET /oncall/feed/<token>.ics): at most one
+    per staff user; only the SHA-256 of its token is stored. Kept out of staff_user so that no
+    read, listing or audit snapshot of a user can ever carry it."""
+
+    __tablename__ = "oncall_calendar_link"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="staff_user.id", unique=True, ondelete="CASCADE")
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)

@@ -11,6 +11,7 @@ or 169). An override (a day off, a holiday) gives a span to someone else and win
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -140,3 +141,20 @@ def now_and_next(
     current = ahead[0] if ahead and ahead[0].starts_at <= now else None
     later = [s for s in ahead if s.starts_at > now]
     return current, (later[0] if later else None)
+
+
+# A calendar link's token: secrets.token_urlsafe(32), 43 URL-safe characters. Anything else is
+# not a token and is refused before it is hashed or looked up.
+CALENDAR_TOKEN_BYTES = 32
+_CALENDAR_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def is_calendar_token(text: str) -> bool:
+    """Whether the text has the shape of a calendar link's token."""
+    return _CALENDAR_TOKEN.fullmatch(text) is not None
+
+
+def webcal_url(url: str) -> str:
+    """The webcal:// form of an http(s) feed URL (calendar apps open it as a subscription)."""
+    scheme, sep, rest = url.partition("://")
+    return f"webcal://{rest}" if sep and scheme in ("http", "https") else url

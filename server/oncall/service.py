@@ -1,8 +1,10 @@
 """On-call rotas: set a site's layer, override a span, who is on call now and next, each
-person's shifts (the iCalendar feed), and the shifts that would reach nobody."""
+person's shifts (the iCalendar feed) and their secret calendar link, and the shifts that would
+reach nobody."""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -12,10 +14,10 @@ from sqlmodel import Session, col, select
 
 from server import audit
 from server.auth.models import SiteMembership, StaffUser
-from server.auth.service import actor_of
+from server.auth.service import actor_of, hash_token
 from server.errors import field_error
 from server.oncall import rules
-from server.oncall.models import Rota, RotaOverride
+from server.oncall.models import CalendarLink, Rota, RotaOverride
 from server.participants.models import Site
 
 # How far ahead the dead-route check and the page look at shifts.
@@ -276,3 +278,78 @@ def ical(user: StaffUser, items: list[tuple[Site, Rota, rules.Shift]], now: date
             event.add("description", "Override")
         cal.add_component(event)
     return cal.to_ical()  # type: ignore[no-any-return]
+
+
+# --- the secret calendar link (GET /oncall/feed/<token>.ics) -----------------------------------
+
+
+def calendar_link_of(session: Session, user: StaffUser) -> CalendarLink | None:
+    """The person's calendar link, if they hold one (its token is never known again)."""
+    return session.exec(select(CalendarLink).where(CalendarLink.user_id == user.id)).first()
+
+
+def create_calendar_link(
+    *, session: Session, user: StaffUser, now: datetime
+) -> tuple[str, CalendarLink]:
+    """Give the person a new secret calendar link, replacing any old one (which stops working).
+    Returns the clear token, to show to its owner once; audited `oncall.calendar_link_created`
+    or `oncall.calendar_link_reset`, with the dates only (never the token or its hash)."""
+    clear = secrets.token_urlsafe(rules.CALENDAR_TOKEN_BYTES)
+    link = calendar_link_of(session, user)
+    before = {"created_at": link.created_at} if link else None
+    if link is None:
+        link = CalendarLink(user_id=user.id, token_hash=hash_token(clear), created_at=now)  # type: ignore[arg-type]
+    else:
+        link.token_hash, link.created_at = hash_token(clear), now
+    session.add(link)
+    session.flush()
+    common: dict[str, Any] = {
+        "session": session,
+        "actor": actor_of(user),
+        "actor_user_id": user.id,
+        "entity": "oncall_calendar_link",
+        "entity_id": link.id,
+        "now": now,
+        "after": {"user_id": user.id, "created_at": now},
+    }
+    if before is None:
+        audit.record(action="oncall.calendar_link_created", **common)
+    else:
+        audit.record(action="oncall.calendar_link_reset", before=before, **common)
+    return clear, link
+
+
+def revoke_calendar_link(*, session: Session, user: StaffUser, now: datetime) -> bool:
+    """Stop the person's calendar link (audited `oncall.calendar_link_revoked`); False when
+    there was none."""
+    link = calendar_link_of(session, user)
+    if link is None:
+        return False
+    before = {"user_id": user.id, "created_at": link.created_at}
+    session.delete(link)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=actor_of(user),
+        actor_user_id=user.id,
+        action="oncall.calendar_link_revoked",
+        entity="oncall_calendar_link",
+        entity_id=link.id,
+        now=now,
+        before=before,
+    )
+    return True
+
+
+def user_of_calendar_token(*, session: Session, token: str) -> StaffUser | None:
+    """The active person whose live calendar link this token is (None for anything else: a
+    malformed token is refused before it is hashed or looked up)."""
+    if not rules.is_calendar_token(token):
+        return None
+    link = session.exec(
+        select(CalendarLink).where(CalendarLink.token_hash == hash_token(token))
+    ).first()
+    if link is None:
+        return None
+    user = session.get(StaffUser, link.user_id)
+    return user if user is not None and user.is_active else None
