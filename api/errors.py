@@ -119,6 +119,7 @@ def wants_json() -> bool:
     return (
         path.startswith("/api/")
         or path.startswith("/twilio/")
+        or path.startswith("/oncall/feed/")  # calendar apps, not people
         or path == "/healthz"
         or (request.accept_mimetypes.best == "application/json")
     )

@@ -1,16 +1,22 @@
 """On-call rotas (issue 16 item 1): a site's layers and who is on call now and next, setting a
-layer, overrides, and each person's shifts as an iCalendar feed."""
+layer, overrides, and each person's shifts as an iCalendar feed, behind their login or through
+their secret calendar link (created, reset and stopped here, shown to its owner only)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
-from flask import Response
+from flask import Response, current_app
 from flask_smorest import Blueprint
 
 from api.common import commit
-from api.schemas import RotaOverrideSchema, RotaSetSchema
+from api.schemas import (
+    CalendarLinkSchema,
+    CalendarLinkStateSchema,
+    RotaOverrideSchema,
+    RotaSetSchema,
+)
 from server.auth.rules import Permission
 from server.auth.scoping import get_site
 from server.auth.web import require
@@ -122,3 +128,48 @@ def calendar_response(user: Any) -> Response:
             "Cache-Control": "no-store",
         },
     )
+
+
+def feed_url(token: str) -> str:
+    """The public https address of a calendar link's feed (PUBLIC_BASE_URL is https in
+    production; config/settings.py refuses anything else)."""
+    return f"{current_app.config['PUBLIC_BASE_URL']}/oncall/feed/{token}.ics"
+
+
+def calendar_link_json(token: str, created_at: Any) -> dict[str, Any]:
+    """What only the owner sees, once: the link as https and webcal."""
+    url = feed_url(token)
+    return {"url": url, "webcal_url": rules.webcal_url(url), "created_at": created_at}
+
+
+@blp.route("/me/oncall-feed")
+@blp.response(200, CalendarLinkStateSchema)
+def calendar_link_state() -> dict[str, Any]:
+    """Whether I hold a secret calendar link, and since when (never the link itself: it is
+    shown once, when created or reset)."""
+    user = require(Permission.PARTICIPANT_READ)
+    link = oncall.calendar_link_of(get_session(), user)
+    return {"exists": link is not None, "created_at": link.created_at if link else None}
+
+
+@blp.route("/me/oncall-feed", methods=["POST"])
+@blp.response(201, CalendarLinkSchema)
+def create_calendar_link() -> dict[str, Any]:
+    """Create my secret calendar link, or reset it (the old one stops working at once): a
+    calendar app subscribes to it without logging in. The answer is the only time the link is
+    shown; anyone with it sees my shifts (site codes and times, no participant information).
+    Audited (`oncall.calendar_link_created` / `oncall.calendar_link_reset`, without the link)."""
+    user = require(Permission.PARTICIPANT_READ)
+    token, link = oncall.create_calendar_link(session=get_session(), user=user, now=utcnow())
+    commit()
+    return calendar_link_json(token, link.created_at)
+
+
+@blp.route("/me/oncall-feed", methods=["DELETE"])
+@blp.response(204)
+def revoke_calendar_link() -> None:
+    """Stop my calendar link: it answers 404 from now on (nothing to stop is fine too).
+    Audited (`oncall.calendar_link_revoked`)."""
+    user = require(Permission.PARTICIPANT_READ)
+    oncall.revoke_calendar_link(session=get_session(), user=user, now=utcnow())
+    commit()

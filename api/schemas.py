@@ -1056,3 +1056,24 @@ class RotaOverrideSchema(ma.Schema):
     starts_at = ma.fields.AwareDateTime(required=True)
     ends_at = ma.fields.AwareDateTime(required=True)
     reason = ma.fields.String(load_default=None, validate=validate.Length(max=200))
+
+
+class CalendarLinkSchema(ma.Schema):
+    url = ma.fields.String(
+        metadata={
+            "description": "shown once, to its owner only: the secret https address of your "
+            "on-call shifts as iCalendar; anyone with it sees your shifts (site codes and "
+            "times, no participant information)"
+        }
+    )
+    webcal_url = ma.fields.String(
+        metadata={"description": "the same address as webcal://, which calendar apps subscribe to"}
+    )
+    created_at = ma.fields.AwareDateTime()
+
+
+class CalendarLinkStateSchema(ma.Schema):
+    exists = ma.fields.Boolean(metadata={"description": "whether you hold a live calendar link"})
+    created_at = ma.fields.AwareDateTime(
+        allow_none=True, metadata={"description": "when it was created or last reset"}
+    )

@@ -42,6 +42,10 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # The twilio client logs every request at INFO (about 11 lines per SMS): keep warnings only.
     logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+    from server import access_log
+
+    # Calendar-link tokens never reach our request logs (server/access_log.py).
+    access_log.install()
 
     from api import input_guard
 
