@@ -432,7 +432,10 @@ def test_the_openapi_document_describes_every_request_body_and_real_statuses(cli
         if method in {"post", "put", "patch"} and "requestBody" not in op
     }
     # Writes that take no body on purpose: the action is the whole request.
-    assert bodiless_writes == {("post", f"{A}/participants/{{participant_id}}/activation")}
+    assert bodiless_writes == {
+        ("post", f"{A}/participants/{{participant_id}}/activation"),
+        ("post", f"{A}/me/oncall-feed"),
+    }
     for method, path, op in _operations(spec):
         assert "default" not in op["responses"], (method, path)
         if method == "get":

@@ -2,10 +2,12 @@
 
 A participant with a phone and SMS consent gets a welcome, activation codes and a questionnaire
 reminder carrying its signed survey link; the on-call nurse gets an alert SMS with its
-acknowledgement code. Then, for every staff role, every route of the app's url_map is requested
-(JSON API, pages, CSV export, audit views; reads, then the actions that return a message or an
-alert, then everything else), before and after the dispatcher sends: no answer holds an
-activation code, a survey token or an acknowledgement code, and neither does any audit row. The
+acknowledgement code, and holds a secret calendar link (shown to her once, at creation). Then,
+for every staff role, every route of the app's url_map is requested (JSON API, pages, CSV
+export, audit views; reads, then the actions that return a message or an alert, then everything
+else), before and after the dispatcher sends: no answer holds an activation code, a survey
+token, an acknowledgement code or the calendar link's token or hash, and neither does any
+audit row. The
 staff view still tells what each message was: its kind, and its text with "[code hidden]" /
 "[link hidden]" in place of the secret. Once sent, the outbox itself has forgotten the secrets,
 and the participant's code (as the phone received it) still activates the app.
@@ -34,7 +36,9 @@ from server.alerts import service as alert_service
 from server.alerts.models import Alert, AlertKind
 from server.audit import AuditEvent
 from server.auth.models import Role, SiteMembership
+from server.auth.service import hash_token
 from server.messaging import build_dispatcher
+from server.oncall import service as oncall
 from server.participants.mobile import ActivationCode
 from server.participants.models import Participant
 from server.schedules import reminders
@@ -160,6 +164,12 @@ OTHER = {
     "oncall.my_calendar",
     "oncall_pages.page",
     "oncall_pages.my_calendar",
+    "oncall.calendar_link_state",
+    "oncall.create_calendar_link",
+    "oncall.revoke_calendar_link",
+    "oncall_pages.create_calendar_link",
+    "oncall_pages.stop_calendar_link",
+    "oncall_pages.calendar_feed",
 }
 NOT_REQUESTED = {
     "static": "files from disk",
@@ -193,12 +203,15 @@ class Scene:
     activation_codes: set[str] = field(default_factory=set)
     survey_tokens: set[str] = field(default_factory=set)
     ack_codes: set[str] = field(default_factory=set)
+    # The on-call nurse's secret calendar link: its token and the SHA-256 stored for it.
+    calendar_tokens: set[str] = field(default_factory=set)
 
     def secrets(self) -> dict[str, set[str]]:
         return {
             "activation code": self.activation_codes,
             "survey token": self.survey_tokens,
             "ack code": self.ack_codes,
+            "calendar link": self.calendar_tokens | {hash_token(t) for t in self.calendar_tokens},
         }
 
 
@@ -284,6 +297,10 @@ def scene(daytime: None, app: Flask, db: Session, world: factories.World) -> Sce
         )
     ).one()
     scene = Scene(participant, alert, event, partial.provider)
+    # The nurse subscribed her calendar: the link was shown to her once, here.
+    token, _ = oncall.create_calendar_link(session=db, user=nurse, now=clock.utcnow())
+    db.commit()
+    scene.calendar_tokens.add(token)
     _harvest(db, scene)
     # The scene holds each kind of secret, in clear, in the outbox: otherwise this proves nothing.
     pending = db.exec(
@@ -340,6 +357,8 @@ class Walker:
             "rest": "Basic/1/_history",
             "layer": "primary",
             "call_id": 1,
+            # The nurse's live link: the feed answers (her shifts), and never says the token.
+            "token": next(iter(s.calendar_tokens)),
         }
 
     def _message(self, kind: MessageKind) -> OutboxMessage:
@@ -471,6 +490,9 @@ def test_no_route_shows_a_secret_to_any_staff_role(
     assert any(code in sent for code in scene.activation_codes)
     assert any(token in sent for token in scene.survey_tokens)
     assert any(ack in sent for ack in scene.ack_codes)
+    # The walk opened the nurse's calendar feed with her live link (and it never said the token).
+    feeds = [a for a in walker.answers if a.label.startswith("GET /oncall/feed/")]
+    assert any(a.status == 200 and "BEGIN:VCALENDAR" in a.body for a in feeds)
     leaks = _leaks([(a.label, a.text) for a in walker.answers], scene)
     assert leaks == []
     # Nor in any audit row, message trail, or outbox row that has gone (or never will): only
