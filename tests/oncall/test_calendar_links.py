@@ -271,3 +271,15 @@ def test_the_request_log_never_writes_the_token(app, caplog):
     assert len(lines) == 2, caplog.text
     assert all("/oncall/feed/[redacted].ics" in line for line in lines), lines
     assert token not in caplog.text
+
+
+def test_the_request_log_never_writes_a_survey_link() -> None:
+    """A participant's survey link is as secret as a calendar link: the access line keeps the
+    path's shape, never the token (and leaves other paths alone)."""
+    from server.access_log import redact
+
+    line = '127.0.0.1 - - "GET /s/AbC-12_x.y HTTP/1.1" 200 -'
+    assert redact(line) == '127.0.0.1 - - "GET /s/[redacted] HTTP/1.1" 200 -'
+    assert redact('"POST /s/tok?step=3 HTTP/1.1"') == '"POST /s/[redacted]?step=3 HTTP/1.1"'
+    for other in ('"GET /static/s/x.css HTTP/1.1"', '"GET /participants/12 HTTP/1.1"'):
+        assert redact(other) == other
