@@ -392,9 +392,11 @@ def _future(session: Session, alert: Alert, zone: ZoneInfo, now: datetime) -> li
     chain = rules.tiers(route)
     out: list[Step] = []
     tier, repeats, due = alert.tier, alert.repeats_done, alert.next_tier_at
+    exhausted = False
     for _ in range(FUTURE_STEPS):
         nxt = rules.next_step(route, tier, repeats)
         if nxt is None:
+            exhausted = True
             break
         tier, repeats = nxt
         send = rules.send_moment(
@@ -402,15 +404,35 @@ def _future(session: Session, alert: Alert, zone: ZoneInfo, now: datetime) -> li
         )
         step = chain[tier - 1]
         again = " again" if repeats else ""
-        text = f"Tier {tier}{again}: {_group(session, alert.site_id, step.recipients)}"
+        how = CHANNEL_WORDS.get(step.channel, "")
+        text = f"Tier {tier}{again}{how}: {_group(session, alert.site_id, step.recipients)}"
         out.append(Step(send, text, "next" if not out else "later"))
         if step.timeout is None:
             break
         due = send + step.timeout
+    if exhausted and alert.failsafe_at is None and alert.kind not in rules.SYSTEM_KINDS:
+        # The last tier's timeout passes unanswered: the site's fail-safe, at that moment.
+        out.append(Step(due, _failsafe(session, alert), "next" if not out else "later"))
+    elif out:
+        out.append(Step(None, "Then no further tier: the alert stays open on Today.", "later"))
     if out:
         out[0].text = f"If nobody acknowledges by then — {out[0].text}"
-        out.append(Step(None, "Then no further tier: the alert stays open on Today.", "later"))
     return out
+
+
+# How a tier reaches its people, when not by SMS alone.
+CHANNEL_WORDS = {"both": " (SMS and a phone call)", "call": " (a phone call)"}
+
+
+def _failsafe(session: Session, alert: Alert) -> str:
+    """Who the site's fail-safe reaches, in words (never the number itself)."""
+    site = session.get(Site, alert.site_id) if alert.site_id else None
+    if site is None:
+        return "Fail-safe"
+    who = [p.full_name for p in alerts.failsafe_people(session, site)]
+    if site.failsafe_phone_e164:
+        who.append("the site's fail-safe number")
+    return "Fail-safe: " + (", ".join(who) if who else "nobody reachable")
 
 
 def build(*, session: Session, alert: Alert, now: datetime) -> Briefing:

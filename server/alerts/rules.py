@@ -5,9 +5,14 @@ Levels (each kind's default below; a protocol file's `alerts:` block or the site
 `escalation_policy.levels` may set another, the site's word last):
 
 - critical: act now. SMS at once, day or night (the site's `page_24_7`), reply ACK, escalates
-  through the `clinical` route: the on-call nurse (a phone call after 10 minutes unacknowledged;
-  keypad 1 acknowledges), after 15 minutes every nurse and the
-  coordinator, after 30 more the investigator, repeated twice every 30 minutes.
+  through the `clinical` route, 15 minutes a tier: the on-call nurse (the rota's primary; a phone
+  call after 10 minutes unacknowledged; keypad 1 acknowledges), after 15 minutes every nurse and
+  the coordinator, after 15 more the investigators by SMS and a call at once, and 15 minutes
+  after that, still unacknowledged, the site's fail-safe (45 minutes after the first SMS, no
+  repeats). CLSI GP47 asks a critical result to reach a responsible clinician within an hour
+  and the Joint Commission (NPSG 2C) a fail-safe when the caregiver cannot be reached: the
+  fail-safe still has 15 minutes of that hour. A call nobody answers (no answer, busy,
+  voicemail) moves on at once, so +45 is the latest, not the usual, moment.
 - urgent: act today. SMS at once in the day, held until the night ends (21:00-08:00 site time)
   unless `page_24_7` names it; reply ACK; escalates through the `urgent` route: nurses and
   coordinators, after 60 minutes the investigator (each step also held at night).
@@ -82,15 +87,17 @@ ROUTE_OF_LEVEL: Mapping[Level, str] = {
 DEFAULT_POLICY: dict[str, Any] = {
     "routes": {
         # Critical: the on-call nurse now, then every nurse and the coordinator after 15 minutes,
-        # then the investigator after 30 more, twice more every 30 minutes.
+        # then the investigators after 15 more, then (no repeats) the site's fail-safe 15 minutes
+        # later: +45 min, inside CLSI GP47's hour (issue 16).
         "clinical": {
             "tiers": [
-                # SMS now, a phone call after 10 minutes unacknowledged (issue 16).
+                # SMS now, a phone call after 10 minutes unacknowledged.
                 {"recipients": ON_CALL_NURSES, "timeout_minutes": 15, "call_after_minutes": 10},
-                {"recipients": NURSES_AND_COORDINATORS, "timeout_minutes": 30},
-                {"recipients": INVESTIGATORS, "timeout_minutes": 30},
+                {"recipients": NURSES_AND_COORDINATORS, "timeout_minutes": 15},
+                # The last people before the fail-safe: SMS and a call at once.
+                {"recipients": INVESTIGATORS, "timeout_minutes": 15, "channel": "both"},
             ],
-            "repeats": 2,
+            "repeats": 0,
         },
         # Urgent: the nurses and coordinators, the investigator after an hour unanswered.
         "urgent": {

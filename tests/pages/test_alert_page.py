@@ -149,9 +149,13 @@ def test_the_escalation_in_words_says_who_is_next_and_when(world, db, web_as, ca
         "Tue 30 Mar 10:15 (in 15 min) If nobody acknowledges by then — Tier 2: every nurse and "
         "coordinator: coordinator.a, nurse.a"
     ) in escalation
-    assert "Tue 30 Mar 10:45 (in 45 min) Tier 3: the investigator: investigator.a" in escalation
-    assert "Tier 3 again" in escalation
-    assert escalation.endswith("Then no further tier: the alert stays open on Today.")
+    assert (
+        "Tue 30 Mar 10:30 (in 30 min) Tier 3 (SMS and a phone call): the investigator: "
+        "investigator.a"
+    ) in escalation
+    assert "Tier 3 again" not in escalation
+    # The default critical route has no repeats: the site's fail-safe 45 minutes in.
+    assert escalation.endswith("Tue 30 Mar 10:45 (in 45 min) Fail-safe: investigator.a")
 
 
 def test_a_routine_task_needs_no_reply_and_never_escalates(world, db, web_as, care_team):

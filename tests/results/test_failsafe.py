@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlmodel import col, select
 
 from server.alerts import service as alerts
-from server.alerts.models import Alert, AlertKind, AlertLog
+from server.alerts.models import Alert, AlertKind, AlertLog, VoiceCall
 from server.audit import AuditEvent
 from server.auth.models import StaffUser
 from tests.api.test_participants import _new
@@ -44,18 +44,18 @@ def test_the_failsafe_fires_once_when_the_last_tier_goes_unanswered(
     with at(T0):
         post_negative_baseline(lab)
         alert_id = lab.post("/api/v1/results/ctdna", json=ctdna()).get_json()["alert_id"]
-    # Critical: tier 1 now, tier 2 at +15, tier 3 at +45, repeated at +75 and +105 (timeout 30).
-    for minutes in (15, 45, 75, 105):
+    # Critical: tier 1 now, tier 2 at +15, tier 3 at +30 (timeouts 15, no repeats).
+    for minutes in (15, 30):
         assert _run(db, minutes)["advanced"] == 1, minutes
     assert _failsafe_sms(db, alert_id) == []
-    _run(db, 134)
+    _run(db, 44)
     assert _failsafe_sms(db, alert_id) == [] and db.get(Alert, alert_id).failsafe_at is None
     # The last tier's timeout passes unanswered: the fail-safe (site A's: its investigators).
-    assert _run(db, 135) == {"advanced": 0, "exhausted": 1}
+    assert _run(db, 45) == {"advanced": 0, "exhausted": 1}
     sms = _failsafe_sms(db, alert_id)
     assert [m.to_e164 for m in sms] == [care_team["investigator"]]
     alert = db.get(Alert, alert_id)
-    assert alert.failsafe_at == T0 + timedelta(minutes=135)
+    assert alert.failsafe_at == T0 + timedelta(minutes=45)
     # In the site's language (Paris: French), with the code to reply with.
     assert sms[0].kind == "alert_failsafe" and alert.ack_code in sms[0].body
     assert sms[0].body.startswith("FILET DE SÉCURITÉ - Stepdown")
@@ -63,7 +63,7 @@ def test_the_failsafe_fires_once_when_the_last_tier_goes_unanswered(
     for word in ("positive", "ctdna", "heroes", "cancer"):
         assert word not in sms[0].body.lower()
     # Exactly once: the job again, later, and a failed SMS of the fail-safe change nothing.
-    _run(db, 135)
+    _run(db, 45)
     _run(db, 300)
     assert len(_failsafe_sms(db, alert_id)) == 1
     fired = db.exec(
@@ -91,6 +91,88 @@ def test_the_failsafe_fires_once_when_the_last_tier_goes_unanswered(
     june = body.get_json()["by_site_month"][0]
     assert june["reached_failsafe"] == 1 and june["acknowledged"] == 1
     assert june["minutes_to_acknowledgement"]["max"] == 140.0
+
+
+def test_the_default_critical_route_reaches_the_failsafe_at_45_minutes_not_before_and_once(
+    world, db, api_as, care_team
+):
+    """CLSI GP47's hour: unanswered, the default critical route reaches the site's fail-safe 45
+    minutes after the first SMS (tiers at 0, 15 and 30 min, 15 minutes each, no repeats),
+    with the escalation job run every 15 seconds as the scheduler does."""
+    lab = api_as("coordinator", "A")
+    with at(T0):
+        post_negative_baseline(lab)
+        alert_id = lab.post("/api/v1/results/ctdna", json=ctdna()).get_json()["alert_id"]
+
+    def every_15_s(start, end):
+        out = {}
+        for seconds in range(start, end, 15):
+            with at(T0 + timedelta(seconds=seconds)):
+                out[seconds] = alerts.escalate_due(session=db, now=datetime.now(UTC))
+                db.commit()
+        return out
+
+    runs = every_15_s(15, 45 * 60)
+    # Tier 2 at 15:00 and tier 3 at 30:00, each exactly once; nothing else moves.
+    assert {s for s, out in runs.items() if out["advanced"]} == {15 * 60, 30 * 60}
+    assert not any(out["exhausted"] for out in runs.values())
+    with at(T0 + timedelta(minutes=44, seconds=59)):
+        assert alerts.escalate_due(session=db, now=datetime.now(UTC)) == {
+            "advanced": 0,
+            "exhausted": 0,
+        }
+    assert _failsafe_sms(db, alert_id) == [] and db.get(Alert, alert_id).failsafe_at is None
+    sent = {
+        tier: {m.to_e164 for m in staff_sms(db, alert_id) if f":tier:{tier}:" in m.dedupe_key}
+        for tier in (1, 2, 3)
+    }
+    assert sent == {
+        1: {care_team["nurse"]},
+        2: {care_team["nurse"], care_team["coordinator"]},
+        3: {care_team["investigator"]},
+    }
+    notified = db.exec(
+        select(AlertLog.at, AlertLog.tier)
+        .where(AlertLog.alert_id == alert_id, AlertLog.what == "tier_notified")
+        .order_by(col(AlertLog.id))
+    ).all()
+    assert [(at_.replace(tzinfo=UTC) - T0, tier) for at_, tier in notified] == [
+        (timedelta(0), 1),
+        (timedelta(minutes=15), 2),
+        (timedelta(minutes=30), 3),
+    ]
+    # The on-call nurse is called 10 minutes after her SMS, the investigators with theirs.
+    calls = db.exec(
+        select(VoiceCall).where(VoiceCall.alert_id == alert_id).order_by(col(VoiceCall.id))
+    ).all()
+    assert [(c.to_e164, c.tier, c.due_at.replace(tzinfo=UTC) - T0) for c in calls] == [
+        (care_team["nurse"], 1, timedelta(minutes=10)),
+        (care_team["investigator"], 3, timedelta(minutes=30)),
+    ]
+
+    # 45:00: the investigators' 15 minutes are up, nobody acknowledged: the fail-safe.
+    with at(T0 + timedelta(minutes=45)):
+        assert alerts.escalate_due(session=db, now=datetime.now(UTC)) == {
+            "advanced": 0,
+            "exhausted": 1,
+        }
+        db.commit()
+    alert = db.get(Alert, alert_id)
+    assert alert.failsafe_at == T0 + timedelta(minutes=45) and alert.next_tier_at is None
+    assert [m.to_e164 for m in _failsafe_sms(db, alert_id)] == [care_team["investigator"]]
+
+    # Once only: the job keeps running for another hour and changes nothing.
+    later = every_15_s(45 * 60, 105 * 60)
+    assert all(out == {"advanced": 0, "exhausted": 0} for out in later.values())
+    assert len(_failsafe_sms(db, alert_id)) == 1
+    assert len(staff_sms(db, alert_id)) == 5  # 1 + 2 + 1 tier SMS and the fail-safe's
+    fired = db.exec(
+        select(AlertLog).where(AlertLog.alert_id == alert_id, AlertLog.what == "failsafe_fired")
+    ).all()
+    assert len(fired) == 1
+    audited = db.exec(select(AuditEvent).where(AuditEvent.action == "alert.failsafe_fired")).all()
+    assert [str(a.entity_id) for a in audited] == [str(alert_id)]
+    assert db.get(Alert, alert_id).failsafe_at == T0 + timedelta(minutes=45)
 
 
 def test_a_route_that_reaches_nobody_calls_the_site_number_at_once(world, db, api_as):

@@ -132,15 +132,15 @@ def test_tiers_escalate_exactly_at_their_timeouts(world, db, api_as, care_team):
         db.commit()
     tier2 = {m.to_e164 for m in staff_sms(db, alert_id) if ":tier:2:" in m.dedupe_key}
     assert tier2 == {care_team["nurse"], care_team["coordinator"]}
-    with at(T0 + timedelta(minutes=44, seconds=59)):
+    with at(T0 + timedelta(minutes=29, seconds=59)):
         assert alerts.escalate_due(session=db, now=datetime.now(UTC))["advanced"] == 0
-    with at(T0 + timedelta(minutes=45)):
+    with at(T0 + timedelta(minutes=30)):
         alerts.escalate_due(session=db, now=datetime.now(UTC))
         db.commit()
     tier3 = {m.to_e164 for m in staff_sms(db, alert_id) if ":tier:3:" in m.dedupe_key}
     assert tier3 == {care_team["investigator"]}
     # Running the job again at the same moment sends nothing more.
-    with at(T0 + timedelta(minutes=45)):
+    with at(T0 + timedelta(minutes=30)):
         alerts.escalate_due(session=db, now=datetime.now(UTC))
     assert len(staff_sms(db, alert_id)) == 4
 
@@ -218,7 +218,7 @@ def test_a_failed_delivery_moves_to_the_next_tier_at_once(world, db, api_as, car
     db.expire_all()
     alert = db.get(Alert, alert_id)
     assert alert.tier == 2
-    assert alert.next_tier_at == T0 + timedelta(minutes=1) + timedelta(minutes=30)
+    assert alert.next_tier_at == T0 + timedelta(minutes=1) + timedelta(minutes=15)
 
 
 def test_resolve_with_resumed_treatment_replans_and_needs_participant_write(

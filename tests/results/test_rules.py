@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
@@ -12,6 +12,7 @@ from server.alerts.rules import (
     next_step,
     parse_ack,
     route,
+    tiers,
 )
 from server.results.rules import ctdna_finding, imaging_finding, is_result_overdue
 
@@ -103,10 +104,35 @@ def test_escalation_steps_then_repeats_then_stops():
     clinical = route(DEFAULT_POLICY, AlertKind.CTDNA_POSITIVE, Level.CRITICAL)
     assert next_step(clinical, 1, 0) == (2, 0)
     assert next_step(clinical, 2, 0) == (3, 0)
-    assert next_step(clinical, 3, 0) == (3, 1)
-    assert next_step(clinical, 3, 2) is None
+    # The default critical route does not repeat: after tier 3, the fail-safe.
+    assert next_step(clinical, 3, 0) is None
+    # A site's route with repeats: the last tier again, then done.
+    repeated = {**clinical, "repeats": 2}
+    assert next_step(repeated, 3, 0) == (3, 1)
+    assert next_step(repeated, 3, 1) == (3, 2)
+    assert next_step(repeated, 3, 2) is None
     follow = route(DEFAULT_POLICY, AlertKind.RESULT_OVERDUE, Level.ROUTINE)
     assert next_step(follow, 2, 0) is None
+
+
+def test_the_default_critical_route_reaches_the_failsafe_within_gp47s_hour():
+    chain = tiers(route(DEFAULT_POLICY, AlertKind.CTDNA_POSITIVE, Level.CRITICAL))
+    minutes = timedelta(minutes=1)
+    assert [(t.recipients, t.timeout, t.channel, t.call_after) for t in chain] == [
+        ("on_call_nurses", 15 * minutes, "sms", 10 * minutes),
+        ("nurses_and_coordinators", 15 * minutes, "sms", None),
+        ("investigators", 15 * minutes, "both", None),
+    ]
+    # No repeats: the fail-safe when the last tier times out, 45 minutes after the first SMS,
+    # leaving it 15 minutes of CLSI GP47's hour.
+    assert route(DEFAULT_POLICY, AlertKind.PROGRESSION, Level.CRITICAL)["repeats"] == 0
+    assert sum((t.timeout for t in chain), timedelta()) == 45 * minutes
+    # Urgent (act today) is unchanged: 60 then 120 minutes, its fail-safe after 3 hours.
+    urgent = tiers(route(DEFAULT_POLICY, AlertKind.CRITICAL_ANSWER, Level.URGENT))
+    assert [(t.recipients, t.timeout) for t in urgent] == [
+        ("nurses_and_coordinators", 60 * minutes),
+        ("investigators", 120 * minutes),
+    ]
 
 
 @pytest.mark.parametrize(
