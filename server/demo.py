@@ -7,7 +7,10 @@ chronological order, each with `now` set to its own moment, and the scheduler's 
 runs before every step exactly as it would have: windows open, missed ones are marked missed (and
 audited), decisions and alerts open when their inputs arrive. So every row agrees with every
 other and the audit trail reads like a year of use. The last result arrives at the seed's `now`,
-so its alert is fresh: `make run` sends its first-tier SMS and escalates it like any other.
+so its alert is fresh: `make run` sends its first-tier SMS and escalates it like any other. One
+alert is older and nobody answered it (FH-002): the scheduler's, the dispatcher's and the fake
+Twilio's part in its half hour are steps too, so it reached the site's fail-safe before `now` and
+`make run` has nothing of it left to send.
 
 Anchors are counted back from today (the participant's local date), so the demo looks the same
 whenever it is seeded.
@@ -15,6 +18,8 @@ whenever it is seeded.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,9 +31,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from notifications import outbox
+from notifications.models import MessageStatus, OutboxMessage
 from server import messaging
 from server.alerts import service as alerts
-from server.alerts.models import Alert, AlertKind
+from server.alerts import voice
+from server.alerts.models import Alert, AlertKind, AlertState, VoiceCall
 from server.auth import service as auth_service
 from server.auth.models import Role, SiteMembership, StaffUser
 from server.auth.service import actor_of
@@ -59,6 +67,18 @@ DEMO_SITES = [
     ("PARIS-01", "Institut d'oncologie (démo) Paris", "FR", "Europe/Paris"),
     ("BOSTON-01", "Demo Cancer Center Boston", "US", "America/New_York"),
 ]
+# Each site's fail-safe (issue 16), both options side by side: Paris calls on its investigators
+# (a role), Boston on the hospital operator desk (a number, texted without an ACK code).
+DEMO_FAILSAFE = {
+    "PARIS-01": {"failsafe_role": "investigator"},
+    "BOSTON-01": {"failsafe_phone_e164": "+16175550190"},
+}
+# FH-002's positive ctDNA result arrived this long before the seed's now, and nobody answered:
+# its escalation, played as history, reaches Boston's fail-safe about five minutes before now.
+UNANSWERED_BEFORE = timedelta(minutes=31)
+# The history's scheduler pass (escalation, calls, dispatch) runs this often; a call placed in
+# one pass rings out unanswered by the next.
+HISTORY_PASS = timedelta(seconds=30)
 DEMO_STUDIES = [
     ("HEROES", "HEROES — stopping anti-HER2 maintenance guided by ctDNA", "heroes"),
     ("FREE-HER", "Free-HER — anti-HER2 therapy de-escalation with ctDNA monitoring", "free-her"),
@@ -122,6 +142,7 @@ DEMO_PARTICIPANTS = [
     DemoParticipant("STOP-HER2", "BOSTON-01", "SH2-001", "stop", 60, Locale.EN, "+16175550101"),
     DemoParticipant("STOP-HER2", "BOSTON-01", "SH2-002", "continue", 10, Locale.EN, "+16175550102"),
     DemoParticipant("FREE-HER", "BOSTON-01", "FH-001", None, 200, Locale.EN, "+16175550103"),
+    DemoParticipant("FREE-HER", "BOSTON-01", "FH-002", None, 175, Locale.EN, "+16175550104"),
     DemoParticipant(
         "NCT07239271",
         "PARIS-01",
@@ -465,6 +486,60 @@ class DemoStory:
 
         self.step(at, f"{code} replied STOP", run)
 
+    def unanswered(self, code: str, opened: datetime) -> None:
+        """Nobody answers the participant's critical alert, opened at `opened`: what the
+        scheduler, the dispatcher and the fake Twilio did, pass after pass until now, through
+        the real jobs and status functions (fake SIDs). Each SMS was sent and delivered, each
+        call rang out unanswered, and the escalation went on until the site's fail-safe fired;
+        `make run` finds nothing of it left to send."""
+        at = opened + timedelta(seconds=1)  # the dispatcher takes the first SMS at once
+        while at < self.now:
+            run = functools.partial(self._history_pass, code, at)
+            self.step(at, f"{code} alert unanswered", run)
+            at += HISTORY_PASS
+
+    def _history_pass(self, code: str, at: datetime) -> None:
+        alert = self._alert(code, AlertKind.CTDNA_POSITIVE)
+        session = self.session
+        # The fake Twilio: the calls placed at the last pass rang out (Twilio's status webhook).
+        for call in session.exec(
+            select(VoiceCall).where(VoiceCall.alert_id == alert.id, VoiceCall.status == "calling")
+        ).all():
+            voice.on_status(session, call, "no-answer", "", at)
+        # The scheduler: the escalation job, then the calls job.
+        alerts.escalate_due(session=session, now=at)
+        voice.place_due_calls(
+            session=session, now=at, provider=_HistoryCalls(), base_url=self.link.rstrip("/")
+        )
+        # The dispatcher: the alert's SMS handed to the provider, then the delivery callback.
+        pending = session.exec(
+            select(OutboxMessage)
+            .where(
+                OutboxMessage.ref == f"alert:{alert.id}",
+                OutboxMessage.status == MessageStatus.PENDING,
+                col(OutboxMessage.not_before_at) <= at,
+            )
+            .order_by(col(OutboxMessage.id))
+        ).all()
+        for row in pending:
+            sid = "SM" + hashlib.sha256(f"demo-sms:{row.id}".encode()).hexdigest()[:32]
+            row.attempts += 1
+            row.last_attempt_at = at
+            outbox.advance(session, row, MessageStatus.SENDING, source="dispatcher", now=at)
+            row.provider_sid = sid
+            outbox.advance(session, row, MessageStatus.SENT, source="dispatcher", now=at)
+            outbox.apply_callback(
+                session,
+                message_id=row.id,  # type: ignore[arg-type]
+                sid=sid,
+                provider_status="delivered",
+                error_code=None,
+                now=at + timedelta(seconds=2),
+            )
+        session.flush()
+        if alert.state != AlertState.OPEN:
+            raise RuntimeError(f"demo: {code}'s alert was acknowledged in its history")
+
     # -- the installation ------------------------------------------------------------------------
 
     def install(self) -> None:
@@ -480,7 +555,7 @@ class DemoStory:
                 country=country,
                 timezone=tz,
                 now=at,
-                failsafe_role="investigator",
+                **DEMO_FAILSAFE[code],
             )
         for key, title, protocol_key in DEMO_STUDIES:
             session.add(Study(key=key, title=title, protocol_key=protocol_key, created_at=at))
@@ -561,7 +636,7 @@ class DemoStory:
     # -- the participants' histories ---------------------------------------------------------------
 
     def plan(self) -> None:
-        """Every dated step of the six histories (see each block for the story it tells)."""
+        """Every dated step of the histories (see each block for the story it tells)."""
         d = self.day
 
         # HER-001 (HEROES, Paris): a month off treatment, all on track. Baseline ctDNA negative,
@@ -698,6 +773,26 @@ class DemoStory:
             "Asked Natera for the result; they are tracing the sample",
         )
 
+        # FH-002 (Free-HER, Boston): the first monitoring ctDNA came back negative; the second,
+        # drawn a week ago, came back POSITIVE half an hour ago, and nobody answered: the on-call
+        # nurse's SMS and the call 10 minutes later (no answer), every nurse and the coordinator,
+        # then the investigator's SMS and call (no answer). The fail-safe fired about five minutes
+        # ago: Boston's operator desk got an SMS and every Boston staff page shows the red banner
+        # until someone acknowledges.
+        c = "FH-002"
+        self.enroll(c, d(c, -3, "11:00"))
+        for n, draw_day in enumerate((84, 168), start=1):
+            drawn = d(c, draw_day, "09:30")
+            self.complete(c, f"ctdna:{n}", drawn)
+            self.complete(c, f"routine_bloods:{n}", d(c, draw_day, "09:35"))
+            scanned = d(c, draw_day + 2, "13:00")
+            self.complete(c, f"imaging:{n}", scanned)
+            self.imaging(c, n, scanned, "CR", d(c, draw_day + 4, "16:30"))
+        self.ctdna(c, 1, d(c, 84, "09:30"), "negative", 0.0, d(c, 95, "14:00"))
+        positive = self.now - UNANSWERED_BEFORE
+        self.ctdna(c, 2, d(c, 168, "09:30"), "positive", 0.87, positive)
+        self.unanswered(c, positive)
+
         # NEO-001 (NCT07239271 adaptive arm, Paris): baseline and after-cycle-1 ctDNA negative,
         # two cycles of Nab-P+HP given, partial response on the after-cycle-2 scan: the regimen
         # decision for cycles 3-4 is due today, with the protocol's recommendation.
@@ -731,6 +826,13 @@ class DemoStory:
         self.session.flush()
 
 
+class _HistoryCalls:
+    """The voice provider of the demo's history: takes each call and names it (a fake SID)."""
+
+    def place_call(self, *, to: str, url: str, status_callback: str) -> str:
+        return "CA" + hashlib.sha256(f"demo-call:{status_callback}".encode()).hexdigest()[:32]
+
+
 # Printed after the logins: where each page of the care team has something to show.
 WHAT_TO_LOOK_AT = """\
 What the demo shows (nurse.paris / coordinator.boston see their own site; admin sees both):
@@ -749,8 +851,14 @@ What the demo shows (nurse.paris / coordinator.boston see their own site; admin 
   SH2-001  weeks 4-6 window missed: one event still missed, two done late (adherence)
   SH2-002  replied STOP by SMS two hours ago: unreachable
   FH-001   a ctDNA result overdue (alert acknowledged, result still missing)
-SMS queued in the past (welcome messages, the new alert) go out through the fake Twilio when
-`make run` starts its dispatcher."""
+  FH-002   ctDNA positive half an hour ago and nobody answered (SMS, two calls not answered):
+           Boston's fail-safe fired 5 minutes ago (its operator desk number was texted); every
+           Boston page shows the red banner until someone acknowledges (alert page); the
+           acknowledgement report (/reports/ack-times) counts it as reaching the fail-safe
+SMS queued in the past (welcome messages, HER-002's alert) go out through the fake Twilio when
+`make run` starts its dispatcher; HER-002's nurse gets a call 10 minutes later, and the fake
+Twilio's default keypad press (1) acknowledges it. FH-002's SMS and calls are history: nothing
+of them is sent again."""
 
 
 def seed(*, session: Session, now: datetime, public_base_url: str) -> list[str]:

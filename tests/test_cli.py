@@ -125,6 +125,8 @@ def story(db: Session) -> dict[str, Any]:
 EXPECTED_STORY = {
     "alerts": [
         ("FH-001", "result_overdue", "acknowledged"),
+        # Nobody answered: it reached Boston's fail-safe (tests/test_demo_failsafe.py).
+        ("FH-002", "ctdna_positive", "open"),
         ("HER-002", "ctdna_positive", "open"),
         ("HER-002", "missed_window", "resolved"),
         # In screening: the entry gate decided (HER-008) or waits for the stop date (HER-009).
@@ -134,9 +136,11 @@ EXPECTED_STORY = {
     "decisions": [("NEO-001", "after_c2", "due", "nab_p_hp")],
     "missed": [("SH2-001", "tumor_markers:1")],
     "late": [("HER-002", "ctdna:1"), ("SH2-001", "research_blood:1"), ("SH2-001", "visit:1")],
-    "completed": 35,
+    "completed": 41,
     "ctdna_calls": [
         ("FH-001", "SIG-FH-001-01", "negative"),
+        ("FH-002", "SIG-FH-002-01", "negative"),
+        ("FH-002", "SIG-FH-002-02", "positive"),
         ("HER-001", "SIG-HER-001-01", "negative"),
         ("HER-002", "SIG-HER-002-01", "negative"),
         ("HER-002", "SIG-HER-002-02", "negative"),
@@ -177,20 +181,32 @@ def test_seed_demo_tells_a_story_through_the_services(app, db, client):
         ("HER-009", "entry_gate"),
     ]
     assert "HER-002" not in {a["study_code"] for a in boston.get_json()}
-    alert = db.exec(select(Alert).where(Alert.kind == AlertKind.CTDNA_POSITIVE)).one()
+    alert = db.exec(
+        select(Alert).where(
+            Alert.kind == AlertKind.CTDNA_POSITIVE,
+            Alert.participant_id == _participant(db, "HER-002").id,
+        )
+    ).one()
     assert db.get(Site, alert.site_id).code == "PARIS-01"
     assert (
         alert.opened_at == T and alert.tier == 1 and alert.next_tier_at == T + timedelta(minutes=15)
     )
-    # Its first-tier SMS waits for the dispatcher (make run sends it): nothing faked as sent.
+    # Its first-tier SMS waits for the dispatcher (make run sends it): nothing faked as sent
+    # but FH-002's escalation, which is history (half an hour ago, through the fail-safe).
     nurse = db.exec(
         select(StaffUser).where(StaffUser.email == "nurse.paris@demo.stepdown.test")
     ).one()
     sms = db.exec(select(OutboxMessage).where(OutboxMessage.ref == f"alert:{alert.id}")).all()
     assert [(m.to_e164, m.status) for m in sms] == [(nurse.phone_e164, MessageStatus.PENDING)]
-    assert not db.exec(
-        select(OutboxMessage).where(col(OutboxMessage.status).in_(["sent", "delivered"]))
-    ).all()
+    fh_002 = db.exec(
+        select(Alert).where(Alert.participant_id == _participant(db, "FH-002").id)
+    ).one()
+    assert {
+        m.ref
+        for m in db.exec(
+            select(OutboxMessage).where(col(OutboxMessage.status).in_(["sent", "delivered"]))
+        )
+    } == {f"alert:{fh_002.id}"}
 
     # The ctDNA chart of HER-002: four negatives about a quarter apart (the first monitoring
     # draw a day late), then the positive.
