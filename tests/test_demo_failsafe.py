@@ -123,6 +123,11 @@ def test_boston_pages_show_the_banner_until_someone_acknowledges_and_paris_pages
                 html = web.text(path)
                 assert BANNER in html and "FH-002" in html, (who, path)
                 assert f'href="/alerts/{alert.id}"' in html, (who, path)
+        # The alert page tells the escalation in words, down to the fail-safe.
+        page = users["nurse.boston"].text(f"/alerts/{alert.id}")
+        assert "Call not answered" in page
+        assert "No further tier: the site&#39;s fail-safe is called" in page
+        assert "Fail-safe called (every tier unanswered)" in page
         for who in ("nurse.paris", "coordinator.paris", "investigator.paris"):
             web = _web(app, who)
             for path in ("/", f"/participants/{her_002.id}", "/alerts"):

@@ -364,7 +364,11 @@ def _past(session: Session, alert: Alert, zone: ZoneInfo, names: dict[int, str])
         elif entry.what == "resolved":
             text = f"Resolved by {who}"
         elif entry.what == "route_exhausted":
-            text = "No further tier: the alert stays open on Today until someone acknowledges it"
+            text = (
+                "No further tier: the site's fail-safe is called"
+                if alert.failsafe_at is not None
+                else "No further tier: the alert stays open on Today until someone acknowledges it"
+            )
         else:
             text = labels.label(entry.what, "alert_log") + (f" ({who})" if entry.actor else "")
         steps.append(Step(entry.at, text, "done"))
