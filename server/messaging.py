@@ -244,13 +244,78 @@ def welcome_first_hold(
     }
 
 
+# Staff SMS of alerts that may wait for the morning: urgent alerts (unless the site pages them
+# 24/7) and routine tasks. Critical alerts and the fail-safe never wait, and never cost a query.
+MAY_WAIT_FOR_MORNING = frozenset(
+    {
+        MessageKind.ALERT_URGENT.value,
+        MessageKind.ALERT_URGENT_ESCALATED.value,
+        MessageKind.ALERT_TASK.value,
+        MessageKind.RESULT_OVERDUE.value,
+        MessageKind.MISSED_WINDOW.value,
+        MessageKind.REDRAW_NEEDED.value,
+    }
+)
+
+
+def staff_night_hold(
+    session: Session, messages: list[OutboxMessage], now: datetime
+) -> dict[int, datetime]:
+    """Staff SMS that may not go at night, found due at night (the dispatcher was down at the
+    morning digest, or the scheduler opened the alert late): a routine task waits for the next
+    morning digest, an urgent alert for the end of the site's night, as when they were queued
+    (server/alerts/rules.send_moment). One query per batch, only when such a row is in it."""
+    from zoneinfo import ZoneInfo
+
+    from server.alerts import rules as alert_rules
+    from server.alerts.models import Alert, Level
+    from server.participants.models import Site
+
+    waiting = {
+        m.id: int(ref[1])
+        for m in messages
+        if m.id is not None
+        and m.category == MessageCategory.STAFF_ALERT
+        and m.kind in MAY_WAIT_FOR_MORNING
+        and len(ref := (m.ref or "").split(":")) > 1
+        and ref[0] == "alert"
+        and ref[1].isdigit()
+    }
+    if not waiting:
+        return {}
+    found = session.exec(
+        select(Alert, Site)
+        .join(Site, col(Site.id) == col(Alert.site_id))
+        .where(col(Alert.id).in_(set(waiting.values())))
+    ).all()
+    alerts = {alert.id: (alert, site) for alert, site in found}
+    holds: dict[int, datetime] = {}
+    for message_id, alert_id in waiting.items():
+        if alert_id not in alerts:
+            continue
+        alert, site = alerts[alert_id]
+        if alert_rules.pages_at_night(alert.kind, alert.level, alert.policy):
+            continue
+        zone = ZoneInfo(site.timezone)
+        night = alert_rules.setting(alert.policy, "night")
+        if not alert_rules.is_night(now, zone, night):
+            continue
+        if alert.level is Level.ROUTINE:
+            holds[message_id] = alert_rules.next_digest(now, zone, alert.policy)
+        else:
+            holds[message_id] = alert_rules.night_end(now, zone, night)
+    return holds
+
+
 def participant_holds(
     session: Session, messages: list[OutboxMessage], now: datetime
 ) -> dict[int, datetime]:
-    """The dispatcher's hold: quiet hours, and the welcome first (the later of the two)."""
+    """The dispatcher's hold: quiet hours, and the welcome first (the later of the two); staff
+    SMS that may not go at night wait for the morning."""
     holds = quiet_hours_hold(session, messages, now)
     for message_id, until in welcome_first_hold(session, messages, now).items():
         holds[message_id] = max(until, holds.get(message_id, until))
+    holds.update(staff_night_hold(session, messages, now))
     return holds
 
 

@@ -400,3 +400,32 @@ def test_only_admins_set_alert_levels(world, api_as):
         == 403
     )
     assert put(api_as("admin", "A"), "/api/v1/sites/999999/alert-levels", body).status_code == 404
+
+
+def test_a_morning_sms_missed_while_no_dispatcher_ran_waits_for_the_next_morning(
+    app, db, world, care_team
+):
+    """No dispatcher ran on Wednesday (an outage, or `make run` started at night): Wednesday's
+    08:00 digest and an urgent alert held for Wednesday morning are found due at 23:30. They wait
+    for Thursday's digest and the night's end; a critical alert opened then still goes at once."""
+    with at(DAY):
+        task = open_alert(db, world, AlertKind.MISSED_WINDOW, "t:late-digest", "A1")
+    with at(NIGHT):
+        urgent = open_alert(db, world, AlertKind.CTDNA_POSITIVE_BASELINE, "t:late-urgent", "A2")
+    assert {r.not_before_at for r in staff_sms(db, task.id)} == {NEXT_MORNING}
+    wednesday_night = NIGHT + timedelta(days=1)  # 23:30 in Paris
+    thursday = NEXT_MORNING + timedelta(days=1)
+    provider = RecordingProvider()
+    with at(wednesday_night):
+        critical = open_alert(db, world, AlertKind.CTDNA_POSITIVE, "t:night-critical", "A2")
+        sent = send_staff_sms(app, provider)
+        assert [s.to for s in sent] == [care_team["nurse"]]  # the critical alert only
+        assert f"ACK {critical.ack_code}" in sent[0].body
+        db.expire_all()
+        assert {r.not_before_at for r in staff_sms(db, task.id)} == {thursday}
+        assert {r.not_before_at for r in staff_sms(db, urgent.id)} == {thursday}
+    with at(thursday):
+        morning = send_staff_sms(app, provider)
+    bodies = {s.to: s.body for s in morning}
+    assert any("suivi" in b for b in bodies.values()), bodies  # the digest
+    assert sum("action à faire aujourd'hui" in s.body for s in morning) == 2  # the urgent alert
