@@ -81,18 +81,22 @@ test-shifted: setup browser
 	@echo "== tests on SQLite, clock moved to $(TEST_NOW_SHIFTED) =="
 	STEPDOWN_TEST_NOW=$(TEST_NOW_SHIFTED) $(BIN)/pytest -q
 
-## make test: install what tests need, lint, type-check, run the suite on SQLite then PostgreSQL
+## make test: install what tests need, lint, type-check, run the suite on SQLite and PostgreSQL
 ## (and, in CI, on SQLite again with the clock moved); every pass runs, any failure fails.
-## The PostgreSQL pass runs beside the SQLite passes (two cores: CI stays under 15 minutes); its
-## output is printed once it ends. Each pass has its own database, ports and artifacts.
+## The passes run side by side (CI stays under 15 minutes on two cores: one after the other they
+## took over 20 here); the other passes' output is printed once each ends. Each pass has its own
+## database and ports; the screenshots in test-artifacts/ are the last pass's.
 test: lint typecheck browser
-	@status=0; pg_log=$$(mktemp); \
+	@status=0; pg_log=$$(mktemp); shifted_log=$$(mktemp); shifted_pid=; \
 	( $(MAKE) --no-print-directory test-postgres > $$pg_log 2>&1 ) & pg_pid=$$!; \
+	if [ "$${CI:-}" = "true" ]; then \
+		( $(MAKE) --no-print-directory test-shifted > $$shifted_log 2>&1 ) & shifted_pid=$$!; \
+	fi; \
 	echo "== tests on SQLite =="; \
 	$(MAKE) --no-print-directory test-sqlite || status=1; \
-	if [ "$${CI:-}" = "true" ]; then $(MAKE) --no-print-directory test-shifted || status=1; fi; \
+	if [ -n "$$shifted_pid" ]; then wait $$shifted_pid || status=1; cat $$shifted_log; fi; \
 	wait $$pg_pid || status=1; \
-	cat $$pg_log; rm -f $$pg_log; \
+	cat $$pg_log; rm -f $$pg_log $$shifted_log; \
 	if [ $$status -ne 0 ]; then echo "!! at least one test pass failed (see above)" >&2; fi; \
 	exit $$status
 
