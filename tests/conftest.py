@@ -32,6 +32,9 @@ def _fresh_postgres(server_url: str) -> tuple[str, str]:
     admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        # A scratch database: its commits need not wait for the disk (a crash loses the run
+        # anyway). Tests that commit (served apps, jobs, processes) no longer wait on fsync.
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET synchronous_commit TO off')
     admin.dispose()
     url = sa.engine.make_url(normalise_url(server_url)).set(database=name)
     return url.render_as_string(hide_password=False), name
