@@ -5,7 +5,7 @@ it at once; a site without one cannot enrol and the dead-route check names it.""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 from sqlmodel import col, select
 
@@ -13,6 +13,7 @@ from server.alerts import service as alerts
 from server.alerts.models import Alert, AlertKind, AlertLog, VoiceCall
 from server.audit import AuditEvent
 from server.auth.models import StaffUser
+from server.clock import utcnow
 from tests.api.test_participants import _new
 from tests.results.test_results_alerts import (
     T0,
@@ -32,7 +33,7 @@ def _failsafe_sms(db, alert_id):
 
 def _run(db, minutes):
     with at(T0 + timedelta(minutes=minutes)):
-        out = alerts.escalate_due(session=db, now=datetime.now(UTC))
+        out = alerts.escalate_due(session=db, now=utcnow())
         db.commit()
     return out
 
@@ -108,7 +109,7 @@ def test_the_default_critical_route_reaches_the_failsafe_at_45_minutes_not_befor
         out = {}
         for seconds in range(start, end, 15):
             with at(T0 + timedelta(seconds=seconds)):
-                out[seconds] = alerts.escalate_due(session=db, now=datetime.now(UTC))
+                out[seconds] = alerts.escalate_due(session=db, now=utcnow())
                 db.commit()
         return out
 
@@ -117,7 +118,7 @@ def test_the_default_critical_route_reaches_the_failsafe_at_45_minutes_not_befor
     assert {s for s, out in runs.items() if out["advanced"]} == {15 * 60, 30 * 60}
     assert not any(out["exhausted"] for out in runs.values())
     with at(T0 + timedelta(minutes=44, seconds=59)):
-        assert alerts.escalate_due(session=db, now=datetime.now(UTC)) == {
+        assert alerts.escalate_due(session=db, now=utcnow()) == {
             "advanced": 0,
             "exhausted": 0,
         }
@@ -152,7 +153,7 @@ def test_the_default_critical_route_reaches_the_failsafe_at_45_minutes_not_befor
 
     # 45:00: the investigators' 15 minutes are up, nobody acknowledged: the fail-safe.
     with at(T0 + timedelta(minutes=45)):
-        assert alerts.escalate_due(session=db, now=datetime.now(UTC)) == {
+        assert alerts.escalate_due(session=db, now=utcnow()) == {
             "advanced": 0,
             "exhausted": 1,
         }
@@ -223,7 +224,7 @@ def test_a_site_without_a_failsafe_cannot_enrol_and_its_route_is_dead(world, db,
     assert failsafe[0]["is_dead"] and "cannot enrol" in failsafe[0]["warning"]
     assert health["has_dead_route"]
     with at(T0):
-        alerts.check_routes(session=db, now=datetime.now(UTC))
+        alerts.check_routes(session=db, now=utcnow())
         db.commit()
     dead = db.exec(select(Alert).where(Alert.kind == AlertKind.DEAD_ROUTE)).all()
     assert any(a.site_id == site.id and "failsafe" in a.summary for a in dead)
